@@ -1,0 +1,122 @@
+# Parallax Lab build.
+#   make            plab (CPU; plus the CUDA backend whenever nvcc is found)
+#   make test       every test (CPU); CUDA tests say "skipped" without a GPU
+#   make test-cuda  CPU-vs-CUDA parity and GPU determinism (on the GPU machine)
+#   make demo       trains softmax and Parallax on in-context recall (CPU)
+#   make device     a build for the GPU machine: sm_90a, GSL/libyaml/SQLite static
+# Switches: NO_CUDA=1, NO_OMP=1, CUDA_ARCH=sm_90a, DEVICE=1 (used by `make device`).
+
+CC      ?= gcc
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+BUILD   ?= build
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -MMD -MP
+LDLIBS  :=
+ifndef NO_OMP
+CFLAGS  += -fopenmp
+LDLIBS  += -fopenmp
+endif
+
+ifdef DEVICE
+# The GPU machine has no GSL, libyaml or cmocka: link them statically.
+LIBDIR  := /usr/lib/x86_64-linux-gnu
+LDLIBS  += $(LIBDIR)/libgsl.a $(LIBDIR)/libgslcblas.a $(LIBDIR)/libyaml.a $(LIBDIR)/libsqlite3.a
+LDLIBS  += -lm -lpthread -ldl
+else
+LDLIBS  += -lgsl -lopenblas -lyaml -lsqlite3 -lm -lpthread -ldl
+endif
+
+LIB_DIRS := core kernels kernels/cpu models tasks optim train db sweeps analysis
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+CLI_SRC  := $(wildcard cli/*.c)
+OBJ32    := $(LIB_SRC:%.c=$(BUILD)/f32/%.o)
+OBJ64    := $(LIB_SRC:%.c=$(BUILD)/f64/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/f32/%.o)
+
+# ---- CUDA (compiled whenever nvcc exists; tests run only on a GPU) ----------------
+ifeq ($(NO_CUDA),)
+ifneq ($(NVCC),)
+HAVE_CUDA := 1
+endif
+endif
+CUDA_ARCH ?= sm_90a
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+ifdef HAVE_CUDA
+CU_SRC   := $(wildcard kernels/cuda/*.cu)
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/cuda/%.o)
+NVFLAGS  := -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH:sm_%=%),code=$(CUDA_ARCH) \
+            -Xcompiler -fPIC -lineinfo
+CFLAGS   += -DPLAB_HAVE_CUDA
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -lrt -lstdc++
+endif
+
+PLAB := plab
+
+.PHONY: all test test-cuda demo clean device bench
+all: $(PLAB)
+
+$(BUILD)/f32/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/f64/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DPLAB_DOUBLE -c $< -o $@
+
+$(BUILD)/cuda/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libplab.a: $(OBJ32) $(CU_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/libplab64.a: $(OBJ64)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(PLAB): $(CLI_OBJ) $(BUILD)/libplab.a
+	$(CC) $(CLI_OBJ) $(BUILD)/libplab.a -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+# ---- tests ------------------------------------------------------------------------
+# tests/test_*.c link the double-precision library (gradient checks);
+# tests/f32_*.c the float one; tests/cuda_*.c the float one plus CUDA.
+T64_SRC := $(wildcard tests/test_*.c)
+T32_SRC := $(wildcard tests/f32_*.c)
+TCU_SRC := $(wildcard tests/cuda_*.c)
+T64_BIN := $(T64_SRC:tests/%.c=$(BUILD)/tests/%)
+T32_BIN := $(T32_SRC:tests/%.c=$(BUILD)/tests/%)
+TCU_BIN := $(TCU_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_LIBS := $(LDLIBS) -lcmocka
+
+$(BUILD)/tests/test_%: tests/test_%.c tests/testutil.c tests/testutil.h $(BUILD)/libplab64.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DPLAB_DOUBLE $< tests/testutil.c $(BUILD)/libplab64.a -o $@ $(TEST_LIBS)
+
+$(BUILD)/tests/f32_%: tests/f32_%.c tests/testutil.c tests/testutil.h $(BUILD)/libplab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< tests/testutil.c $(BUILD)/libplab.a -o $@ $(TEST_LIBS) $(CUDA_LIBS)
+
+$(BUILD)/tests/cuda_%: tests/cuda_%.c tests/testutil.c tests/testutil.h $(BUILD)/libplab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< tests/testutil.c $(BUILD)/libplab.a -o $@ $(TEST_LIBS) $(CUDA_LIBS)
+
+test: $(PLAB) $(T64_BIN) $(T32_BIN) $(TCU_BIN)
+	@PLAB=./$(PLAB) bash tests/run.sh $(T64_BIN) $(T32_BIN) $(TCU_BIN) tests/e2e_*.sh
+
+test-cuda: $(TCU_BIN)
+	@PLAB_REQUIRE_GPU=1 bash tests/run.sh $(TCU_BIN)
+
+demo: $(PLAB)
+	bash docs/demo.sh
+
+# For the GPU machine: cmocka comes along as a shared object beside the tests.
+device:
+	$(MAKE) DEVICE=1 BUILD=build/device PLAB=build/device/plab build/device/plab \
+	    $(TCU_BIN:$(BUILD)/%=build/device/%)
+	cp -L /usr/lib/x86_64-linux-gnu/libcmocka.so.0 build/device/tests/
+
+clean:
+	rm -rf build $(PLAB)
+
+-include $(OBJ32:.o=.d) $(OBJ64:.o=.d) $(CLI_OBJ:.o=.d)

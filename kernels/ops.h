@@ -1,0 +1,153 @@
+/* One table of operations.
+ *
+ * Model code calls these through a `const Ops *` and never knows which
+ * backend runs them. kernels/cpu fills the table with the readable reference
+ * (float, or double under PLAB_DOUBLE for gradient checks); kernels/cuda fills
+ * it with CUDA kernels and cuBLAS. Every pointer argument is backend memory.
+ *
+ * Conventions (llm.c style):
+ *   - row-major; shapes in the comment of each entry;
+ *   - `*_backward` entries ACCUMULATE (+=) into gradient buffers unless the
+ *     comment says "writes";
+ *   - hyper-parameters that change during training (learning rate, loss
+ *     normaliser) are read from backend memory so that a captured CUDA graph
+ *     can be replayed without rebuilding it.
+ * An entry may be NULL when a backend does not implement it yet; models check
+ * with ops_require() at build time and report which op is missing. */
+#ifndef PLAB_OPS_H
+#define PLAB_OPS_H
+
+#include <stddef.h>
+
+#include "../core/real.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Arguments of the attention cores (softmax and Parallax share one kernel:
+ * r == NULL is plain softmax attention). parallax_lla.md §3.4 / §3.6.
+ * q, k, v, r, o: [B, T, H, hd] with row stride `ld` elements between tokens
+ * (ld >= H*hd lets the cores read straight out of a fused projection).
+ * Saved for backward: obar [B,T,H,hd] (softmax output, Parallax only),
+ * lse [B,H,T] (log-sum-exp of the scaled logits), tbar [B,H,T] (Parallax). */
+typedef struct {
+    int B, T, H, hd;
+    int ld_in;        /* row stride of q, k, v, r (elements) */
+    int ld_out;       /* row stride of o, obar, dq, dk, dv, dr */
+    real scale;       /* on q.k only; r.k is raw (§3.2) */
+    int window;       /* 0 = full causal; W keeps keys i-W+1..i */
+    const real *q, *k, *v, *r;
+    real *o, *obar, *lse, *tbar;
+    /* backward */
+    const real *dout;
+    real *dq, *dk, *dv, *dr; /* accumulate */
+    real *scratch;           /* >= 2*B*H*T reals */
+} AttnArgs;
+
+/* Optimizer hyper-parameters, stored in backend memory, refreshed every step. */
+typedef struct {
+    real lr;     /* learning rate of this step */
+    real wd;     /* decoupled weight decay of this step (already annealed) */
+    real beta1, beta2, eps;
+    real bc1, bc2; /* bias corrections 1-beta^t */
+} OptHyper;
+
+/* Op groups of larger mechanisms live in their own headers and are reached
+ * through these pointers (NULL when a backend lacks the group). */
+typedef struct FamilyOps FamilyOps; /* kernels/ops_family.h: LLA / attention family cores */
+typedef struct ScanOps ScanOps;     /* kernels/ops_scan.h: Mamba, SSD, linear attention */
+typedef struct DeltaOps DeltaOps;   /* kernels/ops_delta.h: DeltaNet, GDN, KDA, MesaNet */
+
+typedef struct Ops {
+    const char *name; /* "cpu" or "cuda" */
+
+    /* ---- memory ---------------------------------------------------------------- */
+    void *(*alloc)(size_t bytes); /* zero-filled */
+    void (*release)(void *p);
+    void (*to_device)(void *dst, const void *src, size_t bytes);
+    void (*to_host)(void *dst, const void *src, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);
+    void (*zero)(void *p, size_t bytes);
+    void (*sync)(void);
+
+    /* ---- dense algebra --------------------------------------------------------- */
+    /* C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C; A is [M,K] or (transA) [K,M]. */
+    void (*matmul)(real *C, const real *A, const real *B, int M, int N, int K, int transA,
+                   int transB, real alpha, real beta);
+    /* the same for `batch` matrices spaced by sA, sB, sC elements */
+    void (*matmul_strided)(real *C, const real *A, const real *B, int M, int N, int K,
+                           int transA, int transB, real alpha, real beta, int batch, long sA,
+                           long sB, long sC);
+    void (*add_bias)(real *y, const real *b, int N, int C);      /* y[N,C] += b[C] */
+    void (*bias_backward)(real *db, const real *dy, int N, int C); /* db[C] += sum_n dy[n,C] */
+    void (*axpy)(real *y, const real *x, real a, long n);          /* y += a x */
+    void (*scale)(real *x, real a, long n);                        /* x *= a */
+    void (*sumsq)(real *out, const real *x, long n);               /* out[0] = sum x^2 (writes) */
+    /* x *= 1 / (sqrt(s[0]) + eps): Frobenius normalisation without a host round trip */
+    void (*scale_rsqrt)(real *x, const real *s, real eps, long n);
+
+    /* ---- layers ---------------------------------------------------------------- */
+    /* out[N,C] = x * rstd * w (w may be NULL), rstd[N] = 1/sqrt(mean(x^2)+eps) (writes) */
+    void (*rmsnorm_forward)(real *out, real *rstd, const real *x, const real *w, int N, int C,
+                            real eps);
+    /* dx[N,C] += ..., dw[C] += ... (dw may be NULL when w is NULL) */
+    void (*rmsnorm_backward)(real *dx, real *dw, const real *dout, const real *x, const real *w,
+                             const real *rstd, int N, int C);
+    /* out[N,C] = table[tokens[n], :] (writes) */
+    void (*embedding_forward)(real *out, const int *tokens, const real *table, int N, int C);
+    void (*embedding_backward)(real *dtable, const real *dout, const int *tokens, int N, int C);
+    /* h = silu(a) * b, all [n] (writes) */
+    void (*swiglu_forward)(real *h, const real *a, const real *b, long n);
+    /* da, db (writes) from dh */
+    void (*swiglu_backward)(real *da, real *db, const real *dh, const real *a, const real *b,
+                            long n);
+    /* Rotary embedding, GPT-NeoX "rotate half" layout on the first `rot` dims of each head
+     * (baselines.md §2). x [B*T, H, hd] with row stride ld; position = row % T. In place. */
+    void (*rope_forward)(real *x, int N, int T, int H, int hd, int ld, int rot, real base);
+    /* inverse rotation of a gradient, in place */
+    void (*rope_backward)(real *dx, int N, int T, int H, int hd, int ld, int rot, real base);
+    /* out[n,h,:] = x[n,h,:] * sigmoid(g[n,h]) (writes); x, out [N,H,hd] */
+    void (*gate_forward)(real *out, const real *x, const real *g, int N, int H, int hd);
+    /* dx += dout*sigmoid(g); dg += sum_j dout*x*sigmoid'(g) */
+    void (*gate_backward)(real *dx, real *dg, const real *dout, const real *x, const real *g,
+                          int N, int H, int hd);
+
+    /* Fused softmax cross-entropy with ignore index -100 (forward and backward at once).
+     * loss[0] += inv_count[0] * sum of per-token NLL over valid targets (accumulates);
+     * dlogits[N,V] = (softmax - onehot) * inv_count[0] on valid rows, 0 elsewhere (writes). */
+    void (*crossentropy)(real *loss, real *dlogits, const real *logits, const int *targets,
+                         const real *inv_count, int N, int V);
+    /* Evaluation: pred[n] = argmax logits, nll[n] = -log p(target) (0 when ignored). */
+    void (*predict)(int *pred, real *nll, const real *logits, const int *targets, int N, int V);
+
+    /* ---- sequence mixers ------------------------------------------------------- */
+    void (*attention_forward)(const AttnArgs *a);  /* softmax or Parallax (a->r != NULL) */
+    void (*attention_backward)(const AttnArgs *a);
+
+    /* ---- optimizers ------------------------------------------------------------ */
+    /* AdamW with decoupled weight decay and bias correction; wd_on selects decay. */
+    void (*adamw)(real *p, const real *g, real *m, real *v, long n, const OptHyper *h, int wd_on);
+    /* Muon momentum: nesterov / ema variants (baselines.md §10.2). u = update input (writes). */
+    void (*muon_momentum)(real *u, real *buf, const real *g, long n, real mu, int nesterov,
+                          int ema);
+    /* p = p*(1 - lr*wd) - lr*scale*o */
+    void (*muon_apply)(real *p, const real *o, long n, const OptHyper *h, real scale);
+
+    /* ---- op groups ------------------------------------------------------------- */
+    const FamilyOps *family;
+    const ScanOps *scan;
+    const DeltaOps *delta;
+} Ops;
+
+const Ops *ops_cpu(void);
+/* NULL when built without CUDA or when no device is usable; `why` explains. */
+const Ops *ops_cuda(int device, const char *precision, char *why, size_t whylen);
+/* Picks a backend from a device string ("cpu", "cuda", "cuda:1"). */
+const Ops *ops_for_device(const char *device, const char *precision, char *why, size_t whylen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

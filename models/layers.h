@@ -1,0 +1,22 @@
+/* Small layers built from the op table, shared by the model and the mixers. */
+#ifndef PLAB_LAYERS_H
+#define PLAB_LAYERS_H
+
+#include "../kernels/ops.h"
+
+/* y[N,out] = x[N,in] W[out,in]^T (+ b[out]) (writes) */
+static inline void linear_forward(const Ops *ops, real *y, const real *x, const real *W,
+                                  const real *b, int N, int in, int out) {
+    ops->matmul(y, x, W, N, out, in, 0, 1, 1, 0);
+    if (b) ops->add_bias(y, b, N, out);
+}
+
+/* dx += dy W; dW += dy^T x; db += colsum dy. dx may be NULL. */
+static inline void linear_backward(const Ops *ops, real *dx, real *dW, real *db, const real *dy,
+                                   const real *x, const real *W, int N, int in, int out) {
+    if (dx) ops->matmul(dx, dy, W, N, in, out, 0, 0, 1, 1);
+    ops->matmul(dW, dy, x, out, in, N, 1, 0, 1, 1);
+    if (db) ops->bias_backward(db, dy, N, out);
+}
+
+#endif

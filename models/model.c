@@ -1,0 +1,318 @@
+/* The model: embedding, blocks of (RMSNorm, mixer, residual, RMSNorm, SwiGLU,
+ * residual), final RMSNorm, linear head, cross-entropy. See model.h. */
+#include "model.h"
+
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_rng.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layers.h"
+#include "mixer.h"
+
+/* ---- parameter layout ----------------------------------------------------------- */
+
+int pb_add(ParamBuilder *pb, const char *name, int rows, int cols, unsigned flags, InitKind init,
+           double init_a) {
+    if (pb->n == pb->cap) {
+        pb->cap = pb->cap ? 2 * pb->cap : 64;
+        pb->specs = xrealloc(pb->specs, sizeof(ParamSpec) * (size_t)pb->cap);
+    }
+    ParamSpec *s = &pb->specs[pb->n];
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "%s%s", pb->prefix, name);
+    s->rows = rows, s->cols = cols;
+    s->numel = (size_t)rows * (size_t)(cols ? cols : 1);
+    s->offset = pb->total;
+    s->flags = flags;
+    s->init = init, s->init_a = init_a;
+    pb->total += (s->numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
+    return pb->n++;
+}
+
+int pb_linear(ParamBuilder *pb, const ModelDims *dims, const char *name, int out, int in,
+              unsigned flags) {
+    if (dims->init_normal) return pb_add(pb, name, out, in, flags, INIT_NORMAL, 0.02);
+    return pb_add(pb, name, out, in, flags, INIT_UNIFORM, 1.0 / sqrt((double)in));
+}
+
+/* ---- SwiGLU MLP (MAD width rule 16*ceil(int(8d/3)/16)) ------------------------------ */
+
+typedef struct {
+    int w1, w3, w2; /* gate [F,d], up [F,d], down [d,F] */
+    real *a, *b, *h, *da, *db, *dh;
+} Mlp;
+
+struct Model {
+    const Ops *ops;
+    ModelDims dims;
+    ParamBuilder pb;
+    real *params, *grads;
+    const MixerKind *kind;
+    void **mixers;
+    Mlp *mlps;
+    int p_embed, p_final_norm, p_head_w, p_head_b;
+    int *p_norm; /* [2 * layers]: before mixer, before MLP */
+    /* activations */
+    real **res;   /* [2L+1] residual stream states [N,d] */
+    real **ln;    /* [2L] normed inputs [N,d] */
+    real **rstd;  /* [2L] [N] */
+    real *tmp;    /* [N,d] sublayer output / scratch */
+    real *fin, *fin_rstd, *logits, *dlogits;
+    real *dres, *dln;
+    int *tokens, *targets, *pred;
+    real *inv_count, *loss, *nll;
+};
+
+static real *P(Model *m, int i) { return m->params + m->pb.specs[i].offset; }
+static real *G(Model *m, int i) { return m->grads + m->pb.specs[i].offset; }
+
+static int mlp_width(const Config *cfg, int d) {
+    int w = (int)cfg_int(cfg, "model.mlp_width");
+    if (w > 0) return w;
+    int base = (int)(8.0 * d / 3.0);
+    return 16 * ((base + 15) / 16);
+}
+
+Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
+    const MixerKind *kind = mixer_find(cfg_str(cfg, "model.mixer"));
+    if (!kind) {
+        err_set(err, "key 'model.mixer': unknown mixer '%s'", cfg_str(cfg, "model.mixer"));
+        return NULL;
+    }
+    Model *m = xcalloc(1, sizeof *m);
+    m->ops = ops;
+    m->kind = kind;
+    ModelDims *D = &m->dims;
+    D->V = (int)cfg_int(cfg, "task.vocab_size");
+    D->d = (int)cfg_int(cfg, "model.d_model");
+    D->layers = (int)cfg_int(cfg, "model.layers");
+    D->heads = (int)cfg_int(cfg, "model.heads");
+    D->mlp_width = strcmp(cfg_str(cfg, "model.mlp"), "none") == 0 ? 0 : mlp_width(cfg, D->d);
+    D->B = B, D->T = T;
+    D->norm_eps = (real)cfg_float(cfg, "model.norm_eps");
+    D->init_normal = strcmp(cfg_str(cfg, "model.init"), "normal") == 0;
+    int L = D->layers, d = D->d, F = D->mlp_width;
+
+    ParamBuilder *pb = &m->pb;
+    m->p_embed = pb_add(pb, "embed", D->V, d, 0, INIT_NORMAL, 0.02);
+    m->p_norm = xcalloc((size_t)(2 * L), sizeof(int));
+    m->mixers = xcalloc((size_t)L, sizeof(void *));
+    m->mlps = xcalloc((size_t)L, sizeof(Mlp));
+    for (int l = 0; l < L; l++) {
+        snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.", l);
+        m->p_norm[2 * l] = pb_add(pb, "norm1", d, 0, 0, INIT_CONST, 1);
+        m->p_norm[2 * l + 1] = pb_add(pb, "norm2", d, 0, 0, INIT_CONST, 1);
+        snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.mixer.", l);
+        m->mixers[l] = kind->create(cfg, D, pb, err);
+        if (!m->mixers[l]) {
+            for (int j = 0; j < l; j++) kind->destroy(m->mixers[j], ops);
+            free(m->mixers), free(m->mlps), free(m->p_norm), free(pb->specs), free(m);
+            return NULL;
+        }
+        if (F) {
+            snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.mlp.", l);
+            m->mlps[l].w1 = pb_linear(pb, D, "w1", F, d, PARAM_MUON);
+            m->mlps[l].w3 = pb_linear(pb, D, "w3", F, d, PARAM_MUON);
+            m->mlps[l].w2 = pb_linear(pb, D, "w2", d, F, PARAM_MUON);
+        }
+    }
+    pb->prefix[0] = 0;
+    m->p_final_norm = pb_add(pb, "final_norm", d, 0, 0, INIT_CONST, 1);
+    m->p_head_w = pb_linear(pb, D, "head.w", D->V, d, 0);
+    m->p_head_b = pb_add(pb, "head.b", D->V, 0, 0, INIT_ZERO, 0);
+
+    m->params = ops->alloc(sizeof(real) * pb->total);
+    m->grads = ops->alloc(sizeof(real) * pb->total);
+    for (int l = 0; l < L; l++) kind->bind(m->mixers[l], ops, pb->specs, m->params, m->grads);
+
+    size_t N = (size_t)B * T, nd = sizeof(real) * N * d;
+    m->res = xcalloc((size_t)(2 * L + 1), sizeof(real *));
+    m->ln = xcalloc((size_t)(2 * L), sizeof(real *));
+    m->rstd = xcalloc((size_t)(2 * L), sizeof(real *));
+    for (int i = 0; i < 2 * L + 1; i++) m->res[i] = ops->alloc(nd);
+    for (int i = 0; i < 2 * L; i++) {
+        m->ln[i] = ops->alloc(nd);
+        m->rstd[i] = ops->alloc(sizeof(real) * N);
+    }
+    for (int l = 0; F && l < L; l++) {
+        Mlp *p = &m->mlps[l];
+        size_t nf = sizeof(real) * N * F;
+        p->a = ops->alloc(nf), p->b = ops->alloc(nf), p->h = ops->alloc(nf);
+        p->da = ops->alloc(nf), p->db = ops->alloc(nf), p->dh = ops->alloc(nf);
+    }
+    m->tmp = ops->alloc(nd);
+    m->fin = ops->alloc(nd);
+    m->fin_rstd = ops->alloc(sizeof(real) * N);
+    m->logits = ops->alloc(sizeof(real) * N * D->V);
+    m->dlogits = ops->alloc(sizeof(real) * N * D->V);
+    m->dres = ops->alloc(nd);
+    m->dln = ops->alloc(nd);
+    m->tokens = ops->alloc(sizeof(int) * N);
+    m->targets = ops->alloc(sizeof(int) * N);
+    m->pred = ops->alloc(sizeof(int) * N);
+    m->nll = ops->alloc(sizeof(real) * N);
+    m->inv_count = ops->alloc(sizeof(real));
+    m->loss = ops->alloc(sizeof(real));
+    return m;
+}
+
+void model_free(Model *m) {
+    if (!m) return;
+    const Ops *ops = m->ops;
+    int L = m->dims.layers;
+    for (int l = 0; l < L; l++) {
+        m->kind->destroy(m->mixers[l], ops);
+        if (m->dims.mlp_width) {
+            Mlp *p = &m->mlps[l];
+            real *b[] = {p->a, p->b, p->h, p->da, p->db, p->dh};
+            for (int i = 0; i < 6; i++) ops->release(b[i]);
+        }
+    }
+    for (int i = 0; i < 2 * L + 1; i++) ops->release(m->res[i]);
+    for (int i = 0; i < 2 * L; i++) ops->release(m->ln[i]), ops->release(m->rstd[i]);
+    void *bufs[] = {m->tmp, m->fin, m->fin_rstd, m->logits, m->dlogits, m->dres, m->dln,
+                    m->tokens, m->targets, m->pred, m->nll, m->inv_count, m->loss, m->params, m->grads};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ops->release(bufs[i]);
+    free(m->res), free(m->ln), free(m->rstd), free(m->mixers), free(m->mlps), free(m->p_norm);
+    free(m->pb.specs);
+    free(m);
+}
+
+void model_init_params(Model *m, unsigned long seed) {
+    size_t n = m->pb.total;
+    real *host = xcalloc(n, sizeof(real));
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    CHECK(rng, "gsl_rng_alloc failed");
+    gsl_rng_set(rng, seed);
+    for (int i = 0; i < m->pb.n; i++) {
+        const ParamSpec *s = &m->pb.specs[i];
+        real *p = host + s->offset;
+        for (size_t j = 0; j < s->numel; j++) {
+            switch (s->init) {
+            case INIT_ZERO: p[j] = 0; break;
+            case INIT_CONST: p[j] = (real)s->init_a; break;
+            case INIT_NORMAL: p[j] = (real)gsl_ran_gaussian(rng, s->init_a); break;
+            case INIT_UNIFORM: p[j] = (real)((2 * gsl_rng_uniform(rng) - 1) * s->init_a); break;
+            }
+        }
+    }
+    gsl_rng_free(rng);
+    m->ops->to_device(m->params, host, sizeof(real) * n);
+    free(host);
+}
+
+void model_set_batch(Model *m, const int *tokens, const int *targets, int B) {
+    CHECK(B <= m->dims.B, "batch of %d exceeds the model's %d", B, m->dims.B);
+    size_t N = (size_t)B * m->dims.T;
+    m->ops->to_device(m->tokens, tokens, sizeof(int) * N);
+    m->ops->to_device(m->targets, targets, sizeof(int) * N);
+    size_t valid = 0;
+    for (size_t i = 0; i < N; i++) valid += targets[i] >= 0;
+    real inv = valid ? (real)(1.0 / (double)valid) : 0;
+    m->ops->to_device(m->inv_count, &inv, sizeof inv);
+}
+
+void model_forward(Model *m, int B, int with_loss) {
+    const Ops *ops = m->ops;
+    const ModelDims *D = &m->dims;
+    int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
+    size_t nd = sizeof(real) * (size_t)N * d;
+    ops->embedding_forward(m->res[0], m->tokens, P(m, m->p_embed), N, d);
+    for (int l = 0; l < L; l++) {
+        /* mixer sublayer */
+        ops->rmsnorm_forward(m->ln[2 * l], m->rstd[2 * l], m->res[2 * l], P(m, m->p_norm[2 * l]), N,
+                             d, D->norm_eps);
+        m->kind->forward(m->mixers[l], ops, m->ln[2 * l], m->tmp, B, D->T);
+        ops->copy(m->res[2 * l + 1], m->res[2 * l], nd);
+        ops->axpy(m->res[2 * l + 1], m->tmp, 1, (long)N * d);
+        /* MLP sublayer (identity when model.mlp=none) */
+        ops->copy(m->res[2 * l + 2], m->res[2 * l + 1], nd);
+        if (!F) continue;
+        Mlp *p = &m->mlps[l];
+        ops->rmsnorm_forward(m->ln[2 * l + 1], m->rstd[2 * l + 1], m->res[2 * l + 1],
+                             P(m, m->p_norm[2 * l + 1]), N, d, D->norm_eps);
+        linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, F);
+        linear_forward(ops, p->b, m->ln[2 * l + 1], P(m, p->w3), NULL, N, d, F);
+        ops->swiglu_forward(p->h, p->a, p->b, (long)N * F);
+        linear_forward(ops, m->tmp, p->h, P(m, p->w2), NULL, N, F, d);
+        ops->axpy(m->res[2 * l + 2], m->tmp, 1, (long)N * d);
+    }
+    ops->rmsnorm_forward(m->fin, m->fin_rstd, m->res[2 * L], P(m, m->p_final_norm), N, d,
+                         D->norm_eps);
+    linear_forward(ops, m->logits, m->fin, P(m, m->p_head_w), P(m, m->p_head_b), N, d, D->V);
+    if (with_loss)
+        ops->crossentropy(m->loss, m->dlogits, m->logits, m->targets, m->inv_count, N, D->V);
+}
+
+void model_backward(Model *m, int B) {
+    const Ops *ops = m->ops;
+    const ModelDims *D = &m->dims;
+    int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
+    size_t nd = sizeof(real) * (size_t)N * d;
+    ops->zero(m->dln, nd);
+    linear_backward(ops, m->dln, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits, m->fin,
+                    P(m, m->p_head_w), N, d, D->V);
+    ops->zero(m->dres, nd);
+    ops->rmsnorm_backward(m->dres, G(m, m->p_final_norm), m->dln, m->res[2 * L],
+                          P(m, m->p_final_norm), m->fin_rstd, N, d);
+    for (int l = L - 1; l >= 0; l--) {
+        if (F) {
+            Mlp *p = &m->mlps[l];
+            size_t nf = sizeof(real) * (size_t)N * F;
+            ops->zero(p->dh, nf);
+            linear_backward(ops, p->dh, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
+            ops->swiglu_backward(p->da, p->db, p->dh, p->a, p->b, (long)N * F);
+            ops->zero(m->dln, nd);
+            linear_backward(ops, m->dln, G(m, p->w1), NULL, p->da, m->ln[2 * l + 1], P(m, p->w1),
+                            N, d, F);
+            linear_backward(ops, m->dln, G(m, p->w3), NULL, p->db, m->ln[2 * l + 1], P(m, p->w3),
+                            N, d, F);
+            ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l + 1]), m->dln, m->res[2 * l + 1],
+                                  P(m, m->p_norm[2 * l + 1]), m->rstd[2 * l + 1], N, d);
+        }
+        ops->zero(m->dln, nd);
+        m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->dres, m->dln, B, D->T);
+        ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l]), m->dln, m->res[2 * l],
+                              P(m, m->p_norm[2 * l]), m->rstd[2 * l], N, d);
+    }
+    ops->embedding_backward(G(m, m->p_embed), m->dres, m->tokens, N, d);
+}
+
+void model_zero_grad(Model *m) { m->ops->zero(m->grads, sizeof(real) * m->pb.total); }
+
+void model_predict(Model *m, int B, int *pred, real *nll) {
+    size_t N = (size_t)B * m->dims.T;
+    m->ops->predict(m->pred, m->nll, m->logits, m->targets, (int)N, m->dims.V);
+    m->ops->to_host(pred, m->pred, sizeof(int) * N);
+    m->ops->to_host(nll, m->nll, sizeof(real) * N);
+}
+
+double model_take_loss(Model *m) {
+    real l;
+    m->ops->to_host(&l, m->loss, sizeof l);
+    m->ops->zero(m->loss, sizeof(real));
+    return l;
+}
+
+const ModelDims *model_dims(const Model *m) { return &m->dims; }
+const Ops *model_ops(const Model *m) { return m->ops; }
+real *model_params(Model *m) { return m->params; }
+real *model_grads(Model *m) { return m->grads; }
+size_t model_num_params(const Model *m) { return m->pb.total; }
+
+size_t model_count_params(const Model *m) {
+    size_t n = 0;
+    for (int i = 0; i < m->pb.n; i++) n += m->pb.specs[i].numel;
+    return n;
+}
+int model_num_specs(const Model *m) { return m->pb.n; }
+const ParamSpec *model_spec(const Model *m, int i) { return &m->pb.specs[i]; }
+const MixerKind *model_mixer_kind(const Model *m) { return m->kind; }
+
+int model_find_param(const Model *m, const char *name) {
+    for (int i = 0; i < m->pb.n; i++)
+        if (strcmp(m->pb.specs[i].name, name) == 0) return i;
+    return -1;
+}

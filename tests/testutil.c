@@ -1,0 +1,132 @@
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gsl/gsl_randist.h>
+
+#include "../train/train.h"
+
+gsl_rng *test_rng(unsigned long seed) {
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, seed);
+    return r;
+}
+
+void fill_randn(real *x, size_t n, gsl_rng *r, double scale) {
+    for (size_t i = 0; i < n; i++) x[i] = (real)gsl_ran_gaussian(r, scale);
+}
+
+double max_rel_err(const real *a, const real *b, size_t n, double floor) {
+    double mx = floor, err = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fabs(a[i]) > mx) mx = fabs(a[i]);
+        if (fabs(b[i]) > mx) mx = fabs(b[i]);
+    }
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - (double)b[i]);
+        if (e > err || isnan(e)) err = isnan(e) ? INFINITY : e;
+    }
+    return err / mx;
+}
+
+double norm_rel_err(const real *a, const real *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    if (isnan(num)) return INFINITY;
+    return sqrt(num) / (sqrt(den) + 1e-300);
+}
+
+Config *test_config(const char *args) {
+    Config *c = cfg_new();
+    Err e = {{0}};
+    char *copy = strdup(args), *save = NULL;
+    for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save))
+        if (cfg_parse_arg(c, t, &e) != 0) fail_msg("config '%s': %s", t, e.msg);
+    free(copy);
+    if (config_resolve(c, &e) != 0) fail_msg("config '%s': %s", args, e.msg);
+    return c;
+}
+
+double gradcheck(double (*loss)(void *ctx), void *ctx, real *x, const real *grad, size_t n,
+                 int samples, double h, gsl_rng *r) {
+    double gmax = 0, worst = 0;
+    for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(grad[i]));
+    size_t count = samples <= 0 || (size_t)samples > n ? n : (size_t)samples;
+    for (size_t s = 0; s < count; s++) {
+        size_t i = count == n ? s : gsl_rng_uniform_int(r, n);
+        real keep = x[i];
+        x[i] = keep + (real)h;
+        double lp = loss(ctx);
+        x[i] = keep - (real)h;
+        double lm = loss(ctx);
+        x[i] = keep;
+        double fd = (lp - lm) / (2 * h);
+        double den = fmax(fmax(fabs(fd), fabs(grad[i])), 1e-6 + 1e-3 * gmax);
+        double e = fabs(fd - grad[i]) / den;
+        if (e > worst || isnan(e)) worst = isnan(e) ? INFINITY : e;
+    }
+    return worst;
+}
+
+typedef struct {
+    Model *m;
+    int B;
+} ModelCtx;
+
+static double model_loss(void *ctx) {
+    ModelCtx *c = ctx;
+    model_forward(c->m, c->B, 1);
+    return model_take_loss(c->m);
+}
+
+double model_gradcheck(const char *config_args, int B, int per_tensor, int verbose) {
+    Config *cfg = test_config(config_args);
+    Err e = {{0}};
+    int T = (int)cfg_int(cfg, "task.seq_len");
+    Model *m = model_create(cfg, ops_cpu(), B, T, &e);
+    if (!m) fail_msg("model_create: %s", e.msg);
+    model_init_params(m, 7);
+    gsl_rng *r = test_rng(11);
+    int V = model_dims(m)->V, N = B * T;
+    int *tok = malloc(sizeof(int) * (size_t)N), *tgt = malloc(sizeof(int) * (size_t)N);
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int)gsl_rng_uniform_int(r, (unsigned long)V);
+        tgt[i] = gsl_rng_uniform(r) < 0.2 ? -100 : (int)gsl_rng_uniform_int(r, (unsigned long)V);
+    }
+    /* non-trivial parameters: zero-initialised tensors get small random values */
+    real *p = model_params(m);
+    for (int i = 0; i < model_num_specs(m); i++) {
+        const ParamSpec *s = model_spec(m, i);
+        for (size_t j = 0; j < s->numel; j++)
+            p[s->offset + j] += (real)gsl_ran_gaussian(r, s->init == INIT_ZERO ? 0.1 : 0.02);
+    }
+    model_set_batch(m, tok, tgt, B);
+    model_zero_grad(m);
+    model_forward(m, B, 1);
+    model_take_loss(m);
+    model_backward(m, B);
+    size_t n = model_num_params(m);
+    real *g = malloc(sizeof(real) * n);
+    memcpy(g, model_grads(m), sizeof(real) * n);
+    ModelCtx ctx = {m, B};
+    double worst = 0;
+    for (int i = 0; i < model_num_specs(m); i++) {
+        const ParamSpec *s = model_spec(m, i);
+        double err = gradcheck(model_loss, &ctx, p + s->offset, g + s->offset, s->numel,
+                               per_tensor, 1e-5, r);
+        if (verbose) printf("    %-28s rel err %.2e\n", s->name, err);
+        if (err > worst || isnan(err)) worst = isnan(err) ? INFINITY : err;
+    }
+    free(g), free(tok), free(tgt);
+    gsl_rng_free(r);
+    model_free(m);
+    cfg_free(cfg);
+    return worst;
+}

@@ -1,0 +1,43 @@
+/* Resolution of a run config: protocol preset, mixer preset, task defaults,
+ * then cross-key checks. Explicit user keys always win over presets. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../models/mixer.h"
+#include "../tasks/task.h"
+#include "train.h"
+
+/* MAD-Lab's protocol (mad.md §4): d 128, [mixer, swiglu, mixer, swiglu],
+ * 16 heads with rotary dim 8 (= head dim), AdamW with PyTorch defaults,
+ * cosine per epoch over 200 epochs to 1e-6, batch 128, stop at 0.999. */
+static const char *const mad_protocol =
+    "model.d_model=128 model.layers=2 model.heads=16 model.mlp=swiglu model.mlp_width=0 "
+    "mixer.rotary_dim=-1 mixer.qkv_bias=true optim=adamw adam.beta1=0.9 adam.beta2=0.999 "
+    "adam.eps=1e-8 schedule=cosine schedule.unit=epoch min_lr=1e-6 warmup=0 epochs=200 "
+    "batch_size=128 early_stop_acc=0.999";
+
+static int check_device(const char *dev, Err *err) {
+    if (!strcmp(dev, "cpu") || !strcmp(dev, "cuda")) return 0;
+    int n;
+    char tail;
+    if (sscanf(dev, "cuda:%d%c", &n, &tail) == 1 && n >= 0) return 0;
+    err_set(err, "key 'device': '%s' is not cpu, cuda or cuda:N", dev);
+    return -1;
+}
+
+int config_resolve(Config *cfg, Err *err) {
+    if (!strcmp(cfg_str(cfg, "protocol"), "mad") && cfg_preset_list(cfg, mad_protocol, err) != 0)
+        return -1;
+    const MixerKind *mk;
+    if (mixer_resolve(cfg, &mk, err) != 0) return -1;
+    const Task *t;
+    TaskParams tp;
+    if (task_resolve(cfg, &t, &tp, err) != 0) return -1;
+    if (check_device(cfg_str(cfg, "device"), err) != 0) return -1;
+    long d = cfg_int(cfg, "model.d_model"), h = cfg_int(cfg, "model.heads");
+    if (d % h != 0) {
+        err_set(err, "key 'model.heads': %ld does not divide model.d_model=%ld", h, d);
+        return -1;
+    }
+    return 0;
+}
