@@ -30,8 +30,8 @@ static void on_progress(void *ctx, long step, long total, int epoch, double loss
         fprintf(stderr, "%sstep %6ld/%ld  epoch %3d  loss %.4f  test acc %.4f  %.0f tok/s   %s",
                 v->tty ? "\r" : "", step, total, epoch + 1, loss, acc, tps, v->tty ? "" : "\n");
     else
-        fprintf(stderr, "%sepoch %3d done  step %ld  loss %.4f  test acc %.4f%s\n",
-                v->tty ? "\r" : "", epoch + 1, step, loss, acc, v->tty ? "                  " : "");
+        fprintf(stderr, "%sepoch %3d  step %6ld  loss %.4f  test acc %.4f%s\n",
+                v->tty ? "\r" : "", epoch + 1, step, loss, acc, v->tty ? "                         " : "");
     fflush(stderr);
 }
 
@@ -58,6 +58,7 @@ int cmd_train(int argc, char **argv) {
     TrainView view = {cfg_bool(cfg, "progress"), isatty(2)};
     RunSink sink = {.ctx = &view, .progress = on_progress};
     RunResult r = train_run(cfg, &sink);
+    if (view.progress && view.tty) fputc('\n', stderr);
     cfg_free(cfg);
     if (r.status == RUN_FAILED) {
         fprintf(stderr, "plab train: run failed: %s\n", r.reason);

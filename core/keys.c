@@ -61,10 +61,15 @@ static const KeyDef train_keys[] = {
      "stop once test accuracy (MAD's) reaches this; above 1 = never", 0},
     {"log_every", KEY_INT, "10", 1, 1 << 30, NULL, "steps between progress lines and metric rows", KEY_NOHASH},
     {"progress", KEY_BOOL, "true", 1, 0, NULL, "live progress line on stderr", KEY_NOHASH},
+    {"debug.inject_nan_step", KEY_INT, "-1", -1, 1e15, NULL,
+     "fault injection for tests: poison a weight with NaN after this step (-1 = never)", 0},
 };
 
 extern const KeyTable task_key_table;
 extern const KeyTable attention_key_table;
+extern const KeyTable delta_key_table;
+extern const KeyTable mamba_key_table; /* models/mamba.c */
+extern const KeyTable autoencoder_key_table; /* models/autoencoder.c */
 
 static const KeyTable run_table = KEYTABLE("run", run_keys);
 static const KeyTable model_table = KEYTABLE("model", model_keys);
@@ -74,6 +79,8 @@ static const KeyTable train_table = KEYTABLE("training", train_keys);
 
 const KeyTable *const key_tables[] = {
     &run_table,       &task_key_table, &model_table,    &attention_key_table,
-    &optim_table,     &schedule_table, &train_table,
+    &delta_key_table, &optim_table,     &schedule_table, &train_table,
+    &mamba_key_table,
+    &autoencoder_key_table,
 };
 const int key_table_count = (int)(sizeof key_tables / sizeof key_tables[0]);

@@ -45,7 +45,9 @@ static void gather(const Dataset *d, const size_t *idx, int B, int *tok, int *tg
 }
 
 /* One pass over the test set in order (MAD's test loader is not shuffled). */
-static void evaluate(Model *m, const Dataset *test, int B, EvalAcc *acc) {
+/* On a backend with CUDA graphs, full batches replay one captured forward. */
+static void evaluate(Model *m, const Dataset *test, int B, EvalAcc *acc, void **graph) {
+    const Ops *ops = model_ops(m);
     memset(acc, 0, sizeof *acc);
     int T = test->len, V = model_dims(m)->V;
     int *pred = xmalloc(sizeof(int) * (size_t)B * T);
@@ -57,7 +59,14 @@ static void evaluate(Model *m, const Dataset *test, int B, EvalAcc *acc) {
         for (int b = 0; b < nb; b++) idx[b] = (size_t)(start + b);
         gather(test, idx, nb, tok, tgt);
         model_set_batch(m, tok, tgt, nb);
-        model_forward(m, nb, 0);
+        if (graph && nb == B) {
+            if (!*graph) {
+                ops->graph_begin();
+                model_forward(m, B, 0);
+                *graph = ops->graph_end();
+            }
+            ops->graph_launch(*graph);
+        } else model_forward(m, nb, 0);
         model_predict(m, nb, pred, nll);
         eval_add_batch(acc, pred, nll, tgt, (long)nb * T, nb, V);
     }
@@ -106,6 +115,11 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
     size_t *perm = xmalloc(sizeof(size_t) * (size_t)train.n);
     int *tok = xmalloc(sizeof(int) * (size_t)B * T), *tgt = xmalloc(sizeof(int) * (size_t)B * T);
     long log_every = cfg_int(cfg, "log_every");
+    /* CUDA graphs on backends that have them; PLAB_CUDA_GRAPH=0 runs every op eagerly */
+    const char *graph_env = getenv("PLAB_CUDA_GRAPH");
+    int use_graph = ops->graph_begin && !(graph_env && !strcmp(graph_env, "0"));
+    void *step_graph = NULL, *eval_graph = NULL;
+    long inject_nan = cfg_int(cfg, "debug.inject_nan_step");
     double stop_acc = cfg_float(cfg, "early_stop_acc");
     double best_ppl = INFINITY, loss_acc = 0, last_loss = NAN;
     long loss_n = 0, step = 0, tokens = 0;
@@ -120,10 +134,30 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
             int nb = train.n - start < B ? train.n - start : B;
             gather(&train, perm + start, nb, tok, tgt);
             model_set_batch(m, tok, tgt, nb);
-            model_zero_grad(m);
-            model_forward(m, nb, 1);
-            model_backward(m, nb);
-            optim_step(opt, step);
+            if (use_graph && nb == B && step > 0) {
+                /* CUDA: the whole step (zero, forward, backward, update) is captured
+                 * once, after one eager step has sized every lazy buffer, and
+                 * replayed; only the batch and the schedule's values are uploaded. */
+                if (!step_graph) {
+                    ops->graph_begin();
+                    model_zero_grad(m);
+                    model_forward(m, B, 1);
+                    model_backward(m, B);
+                    optim_apply(opt);
+                    step_graph = ops->graph_end();
+                }
+                optim_upload(opt, step);
+                ops->graph_launch(step_graph);
+            } else {
+                model_zero_grad(m);
+                model_forward(m, nb, 1);
+                model_backward(m, nb);
+                optim_step(opt, step);
+            }
+            if (step == inject_nan) { /* fault injection: proves divergence handling */
+                real nan = (real)NAN;
+                ops->to_device(model_params(m), &nan, sizeof nan);
+            }
             tokens += (long)nb * T;
             loss_n++;
             int last_of_epoch = start + B >= train.n;
@@ -149,7 +183,7 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         }
         if (res.status != RUN_FINISHED) break;
         EvalAcc ev;
-        evaluate(m, &test, B, &ev);
+        evaluate(m, &test, B, &ev, use_graph ? &eval_graph : NULL);
         double acc = eval_mad_acc(&ev), tacc = eval_token_acc(&ev), ppl = eval_ppl(&ev);
         double tl = eval_loss(&ev);
         emit(sink, step, epoch, "test_loss", tl);
@@ -185,6 +219,8 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         emit_final(sink, "epochs", "last", res.epochs);
         emit_final(sink, "seconds", "last", res.seconds);
     }
+    if (step_graph) ops->graph_free(step_graph);
+    if (eval_graph) ops->graph_free(eval_graph);
     free(perm), free(tok), free(tgt);
     gsl_rng_free(shuf);
     optim_free(opt);

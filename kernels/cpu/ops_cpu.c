@@ -141,22 +141,29 @@ static void cpu_swiglu_backward(real *da, real *db, const real *dh, const real *
     }
 }
 
+/* angles t * base^(-2i/rot) for t < T, i < rot/2, tabulated once per call */
 static void rope_apply(real *x, int N, int T, int H, int hd, int ld, int rot, real base, real sgn) {
     int half = rot / 2;
+    real *cs = xmalloc(sizeof(real) * 2 * (size_t)T * (size_t)half), *sn = cs + (size_t)T * half;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            double ang = t * pow((double)base, -2.0 * i / rot);
+            cs[t * half + i] = (real)cos(ang);
+            sn[t * half + i] = sgn * (real)sin(ang);
+        }
 #pragma omp parallel for
     for (int n = 0; n < N; n++) {
-        int t = n % T;
+        const real *c = cs + (size_t)(n % T) * half, *s = sn + (size_t)(n % T) * half;
         for (int h = 0; h < H; h++) {
             real *v = x + (size_t)n * ld + (size_t)h * hd;
             for (int i = 0; i < half; i++) {
-                double ang = t * pow((double)base, -2.0 * i / rot);
-                real c = (real)cos(ang), s = sgn * (real)sin(ang);
                 real x1 = v[i], x2 = v[i + half];
-                v[i] = x1 * c - x2 * s;
-                v[i + half] = x2 * c + x1 * s;
+                v[i] = x1 * c[i] - x2 * s[i];
+                v[i + half] = x2 * c[i] + x1 * s[i];
             }
         }
     }
+    free(cs);
 }
 
 static void cpu_rope_forward(real *x, int N, int T, int H, int hd, int ld, int rot, real base) {
@@ -301,9 +308,9 @@ static const Ops cpu_ops = {
     .adamw = cpu_adamw,
     .muon_momentum = cpu_muon_momentum,
     .muon_apply = cpu_muon_apply,
-    .family = NULL, /* kernels/cpu/family_cpu.c */
-    .scan = NULL,   /* kernels/cpu/scan_cpu.c */
-    .delta = NULL,  /* kernels/cpu/delta_cpu.c */
+    .family = &cpu_family_ops, /* kernels/cpu/family_cpu.c */
+    .scan = &cpu_scan_ops, /* kernels/cpu/scan_cpu.c */
+    .delta = &cpu_delta_ops, /* kernels/cpu/delta_cpu.c */
 };
 
 const Ops *ops_cpu(void) { return &cpu_ops; }
