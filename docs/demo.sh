@@ -7,8 +7,9 @@ PLAB=${PLAB:-./plab}
 common="task=in_context_recall task.vocab_size=16 task.seq_len=64 task.num_train=4000 task.num_test=512
         model.d_model=64 model.heads=4 model.layers=2 optim=muon lr=5e-3 schedule=constant
         batch_size=32 epochs=15 early_stop_acc=0.99 log_every=25 seed=1"
+TIMEFORMAT="   wall time %R s"
 for mixer in softmax parallax; do
     echo "== $mixer"
     # shellcheck disable=SC2086
-    /usr/bin/time -f "   wall time %e s" "$PLAB" train $common model.mixer=$mixer
+    time "$PLAB" train $common model.mixer=$mixer
 done
