@@ -63,7 +63,7 @@ $(BUILD)/f64/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DPLAB_DOUBLE -c $< -o $@
 
-$(BUILD)/cuda/%.o: %.cu
+$(BUILD)/cuda/%.o: %.cu kernels/cuda/cuda_common.cuh kernels/ops.h core/real.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -88,6 +88,10 @@ T64_BIN := $(T64_SRC:tests/%.c=$(BUILD)/tests/%)
 T32_BIN := $(T32_SRC:tests/%.c=$(BUILD)/tests/%)
 TCU_BIN := $(TCU_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_LIBS := $(LDLIBS) -lcmocka
+ifdef DEVICE
+# libcmocka.so.0 travels beside the test binaries
+TEST_LIBS += -Wl,-rpath,'$$ORIGIN'
+endif
 
 $(BUILD)/tests/test_%: tests/test_%.c tests/testutil.c tests/testutil.h $(BUILD)/libplab64.a
 	@mkdir -p $(dir $@)
@@ -101,6 +105,16 @@ $(BUILD)/tests/cuda_%: tests/cuda_%.c tests/testutil.c tests/testutil.h $(BUILD)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< tests/testutil.c $(BUILD)/libplab.a -o $@ $(TEST_LIBS) $(CUDA_LIBS)
 
+# ---- benchmarks (bench/*.c: the training-step benchmark) ---------------------------------
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libplab.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(BUILD)/libplab.a -o $@ $(LDLIBS) $(CUDA_LIBS)
+
+bench: $(BENCH_BIN)
+
 test: $(PLAB) $(T64_BIN) $(T32_BIN) $(TCU_BIN)
 	@PLAB=./$(PLAB) bash tests/run.sh $(T64_BIN) $(T32_BIN) $(TCU_BIN) tests/e2e_*.sh
 
@@ -113,7 +127,7 @@ demo: $(PLAB)
 # For the GPU machine: cmocka comes along as a shared object beside the tests.
 device:
 	$(MAKE) DEVICE=1 BUILD=build/device PLAB=build/device/plab build/device/plab \
-	    $(TCU_BIN:$(BUILD)/%=build/device/%)
+	    $(TCU_BIN:$(BUILD)/%=build/device/%) $(BENCH_BIN:$(BUILD)/%=build/device/%)
 	cp -L /usr/lib/x86_64-linux-gnu/libcmocka.so.0 build/device/tests/
 
 clean:

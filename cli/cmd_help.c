@@ -3,6 +3,7 @@
 
 #include "../core/config.h"
 #include "../models/mixer.h"
+#include "../train/train.h"
 #include "cli.h"
 
 extern const Command *const commands[];
@@ -42,12 +43,26 @@ void print_keys(const char *prefix) {
     }
 }
 
+/* one row per mixer with its parameters and state at the default config
+ * (d_model 128, MAD's vocabulary 16), the numbers MAD compares at */
 static void print_mixers(void) {
-    printf("mixers (model.mixer=NAME):\n");
+    printf("mixers (model.mixer=NAME); params and state per layer at d_model=128, vocab 16:\n\n");
+    printf("  %-24s %9s %11s  %s\n", "name", "params", "state", "what");
     for (int i = 0; i < mixer_count(); i++) {
         const MixerKind *m = mixer_at(i);
-        printf("  %-24s %s\n", m->name, m->help);
-        if (m->preset) printf("  %-24s   sets: %s\n", "", m->preset);
+        Config *c = cfg_new();
+        Err e;
+        size_t np = 0, ns = 0;
+        char pbuf[32] = "?", sbuf[32] = "?";
+        if (cfg_set(c, "model.mixer", m->name, &e) == 0 && config_resolve(c, &e) == 0 &&
+            mixer_layer_stats(c, &np, &ns, &e) == 0) {
+            snprintf(pbuf, sizeof pbuf, "%zu", np);
+            if (ns) snprintf(sbuf, sizeof sbuf, "%zu", ns);
+            else snprintf(sbuf, sizeof sbuf, "grows (KV)");
+        }
+        cfg_free(c);
+        printf("  %-24s %9s %11s  %s\n", m->name, pbuf, sbuf, m->help);
+        if (m->preset) printf("  %-24s %9s %11s    sets: %s\n", "", "", "", m->preset);
     }
 }
 

@@ -138,6 +138,14 @@ typedef struct Ops {
     const FamilyOps *family;
     const ScanOps *scan;
     const DeltaOps *delta;
+
+    /* ---- CUDA graphs (NULL on the CPU) ------------------------------------------- */
+    /* Every op enqueued between graph_begin and graph_end is recorded, not run;
+     * graph_launch replays the recording asynchronously. No alloc inside. */
+    void (*graph_begin)(void);
+    void *(*graph_end)(void);
+    void (*graph_launch)(void *graph);
+    void (*graph_free)(void *graph);
 } Ops;
 
 const Ops *ops_cpu(void);

@@ -24,11 +24,21 @@ typedef struct MixerKind {
     void (*backward)(void *self, const Ops *ops, const real *x, const real *dy, real *dx, int B,
                      int T);
     void (*destroy)(void *self, const Ops *ops);
+    /* reals of recurrent state one layer keeps per sequence (MAD compares at matched
+     * state); NULL when the state grows with the sequence (softmax's KV cache) */
+    size_t (*state_size)(const Config *cfg, const ModelDims *dims);
+    /* optional: scalar diagnostics of the last forward pass (e.g. the attention
+     * family's CG residual, "cg_resid_max"); writes up to `max` names and values
+     * and returns how many. NULL when the mixer has none. */
+    int (*diagnostics)(void *self, const Ops *ops, const char **names, double *values, int max);
 } MixerKind;
 
 const MixerKind *mixer_find(const char *name);
 int mixer_count(void);
 const MixerKind *mixer_at(int i);
+/* Parameters and recurrent state (reals per sequence, 0 when it grows with the
+ * sequence) of one layer of the mixer of a resolved config, by a dry create. */
+int mixer_layer_stats(const Config *cfg, size_t *params, size_t *state, Err *err);
 /* Checks model.mixer and applies its preset; fills err with a suggestion. */
 int mixer_resolve(Config *cfg, const MixerKind **kind, Err *err);
 

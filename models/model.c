@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autoencoder.h"
 #include "layers.h"
 #include "mixer.h"
 
@@ -52,6 +53,7 @@ struct Model {
     const MixerKind *kind;
     void **mixers;
     Mlp *mlps;
+    AutoEncoder *ae; /* model.backbone=autoencoder (compression), else NULL */
     int p_embed, p_final_norm, p_head_w, p_head_b;
     int *p_norm; /* [2 * layers]: before mixer, before MLP */
     /* activations */
@@ -96,6 +98,10 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
     int L = D->layers, d = D->d, F = D->mlp_width;
 
     ParamBuilder *pb = &m->pb;
+    if (ae_wanted(cfg) && !(m->ae = ae_create(cfg, D, ops, pb, err))) {
+        free(pb->specs), free(m);
+        return NULL;
+    }
     m->p_embed = pb_add(pb, "embed", D->V, d, 0, INIT_NORMAL, 0.02);
     m->p_norm = xcalloc((size_t)(2 * L), sizeof(int));
     m->mixers = xcalloc((size_t)L, sizeof(void *));
@@ -126,6 +132,7 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
     m->params = ops->alloc(sizeof(real) * pb->total);
     m->grads = ops->alloc(sizeof(real) * pb->total);
     for (int l = 0; l < L; l++) kind->bind(m->mixers[l], ops, pb->specs, m->params, m->grads);
+    if (m->ae) ae_bind(m->ae, ops, pb->specs, m->params, m->grads);
 
     size_t N = (size_t)B * T, nd = sizeof(real) * N * d;
     m->res = xcalloc((size_t)(2 * L + 1), sizeof(real *));
@@ -162,6 +169,7 @@ void model_free(Model *m) {
     if (!m) return;
     const Ops *ops = m->ops;
     int L = m->dims.layers;
+    ae_free(m->ae, ops);
     for (int l = 0; l < L; l++) {
         m->kind->destroy(m->mixers[l], ops);
         if (m->dims.mlp_width) {
@@ -180,6 +188,8 @@ void model_free(Model *m) {
     free(m);
 }
 
+static double init_u01(void *rng) { return gsl_rng_uniform(rng); }
+
 void model_init_params(Model *m, unsigned long seed) {
     size_t n = m->pb.total;
     real *host = xcalloc(n, sizeof(real));
@@ -189,12 +199,18 @@ void model_init_params(Model *m, unsigned long seed) {
     for (int i = 0; i < m->pb.n; i++) {
         const ParamSpec *s = &m->pb.specs[i];
         real *p = host + s->offset;
+        if (s->init == INIT_CUSTOM) {
+            s->init_fn(p, s->numel, init_u01, rng);
+            continue;
+        }
         for (size_t j = 0; j < s->numel; j++) {
             switch (s->init) {
             case INIT_ZERO: p[j] = 0; break;
             case INIT_CONST: p[j] = (real)s->init_a; break;
             case INIT_NORMAL: p[j] = (real)gsl_ran_gaussian(rng, s->init_a); break;
             case INIT_UNIFORM: p[j] = (real)((2 * gsl_rng_uniform(rng) - 1) * s->init_a); break;
+            case INIT_CUSTOM: break; /* handled above */
+            case INIT_S4D_REAL: p[j] = (real)log(1.0 + (double)(j % (size_t)s->cols)); break;
             }
         }
     }
@@ -239,8 +255,9 @@ void model_forward(Model *m, int B, int with_loss) {
         linear_forward(ops, m->tmp, p->h, P(m, p->w2), NULL, N, F, d);
         ops->axpy(m->res[2 * l + 2], m->tmp, 1, (long)N * d);
     }
-    ops->rmsnorm_forward(m->fin, m->fin_rstd, m->res[2 * L], P(m, m->p_final_norm), N, d,
-                         D->norm_eps);
+    /* autoencoder: the final norm and head unembed the decoder output (mad.md §4.2) */
+    const real *top = m->ae ? ae_forward(m->ae, ops, m->res[2 * L], B, D->T) : m->res[2 * L];
+    ops->rmsnorm_forward(m->fin, m->fin_rstd, top, P(m, m->p_final_norm), N, d, D->norm_eps);
     linear_forward(ops, m->logits, m->fin, P(m, m->p_head_w), P(m, m->p_head_b), N, d, D->V);
     if (with_loss)
         ops->crossentropy(m->loss, m->dlogits, m->logits, m->targets, m->inv_count, N, D->V);
@@ -255,8 +272,12 @@ void model_backward(Model *m, int B) {
     linear_backward(ops, m->dln, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits, m->fin,
                     P(m, m->p_head_w), N, d, D->V);
     ops->zero(m->dres, nd);
-    ops->rmsnorm_backward(m->dres, G(m, m->p_final_norm), m->dln, m->res[2 * L],
-                          P(m, m->p_final_norm), m->fin_rstd, N, d);
+    if (m->ae)
+        ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm), m->fin_rstd,
+                    m->dres, B, D->T);
+    else
+        ops->rmsnorm_backward(m->dres, G(m, m->p_final_norm), m->dln, m->res[2 * L],
+                              P(m, m->p_final_norm), m->fin_rstd, N, d);
     for (int l = L - 1; l >= 0; l--) {
         if (F) {
             Mlp *p = &m->mlps[l];
@@ -315,4 +336,19 @@ int model_find_param(const Model *m, const char *name) {
     for (int i = 0; i < m->pb.n; i++)
         if (strcmp(m->pb.specs[i].name, name) == 0) return i;
     return -1;
+}
+
+int model_diagnostics(Model *m, char (*names)[64], double *values, int max) {
+    if (!m->kind->diagnostics) return 0;
+    int n = 0;
+    for (int l = 0; l < m->dims.layers && n < max; l++) {
+        const char *nm[16];
+        double v[16];
+        int k = m->kind->diagnostics(m->mixers[l], m->ops, nm, v, 16);
+        for (int i = 0; i < k && n < max; i++, n++) {
+            snprintf(names[n], 64, "blocks.%d.%s", l, nm[i]);
+            values[n] = v[i];
+        }
+    }
+    return n;
 }

@@ -24,7 +24,13 @@ typedef struct {
     int init_normal; /* 1: N(0,0.02) linear init (MAD paper); 0: PyTorch default */
 } ModelDims;
 
-typedef enum { INIT_ZERO, INIT_CONST, INIT_NORMAL, INIT_UNIFORM } InitKind;
+typedef enum { INIT_ZERO, INIT_CONST, INIT_NORMAL, INIT_UNIFORM, INIT_CUSTOM,
+               INIT_S4D_REAL /* [rows, cols]: log(1 + column), Mamba A_log (baselines.md §4.1) */
+} InitKind;
+
+/* INIT_CUSTOM: fills the tensor on the host (e.g. A_log, dt bias, baselines.md §1.4);
+ * u01(rng) draws U[0,1) from the model's init stream. */
+typedef void (*InitFn)(real *p, size_t numel, double (*u01)(void *rng), void *rng);
 
 enum {
     PARAM_MUON = 1,     /* 2-D hidden matrix: Muon eligible (baselines.md §10.3) */
@@ -38,6 +44,7 @@ typedef struct {
     unsigned flags;
     InitKind init;
     double init_a; /* std (normal), bound (uniform) or value (const) */
+    InitFn init_fn; /* INIT_CUSTOM only (set after pb_add) */
 } ParamSpec;
 
 typedef struct {
@@ -87,6 +94,9 @@ size_t model_count_params(const Model *m);
 int model_num_specs(const Model *m);
 const ParamSpec *model_spec(const Model *m, int i);
 const struct MixerKind *model_mixer_kind(const Model *m);
+/* Mixer diagnostics of the last forward, every layer ("blocks.0.cg_resid_max");
+ * returns how many were written (at most max). */
+int model_diagnostics(Model *m, char (*names)[64], double *values, int max);
 /* Index of a named tensor ("blocks.0.mixer.wr"), -1 when absent. */
 int model_find_param(const Model *m, const char *name);
 

@@ -2,6 +2,8 @@
 # Runs test binaries (cmocka) and end-to-end scripts, then prints one closing
 # line "N passed, N failed, N skipped". Exits non-zero if anything failed.
 set -u
+# tests use tiny tensors: one OpenMP thread avoids paying for idle threads
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 passed=0 failed=0 skipped=0 failures=()
 for t in "$@"; do
     [ -e "$t" ] || continue

@@ -34,10 +34,9 @@ int config_resolve(Config *cfg, Err *err) {
     TaskParams tp;
     if (task_resolve(cfg, &t, &tp, err) != 0) return -1;
     if (check_device(cfg_str(cfg, "device"), err) != 0) return -1;
-    long d = cfg_int(cfg, "model.d_model"), h = cfg_int(cfg, "model.heads");
-    if (d % h != 0) {
-        err_set(err, "key 'model.heads': %ld does not divide model.d_model=%ld", h, d);
-        return -1;
-    }
+    /* a dry build of one mixer layer checks the mixer's own rules (heads dividing
+     * the width, head sizes, axis combinations) before anything runs */
+    size_t params, state;
+    if (mixer_layer_stats(cfg, &params, &state, err) != 0) return -1;
     return 0;
 }

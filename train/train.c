@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../models/mixer.h"
 #include "../models/model.h"
 #include "../optim/optim.h"
 #include "../tasks/task.h"
@@ -89,22 +90,27 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
     const Task *task;
     TaskParams tp;
     task_resolve(cfg, &task, &tp, &err);
-    Dataset train, test;
-    task_generate(task, &tp, sub_seed(seed, 1), &train, &test);
-
+    /* the model first: a bad mixer setting fails before any data is generated */
     char why[256] = "";
     const Ops *ops = ops_for_device(cfg_str(cfg, "device"), cfg_str(cfg, "precision"), why, sizeof why);
-    Model *m = NULL;
-    if (ops) m = model_create(cfg, ops, (int)cfg_int(cfg, "batch_size") < train.n
-                                              ? (int)cfg_int(cfg, "batch_size") : train.n,
-                              train.len, &err);
+    int bs = (int)cfg_int(cfg, "batch_size");
+    Model *m = ops ? model_create(cfg, ops, bs < tp.num_train ? bs : tp.num_train,
+                                  task->length(&tp), &err)
+                   : NULL;
     if (!ops || !m) {
         res.status = RUN_FAILED;
         snprintf(res.reason, sizeof res.reason, "%s", ops ? err.msg : why);
-        dataset_free(&train), dataset_free(&test);
         cfg_free(cfg);
         return res;
     }
+    size_t layer_params = 0, layer_state = 0;
+    if (mixer_layer_stats(cfg, &layer_params, &layer_state, &err) == 0) {
+        emit_final(sink, "mixer_params_per_layer", "last", (double)layer_params);
+        emit_final(sink, "mixer_state_per_layer", "last", (double)layer_state);
+    }
+    emit_final(sink, "num_params", "last", (double)model_count_params(m));
+    Dataset train, test;
+    task_generate(task, &tp, sub_seed(seed, 1), &train, &test);
     model_init_params(m, sub_seed(seed, 2));
     int B = model_dims(m)->B, T = train.len;
     long spe = (train.n + B - 1) / B, epochs = cfg_int(cfg, "epochs"), total = spe * epochs;
@@ -190,6 +196,10 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         emit(sink, step, epoch, "test_ppl", ppl);
         emit(sink, step, epoch, "test_acc", acc);
         emit(sink, step, epoch, "test_token_acc", tacc);
+        char dnames[64][64];
+        double dvals[64];
+        int nd = model_diagnostics(m, dnames, dvals, 64); /* of the last test batch */
+        for (int i = 0; i < nd; i++) emit(sink, step, epoch, dnames[i], dvals[i]);
         res.epochs = epoch + 1;
         if (!isfinite(tl)) {
             res.status = RUN_DIVERGED;

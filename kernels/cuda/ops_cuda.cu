@@ -1,15 +1,163 @@
-// Placeholder until the CUDA backend lands: reports that no op is available.
-#include <cstdio>
-#include <cuda_runtime.h>
-#include "../ops.h"
+// The CUDA backend: state, memory, CUDA graphs, and the op table per precision.
+// precision selects the cuBLAS compute type of every matmul (DEVICE.md):
+//   fp32  CUBLAS_COMPUTE_32F            exact fp32
+//   tf32  CUBLAS_COMPUTE_32F_FAST_TF32  tf32 operands, fp32 accumulation
+//   bf16  CUBLAS_COMPUTE_32F_FAST_16BF  bf16 operands, fp32 accumulation
+// Storage, master weights, optimizer state and all non-matmul kernels stay fp32.
+#include <cstring>
 
-extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, size_t whylen) {
-    (void)precision;
+#include "cuda_common.cuh"
+
+CuState cu = {-1, nullptr, nullptr, nullptr, nullptr, 0};
+
+void cu_die(const char *file, int line, const char *what, const char *why) {
+    fprintf(stderr, "%s:%d: CUDA error in %s: %s\n", file, line, what, why);
+    exit(1);
+}
+
+static void check_not_capturing(const char *what) {
+    cudaStreamCaptureStatus st;
+    CK(cudaStreamIsCapturing(cu.stream, &st));
+    if (st != cudaStreamCaptureStatusNone) {
+        fprintf(stderr, "CUDA backend: %s while a graph is being captured (run one step "
+                        "uncaptured first)\n", what);
+        exit(1);
+    }
+}
+
+float *cu_scratch(size_t n) {
+    if (n > cu.scratch_n) {
+        check_not_capturing("growing the scratch buffer");
+        CK(cudaStreamSynchronize(cu.stream));
+        if (cu.scratch) CK(cudaFree(cu.scratch));
+        size_t m = n + n / 2;
+        CK(cudaMalloc(&cu.scratch, m * sizeof(float)));
+        cu.scratch_n = m;
+    }
+    return cu.scratch;
+}
+
+// ---- memory ----------------------------------------------------------------------
+
+static void *cu_alloc(size_t bytes) {
+    check_not_capturing("cudaMalloc");
+    void *p = nullptr;
+    CK(cudaMalloc(&p, bytes ? bytes : 1));
+    CK(cudaMemsetAsync(p, 0, bytes ? bytes : 1, cu.stream));
+    CK(cudaStreamSynchronize(cu.stream));
+    return p;
+}
+static void cu_release(void *p) {
+    CK(cudaStreamSynchronize(cu.stream));
+    CK(cudaFree(p));
+}
+// Pageable host memory: the call returns once the source has been staged, so the
+// caller may reuse its buffer; the copy runs in stream order (after queued work).
+static void cu_to_device(void *dst, const void *src, size_t bytes) {
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu.stream));
+}
+static void cu_to_host(void *dst, const void *src, size_t bytes) {
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu.stream));
+    CK(cudaStreamSynchronize(cu.stream));
+    cu_check_flags();
+}
+static void cu_copy(void *dst, const void *src, size_t bytes) {
+    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu.stream));
+}
+static void cu_zero(void *p, size_t bytes) { CK(cudaMemsetAsync(p, 0, bytes, cu.stream)); }
+static void cu_sync(void) {
+    CK(cudaStreamSynchronize(cu.stream));
+    cu_check_flags();
+}
+
+// ---- graphs ----------------------------------------------------------------------
+
+static void cu_graph_begin(void) {
+    CK(cudaStreamBeginCapture(cu.stream, cudaStreamCaptureModeThreadLocal));
+}
+static void *cu_graph_end(void) {
+    cudaGraph_t g;
+    CK(cudaStreamEndCapture(cu.stream, &g));
+    cudaGraphExec_t ex;
+    CK(cudaGraphInstantiate(&ex, g, 0));
+    CK(cudaGraphDestroy(g));
+    CK(cudaGraphUpload(ex, cu.stream));
+    return (void *)ex;
+}
+static void cu_graph_launch(void *g) { CK(cudaGraphLaunch((cudaGraphExec_t)g, cu.stream)); }
+static void cu_graph_free(void *g) {
+    CK(cudaStreamSynchronize(cu.stream));
+    CK(cudaGraphExecDestroy((cudaGraphExec_t)g));
+}
+
+// ---- setup -----------------------------------------------------------------------
+
+static int init_state(int device, char *why, size_t whylen) {
+    if (cu.stream) {
+        if (device != cu.device) {
+            snprintf(why, whylen, "the CUDA backend is already bound to cuda:%d (asked cuda:%d)",
+                     cu.device, device);
+            return -1;
+        }
+        return 0;
+    }
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        cudaGetLastError(); // clear the sticky "no device" error
         snprintf(why, whylen, "no CUDA device is visible");
+        return -1;
+    }
+    if (device < 0 || device >= n) {
+        snprintf(why, whylen, "key 'device': cuda:%d does not exist (%d device%s visible)", device,
+                 n, n == 1 ? "" : "s");
+        return -1;
+    }
+    CK(cudaSetDevice(device));
+    CK(cudaStreamCreateWithFlags(&cu.stream, cudaStreamNonBlocking));
+    CKB(cublasCreate(&cu.blas));
+    CKB(cublasSetStream(cu.blas, cu.stream));
+    const size_t ws = 32u << 20;
+    CK(cudaMalloc(&cu.blas_ws, ws));
+    CKB(cublasSetWorkspace(cu.blas, cu.blas_ws, ws));
+    cu.device = device;
+    return 0;
+}
+
+static Ops tables[3];
+static int filled[3];
+
+extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, size_t whylen) {
+    int prec = -1;
+    if (!precision || !strcmp(precision, "fp32")) prec = 0;
+    else if (!strcmp(precision, "tf32")) prec = 1;
+    else if (!strcmp(precision, "bf16")) prec = 2;
+    if (prec < 0) {
+        snprintf(why, whylen, "key 'precision': '%s' is not fp32, tf32 or bf16", precision);
         return nullptr;
     }
-    snprintf(why, whylen, "the CUDA backend is not implemented yet (device %d)", device);
-    return nullptr;
+    if (init_state(device, why, whylen) != 0) return nullptr;
+    Ops *o = &tables[prec];
+    if (!filled[prec]) {
+        memset(o, 0, sizeof *o);
+        static const char *names[3] = {"cuda", "cuda-tf32", "cuda-bf16"};
+        o->name = names[prec];
+        o->alloc = cu_alloc;
+        o->release = cu_release;
+        o->to_device = cu_to_device;
+        o->to_host = cu_to_host;
+        o->copy = cu_copy;
+        o->zero = cu_zero;
+        o->sync = cu_sync;
+        o->graph_begin = cu_graph_begin;
+        o->graph_end = cu_graph_end;
+        o->graph_launch = cu_graph_launch;
+        o->graph_free = cu_graph_free;
+        cu_fill_dense(o, prec);
+        cu_fill_layers(o);
+        cu_fill_loss(o);
+        cu_fill_attention(o);
+        cu_fill_optim(o);
+        filled[prec] = 1;
+    }
+    return o;
 }

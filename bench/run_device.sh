@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Everything the GPU machine runs in one call (docs/DEVICE.md):
+#   bash bench/run_device.sh [tests] [bench] [solve] [profile] [torch] [torch-compile] [torch-solve]
+# (no argument: all). Expects the binaries of `make device` under $BIN
+# (default build/device). Logs go to $OUT (or /tmp/plab-out); RESULT lines are
+# collected into $OUT/results.txt, the input of docs/BENCHMARKS.md.
+set -u
+BIN=${BIN:-build/device}
+OUT=${OUT:-/tmp/plab-out}
+mkdir -p "$OUT"
+# cuBLAS: the toolkit's, else the one that ships with PyTorch
+TORCH_CUBLAS=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${TORCH_CUBLAS}:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+phases=${*:-tests bench solve torch torch-compile torch-solve}  # also: profile (ncu)
+has() { [[ " $phases " == *" $1 "* ]]; }
+R="$OUT/results.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee -a "$R"
+date -u +"date %Y-%m-%dT%H:%M:%SZ" | tee -a "$R"
+
+if has tests; then
+    echo "== make test-cuda (CPU-vs-CUDA parity, determinism, training parity)"
+    PLAB_REQUIRE_GPU=1 bash tests/run.sh "$BIN"/tests/cuda_* 2>&1 | tee "$OUT/tests.log" | grep -E "^\s+(  )?[a-z].*(rel|bound)|PASSED|FAILED|SKIPPED|passed|ERROR|error" | tail -150
+    tail -1 "$OUT/tests.log" | sed 's/^/TESTS /' >> "$R"
+fi
+
+if has bench; then
+    echo "== plab step benchmark (MAD shape)"
+    for p in bf16 fp32; do
+        MIXERS=softmax,parallax "$BIN"/bench/step_bench precision=$p 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
+        grep '^RESULT' "$OUT/bench.log" | sort -u > "$OUT/.r" && cat "$OUT/.r" >> "$R"
+    done
+fi
+
+if has solve; then
+    echo "== plab: MAD in-context recall to test acc >= 0.999 (protocol=mad, bf16)"
+    "$BIN"/bench/step_bench --dump "$OUT/icr.bin" | tee -a "$OUT/solve.log"
+    for m in softmax parallax; do
+        t0=$(date +%s.%N)
+        "$BIN"/plab train protocol=mad task=in_context_recall model.mixer=$m device=cuda \
+            precision=bf16 progress=false log_every=100000 2>&1 | tee -a "$OUT/solve.log"
+        t1=$(date +%s.%N)
+        line=$(grep '^finished' "$OUT/solve.log" | tail -1)
+        echo "RESULT plab-solve $m wall_s $(awk "BEGIN{printf \"%.2f\", $t1 - $t0}") :: $line" | tee -a "$R"
+    done
+fi
+
+if has profile; then
+    echo "== per-kernel time of the parallax bf16 step (ncu, 3 steps incl. the first eager one)"
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    MIXERS=parallax timeout 300 "$NCU" --metrics gpu__time_duration.sum --launch-count 600 --csv \
+        --print-units base "$BIN"/bench/step_bench precision=bf16 > "$OUT/ncu.csv" 2>/dev/null
+    python3 bench/ncu_summary.py "$OUT/ncu.csv" 2 | tee "$OUT/profile.txt"
+fi
+
+if has torch; then
+    echo "== PyTorch reference, eager"
+    for m in softmax parallax; do
+        python3 bench/torch_ref.py step --mixer $m 2>&1 | tee -a "$OUT/torch.log" | grep -v '^RESULT'
+    done
+    grep '^RESULT torch' "$OUT/torch.log" | sort -u >> "$R"
+fi
+if has torch-compile; then
+    echo "== PyTorch reference, torch.compile"
+    for m in softmax parallax; do
+        python3 bench/torch_ref.py step --compile --mixer $m 2>&1 | tee -a "$OUT/torchc.log" | grep -v '^RESULT' | tail -3
+    done
+    grep '^RESULT torch' "$OUT/torchc.log" | sort -u >> "$R"
+fi
+if has torch-solve; then
+    echo "== PyTorch reference: the same in-context recall data to acc >= 0.999 (eager, bf16)"
+    [ -f "$OUT/icr.bin" ] || "$BIN"/bench/step_bench --dump "$OUT/icr.bin"
+    for m in softmax parallax; do
+        python3 bench/torch_ref.py solve --data "$OUT/icr.bin" --mixer $m --budget ${TORCH_BUDGET:-90} 2>&1 | tee -a "$OUT/torchs.log" | grep -v '^RESULT'
+    done
+    grep '^RESULT torch-solve' "$OUT/torchs.log" >> "$R"
+fi
+rm -f "$OUT/icr.bin" "$OUT/.r"
+echo "== results"
+cat "$R"

@@ -1,0 +1,69 @@
+// Shared state and helpers of the CUDA backend (kernels/cuda/*.cu).
+//
+// One stream and one cuBLAS handle per process: every op is enqueued on that
+// stream, so a whole training step can be captured into a CUDA graph and
+// replayed. No op synchronises the host except to_host and sync.
+// Reductions never use float atomics: each output is summed by one thread or
+// one block in a fixed order, so the same inputs give bit-identical results.
+#pragma once
+
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "../ops.h"
+
+#define CK(call)                                                                           \
+    do {                                                                                   \
+        cudaError_t e_ = (call);                                                           \
+        if (e_ != cudaSuccess) cu_die(__FILE__, __LINE__, #call, cudaGetErrorString(e_));   \
+    } while (0)
+#define CKB(call)                                                                          \
+    do {                                                                                   \
+        cublasStatus_t s_ = (call);                                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            cu_die(__FILE__, __LINE__, #call, cublasGetStatusString(s_));                  \
+    } while (0)
+// after every kernel launch: catches bad launch configurations at once
+#define CKL() CK(cudaGetLastError())
+
+[[noreturn]] void cu_die(const char *file, int line, const char *what, const char *why);
+
+struct CuState {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *blas_ws;     // cuBLAS workspace, fixed so that graph capture allocates nothing
+    float *scratch;    // grows on demand (never during capture): see cu_scratch
+    size_t scratch_n;
+};
+extern CuState cu;
+
+// Scratch of at least n floats, valid until the next call. Growing it while a
+// graph is being captured is a bug (the first step always runs uncaptured).
+float *cu_scratch(size_t n);
+
+static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1) / threads); }
+
+__device__ __forceinline__ float cu_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// exits with a message if a device-side check failed (call after a sync)
+void cu_check_flags(void);
+
+// out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
+void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);
+
+// per op group (each .cu file fills its part of the table)
+void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
+void cu_fill_layers(Ops *o);
+void cu_fill_loss(Ops *o);
+void cu_fill_attention(Ops *o);
+void cu_fill_optim(Ops *o);

@@ -1,0 +1,291 @@
+// Layers: RMSNorm, embedding, SwiGLU, RoPE, sigmoid gate. One warp per row for
+// row reductions; column reductions (dw, dtable) go through a gemv/gemm in
+// fp32 over a scratch buffer, so nothing is summed with atomics.
+#include "cuda_common.cuh"
+
+// ---- RMSNorm ---------------------------------------------------------------------
+// Rows of C <= 16 (per-head norms) take a thread per row; wider rows a warp per row.
+
+__global__ void rmsnorm_fwd_kernel(float *out, float *rstd, const float *x, const float *w, int N,
+                                   int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    const float *xn = x + (size_t)row * C;
+    float ss = 0;
+    for (int c = lane; c < C; c += 32) ss += xn[c] * xn[c];
+    ss = warp_sum(ss);
+    float r = (float)(1.0 / sqrt((double)(ss / C + eps)));
+    if (lane == 0) rstd[row] = r;
+    float *on = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) on[c] = xn[c] * r * (w ? w[c] : 1.f);
+}
+__global__ void rmsnorm_fwd_row_kernel(float *out, float *rstd, const float *x, const float *w,
+                                       int N, int C, float eps) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= N) return;
+    const float *xn = x + (size_t)row * C;
+    float ss = 0;
+    for (int c = 0; c < C; c++) ss += xn[c] * xn[c];
+    float r = (float)(1.0 / sqrt((double)(ss / C + eps)));
+    rstd[row] = r;
+    float *on = out + (size_t)row * C;
+    for (int c = 0; c < C; c++) on[c] = xn[c] * r * (w ? w[c] : 1.f);
+}
+static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
+                            float eps) {
+    if (C <= 16) rmsnorm_fwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
+    else rmsnorm_fwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
+    CKL();
+}
+
+// dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
+__global__ void rmsnorm_bwd_kernel(float *dx, const float *dout, const float *x, const float *w,
+                                   const float *rstd, int N, int C) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    float r = rstd[row], dot = 0;
+    for (int c = lane; c < C; c += 32) dot += (w ? w[c] : 1.f) * dout[o + c] * x[o + c];
+    dot = warp_sum(dot);
+    for (int c = lane; c < C; c += 32)
+        dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
+}
+__global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float *x, const float *w,
+                                       const float *rstd, int N, int C) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    float r = rstd[row], dot = 0;
+    for (int c = 0; c < C; c++) dot += (w ? w[c] : 1.f) * dout[o + c] * x[o + c];
+    for (int c = 0; c < C; c++)
+        dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
+}
+static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                             const float *w, const float *rstd, int N, int C) {
+    if (C <= 16) rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
+    else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
+    CKL();
+    if (dw) cu_colsum(dw, dout, x, rstd, N, C); // dw[c] += sum_n dy x r
+}
+
+// ---- embedding -------------------------------------------------------------------
+
+__global__ void embed_fwd_kernel(float *out, const int *tok, const float *table, int N, int C) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= (long)N * C) return;
+    int n = (int)(i / C), c = (int)(i % C);
+    out[i] = table[(size_t)tok[n] * C + c];
+}
+static void embedding_forward(float *out, const int *tokens, const float *table, int N, int C) {
+    long n = (long)N * C;
+    embed_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(out, tokens, table, N, C);
+    CKL();
+}
+
+// The op does not carry the vocabulary size V, which sizes the one-hot matrix.
+// Outside a capture the largest token is read back (one sync) and the bound only
+// grows; inside a captured graph the bound seen so far is used and any token
+// beyond it raises a device flag that cu_check_flags reports at the next sync.
+__global__ void token_max_kernel(int *out, const int *tok, int N) {
+    __shared__ int part[1024];
+    int m = -1;
+    for (int i = threadIdx.x; i < N; i += blockDim.x) m = max(m, tok[i]);
+    part[threadIdx.x] = m;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) part[threadIdx.x] = max(part[threadIdx.x], part[threadIdx.x + w]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[0] = part[0];
+}
+
+__global__ void onehot_kernel(float *oh, int *flag, const int *tok, int N, int V) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= (long)N * V) return;
+    int t = tok[i / V];
+    if ((i % V) == 0 && t >= V) flag[0] = 1; // plain store: any writer sets the same value
+    oh[i] = t == (int)(i % V) ? 1.f : 0.f;
+}
+
+static int embed_vocab = 0;
+static int *dev_flag = nullptr; // [0] token beyond the captured vocabulary bound; [1] max token
+
+static int vocab_bound(const int *tokens, int N) {
+    if (!dev_flag) {
+        CK(cudaMalloc(&dev_flag, 2 * sizeof(int)));
+        CK(cudaMemsetAsync(dev_flag, 0, 2 * sizeof(int), cu.stream));
+    }
+    cudaStreamCaptureStatus st;
+    CK(cudaStreamIsCapturing(cu.stream, &st));
+    if (st == cudaStreamCaptureStatusNone) {
+        token_max_kernel<<<1, 1024, 0, cu.stream>>>(dev_flag + 1, tokens, N);
+        CKL();
+        int mx;
+        CK(cudaMemcpyAsync(&mx, dev_flag + 1, sizeof mx, cudaMemcpyDeviceToHost, cu.stream));
+        CK(cudaStreamSynchronize(cu.stream));
+        if (mx + 1 > embed_vocab) embed_vocab = mx + 1;
+    }
+    return embed_vocab;
+}
+
+void cu_check_flags(void) {
+    if (!dev_flag) return;
+    int f = 0;
+    CK(cudaMemcpy(&f, dev_flag, sizeof f, cudaMemcpyDeviceToHost));
+    if (f) {
+        fprintf(stderr, "CUDA backend: embedding_backward met a token >= %d, the largest seen "
+                        "before the graph was captured; its gradient is wrong\n", embed_vocab);
+        exit(1);
+    }
+}
+
+// dtable[V,C] += onehot[N,V]^T dout[N,C]: one fp32 gemm, deterministic
+static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C) {
+    int V = vocab_bound(tokens, N);
+    float *oh = cu_scratch((size_t)N * V);
+    long n = (long)N * V;
+    onehot_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(oh, dev_flag, tokens, N, V);
+    CKL();
+    const float one = 1.f;
+    CKB(cublasGemmEx(cu.blas, CUBLAS_OP_N, CUBLAS_OP_T, C, V, N, &one, dout, CUDA_R_32F, C, oh,
+                     CUDA_R_32F, V, &one, dtable, CUDA_R_32F, C, CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT));
+}
+
+// ---- SwiGLU ----------------------------------------------------------------------
+
+__global__ void swiglu_fwd_kernel(float *h, const float *a, const float *b, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) h[i] = a[i] * cu_sigmoid(a[i]) * b[i];
+}
+static void swiglu_forward(float *h, const float *a, const float *b, long n) {
+    swiglu_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(h, a, b, n);
+    CKL();
+}
+__global__ void swiglu_bwd_kernel(float *da, float *db, const float *dh, const float *a,
+                                  const float *b, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = cu_sigmoid(a[i]);
+    db[i] = dh[i] * a[i] * s;
+    da[i] = dh[i] * b[i] * s * (1.f + a[i] * (1.f - s));
+}
+static void swiglu_backward(float *da, float *db, const float *dh, const float *a, const float *b,
+                            long n) {
+    swiglu_bwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(da, db, dh, a, b, n);
+    CKL();
+}
+
+// ---- RoPE (baselines.md §2, GPT-NeoX rotate-half) ----------------------------------
+// cos/sin of t * base^(-2i/rot), computed in double as in the CPU reference, are
+// tabulated once per (T, rot, base) outside any capture, then only read.
+
+__global__ void rope_table_kernel(float *cs, int T, int rot, float base) {
+    int half = rot / 2;
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= (long)T * half) return;
+    int t = (int)(i / half), k = (int)(i % half);
+    double ang = t * pow((double)base, -2.0 * k / rot);
+    cs[2 * i] = (float)cos(ang);
+    cs[2 * i + 1] = (float)sin(ang);
+}
+
+struct RopeTable {
+    int T, rot;
+    float base;
+    float *cs; // [T, rot/2, 2]
+};
+static RopeTable rope_tables[16];
+static int n_rope_tables;
+
+static const float *rope_table(int T, int rot, float base) {
+    for (int i = 0; i < n_rope_tables; i++) {
+        RopeTable *r = &rope_tables[i];
+        if (r->T == T && r->rot == rot && r->base == base) return r->cs;
+    }
+    cudaStreamCaptureStatus st;
+    CK(cudaStreamIsCapturing(cu.stream, &st));
+    if (st != cudaStreamCaptureStatusNone || n_rope_tables == 16) {
+        fprintf(stderr, "CUDA backend: a new RoPE table (T=%d rot=%d) is needed %s\n", T, rot,
+                n_rope_tables == 16 ? "but 16 exist already" : "inside a graph capture");
+        exit(1);
+    }
+    RopeTable *r = &rope_tables[n_rope_tables++];
+    r->T = T, r->rot = rot, r->base = base;
+    long n = (long)T * (rot / 2);
+    CK(cudaMalloc(&r->cs, 2 * n * sizeof(float)));
+    rope_table_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(r->cs, T, rot, base);
+    CKL();
+    return r->cs;
+}
+
+__global__ void rope_kernel(float *x, const float *cs, int N, int T, int H, int hd, int ld, int rot,
+                            float sgn) {
+    int half = rot / 2;
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= (long)N * H * half) return;
+    int k = (int)(i % half);
+    long nh = i / half;
+    int h = (int)(nh % H), n = (int)(nh / H), t = n % T;
+    float *v = x + (size_t)n * ld + (size_t)h * hd;
+    float c = cs[2 * ((size_t)t * half + k)], s = sgn * cs[2 * ((size_t)t * half + k) + 1];
+    float x1 = v[k], x2 = v[k + half];
+    v[k] = x1 * c - x2 * s;
+    v[k + half] = x2 * c + x1 * s;
+}
+static void rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float base, float sgn) {
+    long n = (long)N * H * (rot / 2);
+    if (!n) return;
+    const float *cs = rope_table(T, rot, base);
+    rope_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(x, cs, N, T, H, hd, ld, rot, sgn);
+    CKL();
+}
+static void rope_forward(float *x, int N, int T, int H, int hd, int ld, int rot, float base) {
+    rope_run(x, N, T, H, hd, ld, rot, base, 1.f);
+}
+static void rope_backward(float *x, int N, int T, int H, int hd, int ld, int rot, float base) {
+    rope_run(x, N, T, H, hd, ld, rot, base, -1.f);
+}
+
+// ---- sigmoid gate per (token, head) ------------------------------------------------
+
+__global__ void gate_fwd_kernel(float *out, const float *x, const float *g, long NH, int hd) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < NH * hd) out[i] = x[i] * cu_sigmoid(g[i / hd]);
+}
+static void gate_forward(float *out, const float *x, const float *g, int N, int H, int hd) {
+    long n = (long)N * H * hd;
+    gate_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(out, x, g, (long)N * H, hd);
+    CKL();
+}
+__global__ void gate_bwd_kernel(float *dx, float *dg, const float *dout, const float *x,
+                                const float *g, long NH, int hd) {
+    long r = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (r >= NH) return;
+    float s = cu_sigmoid(g[r]), acc = 0;
+    for (int j = 0; j < hd; j++) {
+        size_t i = (size_t)r * hd + j;
+        dx[i] += dout[i] * s;
+        acc += dout[i] * x[i];
+    }
+    dg[r] += acc * s * (1.f - s);
+}
+static void gate_backward(float *dx, float *dg, const float *dout, const float *x, const float *g,
+                          int N, int H, int hd) {
+    long n = (long)N * H;
+    gate_bwd_kernel<<<cu_blocks(n, 128), 128, 0, cu.stream>>>(dx, dg, dout, x, g, n, hd);
+    CKL();
+}
+
+void cu_fill_layers(Ops *o) {
+    o->rmsnorm_forward = rmsnorm_forward;
+    o->rmsnorm_backward = rmsnorm_backward;
+    o->embedding_forward = embedding_forward;
+    o->embedding_backward = embedding_backward;
+    o->swiglu_forward = swiglu_forward;
+    o->swiglu_backward = swiglu_backward;
+    o->rope_forward = rope_forward;
+    o->rope_backward = rope_backward;
+    o->gate_forward = gate_forward;
+    o->gate_backward = gate_backward;
+}

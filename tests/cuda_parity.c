@@ -1,0 +1,477 @@
+/* CPU-vs-CUDA parity: every op of the table, the attention cores (softmax and
+ * Parallax, parallax_lla.md §3.4/§3.6), whole models (forward loss and every
+ * gradient, per mixer and option), a Muon/AdamW update, in fp32 (tight bounds)
+ * and bf16 (bounds in units of bf16's epsilon 2^-8). Without a usable GPU every
+ * test is skipped with the reason printed; PLAB_REQUIRE_GPU=1 (make test-cuda)
+ * turns that into a failure. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gsl/gsl_randist.h>
+
+#include "../optim/optim.h"
+
+static const Ops *CPU, *GPU, *GPU16;
+static char why[256];
+static const double BF16_EPS = 1.0 / 256;
+
+static int need_gpu(void) {
+    if (GPU) return 1;
+    if (getenv("PLAB_REQUIRE_GPU")) fail_msg("no CUDA backend: %s", why);
+    printf("  skipped: no CUDA backend (%s)\n", why);
+    return 0;
+}
+#define NEED_GPU()                                                                          \
+    do {                                                                                    \
+        if (!need_gpu()) skip();                                                            \
+    } while (0)
+
+/* device copy of a host buffer */
+static void *up(const Ops *o, const void *h, size_t bytes) {
+    void *d = o->alloc(bytes);
+    o->to_device(d, h, bytes);
+    return d;
+}
+static real *down(const Ops *o, const real *d, size_t n) {
+    real *h = xmalloc(sizeof(real) * n);
+    o->to_host(h, d, sizeof(real) * n);
+    return h;
+}
+static real *randv(gsl_rng *r, size_t n, double s) {
+    real *x = xmalloc(sizeof(real) * n);
+    fill_randn(x, n, r, s);
+    return x;
+}
+static real *dup(const real *x, size_t n) {
+    real *y = xmalloc(sizeof(real) * n);
+    memcpy(y, x, sizeof(real) * n);
+    return y;
+}
+
+/* compares a CPU result (host) with a GPU result (device) */
+static double cmp(const char *what, const real *cpu, const real *gpu_dev, size_t n, double bound) {
+    real *g = down(GPU, gpu_dev, n);
+    double e = norm_rel_err(g, cpu, n), em = max_rel_err(g, cpu, n, 1e-6);
+    printf("    %-26s norm rel %.2e  max rel %.2e  (bound %.1e)\n", what, e, em, bound);
+    free(g);
+    if (!(e <= bound && em <= 10 * bound)) fail_msg("%s: error %.3e / %.3e over %.1e", what, e, em, bound);
+    return e;
+}
+
+/* ---- dense -------------------------------------------------------------------------- */
+
+static void matmul_case(const Ops *g, double bound, int M, int N, int K, int tA, int tB,
+                        gsl_rng *r) {
+    real *A = randv(r, (size_t)M * K, 1), *B = randv(r, (size_t)K * N, 1);
+    real *C = randv(r, (size_t)M * N, 1);
+    real *dA = up(g, A, sizeof(real) * M * K), *dB = up(g, B, sizeof(real) * K * N);
+    real *dC = up(g, C, sizeof(real) * M * N);
+    CPU->matmul(C, A, B, M, N, K, tA, tB, (real)0.7, (real)0.3);
+    g->matmul(dC, dA, dB, M, N, K, tA, tB, (real)0.7, (real)0.3);
+    char name[64];
+    snprintf(name, sizeof name, "matmul %dx%dx%d t%d%d", M, N, K, tA, tB);
+    cmp(name, C, dC, (size_t)M * N, bound);
+    /* strided batch of 3 over the same shapes */
+    int nb = 3;
+    size_t a = (size_t)M * K, b = (size_t)K * N, c = (size_t)M * N;
+    real *A3 = randv(r, a * nb, 1), *B3 = randv(r, b * nb, 1), *C3 = randv(r, c * nb, 1);
+    real *dA3 = up(g, A3, sizeof(real) * a * nb), *dB3 = up(g, B3, sizeof(real) * b * nb);
+    real *dC3 = up(g, C3, sizeof(real) * c * nb);
+    CPU->matmul_strided(C3, A3, B3, M, N, K, tA, tB, 1, (real)0.5, nb, (long)a, (long)b, (long)c);
+    g->matmul_strided(dC3, dA3, dB3, M, N, K, tA, tB, 1, (real)0.5, nb, (long)a, (long)b, (long)c);
+    cmp("  strided x3", C3, dC3, c * nb, bound);
+    g->release(dA), g->release(dB), g->release(dC), g->release(dA3), g->release(dB3), g->release(dC3);
+    free(A), free(B), free(C), free(A3), free(B3), free(C3);
+}
+
+static void test_matmul(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(1);
+    for (int t = 0; t < 4; t++) matmul_case(GPU, 1e-5, 37, 23, 51, t & 1, t >> 1, r);
+    /* bf16 operands: each product carries ~2 eps of relative error, averaging over K */
+    for (int t = 0; t < 4; t++) matmul_case(GPU16, 2 * BF16_EPS, 64, 40, 96, t & 1, t >> 1, r);
+    gsl_rng_free(r);
+}
+
+static void test_vector_ops(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(2);
+    int N = 301, C = 45;
+    size_t n = (size_t)N * C;
+    real *y = randv(r, n, 1), *b = randv(r, C, 1), *x = randv(r, n, 1), *db = randv(r, C, 1);
+    real *dy = up(GPU, y, sizeof(real) * n), *dbias = up(GPU, b, sizeof(real) * C);
+    real *dx = up(GPU, x, sizeof(real) * n), *ddb = up(GPU, db, sizeof(real) * C);
+    CPU->add_bias(y, b, N, C), GPU->add_bias(dy, dbias, N, C);
+    cmp("add_bias", y, dy, n, 1e-6);
+    CPU->bias_backward(db, x, N, C), GPU->bias_backward(ddb, dx, N, C);
+    cmp("bias_backward", db, ddb, C, 1e-5);
+    CPU->axpy(y, x, (real)-0.3, (long)n), GPU->axpy(dy, dx, (real)-0.3, (long)n);
+    cmp("axpy", y, dy, n, 1e-6);
+    CPU->scale(y, (real)1.7, (long)n), GPU->scale(dy, (real)1.7, (long)n);
+    cmp("scale", y, dy, n, 1e-6);
+    real ss, *dss = GPU->alloc(sizeof(real));
+    CPU->sumsq(&ss, y, (long)n), GPU->sumsq(dss, dy, (long)n);
+    cmp("sumsq", &ss, dss, 1, 1e-6);
+    CPU->scale_rsqrt(y, &ss, (real)1e-7, (long)n), GPU->scale_rsqrt(dy, dss, (real)1e-7, (long)n);
+    cmp("scale_rsqrt", y, dy, n, 1e-6);
+    GPU->release(dy), GPU->release(dbias), GPU->release(dx), GPU->release(ddb), GPU->release(dss);
+    free(y), free(b), free(x), free(db);
+    gsl_rng_free(r);
+}
+
+/* ---- layers ------------------------------------------------------------------------- */
+
+static void test_rmsnorm(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(3);
+    int shapes[3][2] = {{257, 128}, {300, 8}, {33, 70}};
+    for (int k = 0; k < 3; k++)
+        for (int with_w = 0; with_w < 2; with_w++) {
+            int N = shapes[k][0], C = shapes[k][1];
+            size_t n = (size_t)N * C;
+            real *x = randv(r, n, 2), *w = randv(r, C, 1), *out = randv(r, n, 1), *rs = randv(r, N, 1);
+            real *dout = randv(r, n, 1), *dx = randv(r, n, 1), *dw = randv(r, C, 1);
+            real *gx = up(GPU, x, sizeof(real) * n), *gw = up(GPU, w, sizeof(real) * C);
+            real *gout = up(GPU, out, sizeof(real) * n), *grs = up(GPU, rs, sizeof(real) * N);
+            real *gdout = up(GPU, dout, sizeof(real) * n), *gdx = up(GPU, dx, sizeof(real) * n);
+            real *gdw = up(GPU, dw, sizeof(real) * C);
+            const real *W = with_w ? w : NULL, *GW = with_w ? gw : NULL;
+            CPU->rmsnorm_forward(out, rs, x, W, N, C, (real)1e-5);
+            GPU->rmsnorm_forward(gout, grs, gx, GW, N, C, (real)1e-5);
+            printf("  rmsnorm N=%d C=%d w=%d\n", N, C, with_w);
+            cmp("forward", out, gout, n, 1e-6);
+            cmp("rstd", rs, grs, N, 1e-6);
+            CPU->rmsnorm_backward(dx, with_w ? dw : NULL, dout, x, W, rs, N, C);
+            GPU->rmsnorm_backward(gdx, with_w ? gdw : NULL, gdout, gx, GW, grs, N, C);
+            cmp("dx", dx, gdx, n, 1e-5);
+            cmp("dw", dw, gdw, C, 1e-5);
+            real *b[] = {gx, gw, gout, grs, gdout, gdx, gdw};
+            for (int i = 0; i < 7; i++) GPU->release(b[i]);
+            free(x), free(w), free(out), free(rs), free(dout), free(dx), free(dw);
+        }
+    gsl_rng_free(r);
+}
+
+static void test_embedding_swiglu_gate(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(4);
+    int N = 513, C = 24, V = 19, H = 3, hd = 8;
+    int *tok = xmalloc(sizeof(int) * N);
+    for (int i = 0; i < N; i++) tok[i] = (int)gsl_rng_uniform_int(r, (unsigned long)(V - 2)) + 1;
+    real *table = randv(r, (size_t)V * C, 1), *out = randv(r, (size_t)N * C, 1);
+    real *dout = randv(r, (size_t)N * C, 1), *dtab = randv(r, (size_t)V * C, 1);
+    int *gtok = up(GPU, tok, sizeof(int) * N);
+    real *gtab = up(GPU, table, sizeof(real) * V * C), *gout = up(GPU, out, sizeof(real) * N * C);
+    real *gdout = up(GPU, dout, sizeof(real) * N * C), *gdtab = up(GPU, dtab, sizeof(real) * V * C);
+    CPU->embedding_forward(out, tok, table, N, C), GPU->embedding_forward(gout, gtok, gtab, N, C);
+    cmp("embedding forward", out, gout, (size_t)N * C, 0);
+    /* rows 0 and V-1 never appear: they must stay exactly as they were */
+    CPU->embedding_backward(dtab, dout, tok, N, C), GPU->embedding_backward(gdtab, gdout, gtok, N, C);
+    cmp("embedding backward", dtab, gdtab, (size_t)V * C, 1e-5);
+
+    long n = 1001;
+    real *a = randv(r, n, 2), *b = randv(r, n, 1), *h = randv(r, n, 1), *dh = randv(r, n, 1);
+    real *da = randv(r, n, 1), *db = randv(r, n, 1);
+    real *ga = up(GPU, a, sizeof(real) * n), *gb = up(GPU, b, sizeof(real) * n);
+    real *gh = up(GPU, h, sizeof(real) * n), *gdh = up(GPU, dh, sizeof(real) * n);
+    real *gda = up(GPU, da, sizeof(real) * n), *gdb = up(GPU, db, sizeof(real) * n);
+    CPU->swiglu_forward(h, a, b, n), GPU->swiglu_forward(gh, ga, gb, n);
+    cmp("swiglu forward", h, gh, n, 1e-6);
+    CPU->swiglu_backward(da, db, dh, a, b, n), GPU->swiglu_backward(gda, gdb, gdh, ga, gb, n);
+    cmp("swiglu da", da, gda, n, 1e-6);
+    cmp("swiglu db", db, gdb, n, 1e-6);
+
+    size_t nx = (size_t)N * H * hd;
+    real *x = randv(r, nx, 1), *g = randv(r, (size_t)N * H, 2), *o = randv(r, nx, 1);
+    real *dx = randv(r, nx, 1), *dg = randv(r, (size_t)N * H, 1), *go_ = randv(r, nx, 1);
+    real *gx = up(GPU, x, sizeof(real) * nx), *gg = up(GPU, g, sizeof(real) * N * H);
+    real *gout2 = up(GPU, o, sizeof(real) * nx), *gdx = up(GPU, dx, sizeof(real) * nx);
+    real *gdg = up(GPU, dg, sizeof(real) * N * H), *ggo = up(GPU, go_, sizeof(real) * nx);
+    CPU->gate_forward(o, x, g, N, H, hd), GPU->gate_forward(gout2, gx, gg, N, H, hd);
+    cmp("gate forward", o, gout2, nx, 1e-6);
+    CPU->gate_backward(dx, dg, go_, x, g, N, H, hd), GPU->gate_backward(gdx, gdg, ggo, gx, gg, N, H, hd);
+    cmp("gate dx", dx, gdx, nx, 1e-6);
+    cmp("gate dg", dg, gdg, (size_t)N * H, 1e-5);
+    void *bufs[] = {gtok, gtab, gout, gdout, gdtab, ga, gb, gh, gdh, gda, gdb, gx, gg, gout2, gdx, gdg, ggo};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) GPU->release(bufs[i]);
+    free(tok), free(table), free(out), free(dout), free(dtab), free(a), free(b), free(h), free(dh);
+    free(da), free(db), free(x), free(g), free(o), free(dx), free(dg), free(go_);
+    gsl_rng_free(r);
+}
+
+static void test_rope(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(5);
+    int T = 50, B = 3, N = B * T, H = 4, hd = 8, ld = 3 * H * hd; /* inside a fused row */
+    int rots[2] = {8, 4};
+    for (int k = 0; k < 2; k++) {
+        size_t n = (size_t)N * ld;
+        real *x = randv(r, n, 1), *gx = up(GPU, x, sizeof(real) * n);
+        CPU->rope_forward(x, N, T, H, hd, ld, rots[k], 10000), GPU->rope_forward(gx, N, T, H, hd, ld, rots[k], 10000);
+        cmp("rope forward", x, gx, n, 1e-6);
+        CPU->rope_backward(x, N, T, H, hd, ld, rots[k], 500), GPU->rope_backward(gx, N, T, H, hd, ld, rots[k], 500);
+        cmp("rope backward", x, gx, n, 1e-6);
+        GPU->release(gx), free(x);
+    }
+    gsl_rng_free(r);
+}
+
+static void test_crossentropy_predict(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(6);
+    int Vs[2] = {16, 77}; /* one warp pass and several */
+    for (int k = 0; k < 2; k++) {
+        int N = 403, V = Vs[k];
+        real *l = randv(r, (size_t)N * V, 3), *dl = randv(r, (size_t)N * V, 1);
+        int *t = xmalloc(sizeof(int) * N), valid = 0;
+        for (int i = 0; i < N; i++) {
+            t[i] = gsl_rng_uniform(r) < 0.3 ? -100 : (int)gsl_rng_uniform_int(r, (unsigned long)V);
+            valid += t[i] >= 0;
+        }
+        real inv = (real)(1.0 / valid), loss = (real)0.25;
+        real *gl = up(GPU, l, sizeof(real) * N * V), *gdl = up(GPU, dl, sizeof(real) * N * V);
+        int *gt = up(GPU, t, sizeof(int) * N);
+        real *ginv = up(GPU, &inv, sizeof inv), *gloss = up(GPU, &loss, sizeof loss);
+        CPU->crossentropy(&loss, dl, l, t, &inv, N, V);
+        GPU->crossentropy(gloss, gdl, gl, gt, ginv, N, V);
+        cmp("crossentropy loss", &loss, gloss, 1, 1e-6);
+        cmp("crossentropy dlogits", dl, gdl, (size_t)N * V, 1e-6);
+        int *pred = xmalloc(sizeof(int) * N), *gpred_h = xmalloc(sizeof(int) * N);
+        real *nll = xmalloc(sizeof(real) * N);
+        int *gpred = GPU->alloc(sizeof(int) * N);
+        real *gnll = GPU->alloc(sizeof(real) * N);
+        CPU->predict(pred, nll, l, t, N, V), GPU->predict(gpred, gnll, gl, gt, N, V);
+        GPU->to_host(gpred_h, gpred, sizeof(int) * N);
+        for (int i = 0; i < N; i++) assert_int_equal(pred[i], gpred_h[i]);
+        cmp("predict nll", nll, gnll, N, 1e-6);
+        void *b[] = {gl, gdl, gt, ginv, gloss, gpred, gnll};
+        for (int i = 0; i < 7; i++) GPU->release(b[i]);
+        free(l), free(dl), free(t), free(pred), free(gpred_h), free(nll);
+    }
+    gsl_rng_free(r);
+}
+
+static void test_optimizer_ops(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(7);
+    long n = 777;
+    OptHyper h = {.lr = (real)3e-3, .wd = (real)0.1, .beta1 = (real)0.9, .beta2 = (real)0.99,
+                  .eps = (real)1e-8, .bc1 = (real)0.19, .bc2 = (real)0.0199};
+    OptHyper *gh = up(GPU, &h, sizeof h);
+    for (int wd_on = 0; wd_on < 2; wd_on++) {
+        real *p = randv(r, n, 1), *g = randv(r, n, 1), *m = randv(r, n, 0.1), *v = randv(r, n, 0.1);
+        for (long i = 0; i < n; i++) v[i] = v[i] * v[i];
+        real *gp = up(GPU, p, sizeof(real) * n), *gg = up(GPU, g, sizeof(real) * n);
+        real *gm = up(GPU, m, sizeof(real) * n), *gv = up(GPU, v, sizeof(real) * n);
+        CPU->adamw(p, g, m, v, n, &h, wd_on), GPU->adamw(gp, gg, gm, gv, n, gh, wd_on);
+        cmp("adamw p", p, gp, n, 1e-6);
+        cmp("adamw m", m, gm, n, 1e-6);
+        cmp("adamw v", v, gv, n, 1e-6);
+        real *b[] = {gp, gg, gm, gv};
+        for (int i = 0; i < 4; i++) GPU->release(b[i]);
+        free(p), free(g), free(m), free(v);
+    }
+    for (int variant = 0; variant < 4; variant++) {
+        int nesterov = variant & 1, ema = variant >> 1;
+        real *u = randv(r, n, 1), *buf = randv(r, n, 1), *g = randv(r, n, 1), *p = randv(r, n, 1);
+        real *gu = up(GPU, u, sizeof(real) * n), *gbuf = up(GPU, buf, sizeof(real) * n);
+        real *gg = up(GPU, g, sizeof(real) * n), *gp = up(GPU, p, sizeof(real) * n);
+        CPU->muon_momentum(u, buf, g, n, (real)0.95, nesterov, ema);
+        GPU->muon_momentum(gu, gbuf, gg, n, (real)0.95, nesterov, ema);
+        cmp("muon_momentum u", u, gu, n, 1e-6);
+        cmp("muon_momentum buf", buf, gbuf, n, 1e-6);
+        CPU->muon_apply(p, u, n, &h, (real)0.7), GPU->muon_apply(gp, gu, n, gh, (real)0.7);
+        cmp("muon_apply", p, gp, n, 1e-6);
+        real *b[] = {gu, gbuf, gg, gp};
+        for (int i = 0; i < 4; i++) GPU->release(b[i]);
+        free(u), free(buf), free(g), free(p);
+    }
+    /* Newton-Schulz through the table (matmuls, sumsq, scale_rsqrt), wide and tall */
+    int shapes[2][2] = {{48, 130}, {130, 48}};
+    for (int k = 0; k < 2; k++) {
+        int R = shapes[k][0], Cc = shapes[k][1];
+        size_t nn = (size_t)R * Cc, mn = (size_t)(R < Cc ? R : Cc);
+        real *x = randv(r, nn, 1), *scr = xcalloc(2 * mn * mn + nn + 1, sizeof(real));
+        real *gx = up(GPU, x, sizeof(real) * nn), *gscr = GPU->alloc(sizeof(real) * (2 * mn * mn + nn + 1));
+        newton_schulz5(CPU, x, R, Cc, 5, scr);
+        newton_schulz5(GPU, gx, R, Cc, 5, gscr);
+        cmp("newton_schulz5 fp32", x, gx, nn, 1e-4);
+        GPU->release(gx), GPU->release(gscr), free(x), free(scr);
+    }
+    GPU->release(gh);
+    gsl_rng_free(r);
+}
+
+/* ---- attention cores ---------------------------------------------------------------- */
+
+static void attention_case(int B, int T, int H, int hd, int window, int parallax, gsl_rng *r) {
+    int ldi = H * hd + 3, ldo = H * hd; /* inputs read from a wider (fused) row */
+    size_t ni = (size_t)B * T * ldi, no = (size_t)B * T * ldo, ns = (size_t)B * H * T;
+    real *q = randv(r, ni, 1), *k = randv(r, ni, 1), *v = randv(r, ni, 1), *rr = randv(r, ni, 0.5);
+    real *o = randv(r, no, 1), *ob = randv(r, no, 1), *lse = randv(r, ns, 1), *tb = randv(r, ns, 1);
+    real *dout = randv(r, no, 1), *dq = randv(r, no, 1), *dk = randv(r, no, 1), *dv = randv(r, no, 1);
+    real *dr = randv(r, no, 1);
+    AttnArgs c = {.B = B, .T = T, .H = H, .hd = hd, .ld_in = ldi, .ld_out = ldo,
+                  .scale = (real)(1.0 / sqrt((double)hd)), .window = window, .q = q, .k = k, .v = v,
+                  .r = parallax ? rr : NULL, .o = o, .obar = parallax ? ob : NULL, .lse = lse,
+                  .tbar = parallax ? tb : NULL, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
+                  .dr = parallax ? dr : NULL};
+    AttnArgs g = c;
+    g.q = up(GPU, q, sizeof(real) * ni), g.k = up(GPU, k, sizeof(real) * ni);
+    g.v = up(GPU, v, sizeof(real) * ni), g.r = parallax ? up(GPU, rr, sizeof(real) * ni) : NULL;
+    g.o = up(GPU, o, sizeof(real) * no), g.obar = parallax ? up(GPU, ob, sizeof(real) * no) : NULL;
+    g.lse = up(GPU, lse, sizeof(real) * ns), g.tbar = parallax ? up(GPU, tb, sizeof(real) * ns) : NULL;
+    g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * no);
+    g.dk = up(GPU, dk, sizeof(real) * no), g.dv = up(GPU, dv, sizeof(real) * no);
+    g.dr = parallax ? up(GPU, dr, sizeof(real) * no) : NULL;
+    printf("  %s B=%d T=%d H=%d hd=%d window=%d\n", parallax ? "parallax" : "softmax", B, T, H, hd,
+           window);
+    CPU->attention_forward(&c), GPU->attention_forward(&g);
+    cmp("o", o, g.o, no, 1e-5);
+    cmp("lse", lse, g.lse, ns, 1e-5);
+    if (parallax) cmp("obar", ob, g.obar, no, 1e-5), cmp("tbar", tb, g.tbar, ns, 1e-5);
+    CPU->attention_backward(&c), GPU->attention_backward(&g);
+    cmp("dq (accumulated)", dq, g.dq, no, 1e-5);
+    cmp("dk (accumulated)", dk, g.dk, no, 1e-5);
+    cmp("dv (accumulated)", dv, g.dv, no, 1e-5);
+    if (parallax) cmp("dr (accumulated)", dr, g.dr, no, 1e-5);
+    const void *b[] = {g.q, g.k, g.v, g.r, g.o, g.obar, g.lse, g.tbar, g.dout, g.dq, g.dk, g.dv, g.dr};
+    for (int i = 0; i < 13; i++)
+        if (b[i]) GPU->release((void *)b[i]);
+    free(q), free(k), free(v), free(rr), free(o), free(ob), free(lse), free(tb), free(dout);
+    free(dq), free(dk), free(dv), free(dr);
+}
+
+static void test_attention(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(8);
+    for (int px = 0; px < 2; px++) {
+        attention_case(2, 37, 3, 8, 0, px, r);    /* one tile, ragged */
+        attention_case(2, 300, 2, 8, 0, px, r);   /* several query blocks and key tiles */
+        attention_case(1, 200, 2, 16, 7, px, r);  /* sliding window */
+        attention_case(1, 150, 2, 64, 0, px, r);  /* wide heads: smaller key tiles */
+        attention_case(2, 130, 16, 8, 129, px, r); /* window wider than needed */
+    }
+    gsl_rng_free(r);
+}
+
+/* ---- whole models: loss and every gradient; one optimizer step ------------------------ */
+
+static const char *model_base =
+    "task.vocab_size=16 task.seq_len=40 model.d_model=32 model.heads=4 model.layers=2 ";
+
+static void model_case(const char *extra, const Ops *g, double bound) {
+    char args[1024];
+    snprintf(args, sizeof args, "%s%s", model_base, extra);
+    Config *cfg = test_config(args);
+    Err e = {{0}};
+    int B = 5, T = (int)cfg_int(cfg, "task.seq_len"), V = 16, N = B * T;
+    Model *mc = model_create(cfg, CPU, B, T, &e), *mg = model_create(cfg, g, B, T, &e);
+    if (!mc || !mg) fail_msg("model_create: %s", e.msg);
+    model_init_params(mc, 9), model_init_params(mg, 9);
+    /* zero-initialised tensors (biases, probe) get small values so every path is live */
+    gsl_rng *r = test_rng(10);
+    size_t np = model_num_params(mc);
+    real *p = model_params(mc);
+    for (int i = 0; i < model_num_specs(mc); i++) {
+        const ParamSpec *sp = model_spec(mc, i);
+        for (size_t j = 0; j < sp->numel; j++) p[sp->offset + j] += (real)gsl_ran_gaussian(r, 0.05);
+    }
+    g->to_device(model_params(mg), p, sizeof(real) * np);
+    int *tok = xmalloc(sizeof(int) * N), *tgt = xmalloc(sizeof(int) * N);
+    for (int i = 0; i < N; i++) {
+        tok[i] = (int)gsl_rng_uniform_int(r, V);
+        tgt[i] = gsl_rng_uniform(r) < 0.3 ? -100 : (int)gsl_rng_uniform_int(r, V);
+    }
+    printf("  %s [%s]\n", extra, g->name);
+    Model *ms[2] = {mc, mg};
+    double loss[2];
+    for (int k = 0; k < 2; k++) {
+        model_set_batch(ms[k], tok, tgt, B);
+        model_zero_grad(ms[k]);
+        model_forward(ms[k], B, 1);
+        loss[k] = model_take_loss(ms[k]);
+        model_backward(ms[k], B);
+    }
+    double le = fabs(loss[0] - loss[1]) / fabs(loss[0]);
+    printf("    loss cpu %.6f cuda %.6f rel %.2e\n", loss[0], loss[1], le);
+    assert_true(le < bound);
+    real *gg = down(g, model_grads(mg), np), *gc = model_grads(mc);
+    double worst = 0;
+    for (int i = 0; i < model_num_specs(mc); i++) {
+        const ParamSpec *sp = model_spec(mc, i);
+        double err = norm_rel_err(gg + sp->offset, gc + sp->offset, sp->numel);
+        if (getenv("VERBOSE")) printf("    %-28s grad norm rel %.2e\n", sp->name, err);
+        if (!(err <= worst)) worst = err;
+        if (!(err < bound)) fail_msg("%s: gradient of %s off by %.3e (bound %.1e)", extra, sp->name, err, bound);
+    }
+    printf("    every gradient: worst norm rel %.2e (bound %.1e)\n", worst, bound);
+    /* one optimizer step each (Muon on hidden matrices, AdamW elsewhere): compare updates */
+    Optimizer *oc = optim_create(cfg, mc, 10, 10), *og = optim_create(cfg, mg, 10, 10);
+    real *before = dup(p, np);
+    optim_step(oc, 0), optim_step(og, 0);
+    real *pg = down(g, model_params(mg), np);
+    for (size_t i = 0; i < np; i++) pg[i] -= before[i], before[i] = p[i] - before[i];
+    double ue = norm_rel_err(pg, before, np);
+    printf("    %s update: norm rel %.2e\n", optim_describe(oc), ue);
+    assert_true(ue < 10 * bound);
+    optim_free(oc), optim_free(og);
+    free(gg), free(pg), free(before), free(tok), free(tgt);
+    gsl_rng_free(r);
+    model_free(mc), model_free(mg);
+    cfg_free(cfg);
+}
+
+static const char *model_cases[] = {
+    "model.mixer=softmax",
+    "model.mixer=softmax mixer.qk_norm=true mixer.window=9 mixer.rotary_dim=4 optim=muon",
+    "model.mixer=parallax",
+    "model.mixer=parallax mixer.probe_gate=true mixer.probe_rope=false optim=muon",
+    "model.mixer=parallax mixer.probe_norm=false mixer.qkv_bias=false model.init=normal",
+};
+
+static void test_models_fp32(void **s) {
+    (void)s;
+    NEED_GPU();
+    for (size_t i = 0; i < sizeof model_cases / sizeof *model_cases; i++) model_case(model_cases[i], GPU, 1e-4);
+}
+
+/* bf16 operands in every matmul: errors of a few eps per layer, 2 layers deep */
+static void test_models_bf16(void **s) {
+    (void)s;
+    NEED_GPU();
+    for (size_t i = 0; i < sizeof model_cases / sizeof *model_cases; i++)
+        model_case(model_cases[i], GPU16, 8 * BF16_EPS);
+}
+
+static int setup(void **s) {
+    (void)s;
+    CPU = ops_cpu();
+    GPU = ops_for_device("cuda", "fp32", why, sizeof why);
+    GPU16 = GPU ? ops_for_device("cuda", "bf16", why, sizeof why) : NULL;
+    if (!GPU) printf("CUDA parity tests: no CUDA backend (%s); they are skipped\n", why);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul),          cmocka_unit_test(test_vector_ops),
+        cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_embedding_swiglu_gate),
+        cmocka_unit_test(test_rope),            cmocka_unit_test(test_crossentropy_predict),
+        cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_models_fp32),     cmocka_unit_test(test_models_bf16),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
