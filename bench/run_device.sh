@@ -28,8 +28,8 @@ if has bench; then
     echo "== plab step benchmark (MAD shape)"
     for p in bf16 fp32; do
         MIXERS=softmax,parallax "$BIN"/bench/step_bench precision=$p 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
-        grep '^RESULT' "$OUT/bench.log" | sort -u > "$OUT/.r" && cat "$OUT/.r" >> "$R"
     done
+    grep '^RESULT' "$OUT/bench.log" >> "$R"
 fi
 
 if has solve; then
@@ -75,6 +75,6 @@ if has torch-solve; then
     done
     grep '^RESULT torch-solve' "$OUT/torchs.log" >> "$R"
 fi
-rm -f "$OUT/icr.bin" "$OUT/.r"
+rm -f "$OUT/icr.bin"
 echo "== results"
 cat "$R"

@@ -129,13 +129,6 @@ static int bench_mixer(int argc, char **argv, const char *mixer) {
     return 0;
 }
 
-/* the same seed stream as train_run's data (train/train.c sub_seed(seed, 1)) */
-static unsigned long sub_seed(unsigned long seed, unsigned long stream) {
-    unsigned long long x = (unsigned long long)seed * 0x9E3779B97F4A7C15ULL + stream * 0xBF58476D1CE4E5B9ULL;
-    x ^= x >> 31;
-    return (unsigned long)(x & 0xffffffffUL);
-}
-
 /* int32 little-endian: n_train len n_test len, then train inputs, targets, test inputs, targets */
 static int dump(const char *path, int argc, char **argv) {
     Config *cfg = make_config(argc, argv, NULL);
@@ -145,7 +138,8 @@ static int dump(const char *path, int argc, char **argv) {
     if (task_resolve(cfg, &task, &tp, &err) != 0) DIE("step_bench: %s", err.msg);
     Dataset tr, te;
     double t0 = now_s();
-    task_generate(task, &tp, sub_seed((unsigned long)cfg_int(cfg, "seed"), 1), &tr, &te);
+    /* the run's own data stream: the data `plab train` with this seed trains on */
+    task_generate(task, &tp, task_data_seed((unsigned long)cfg_int(cfg, "seed")), &tr, &te);
     double gen = now_s() - t0;
     FILE *f = xfopen(path, "wb");
     int hdr[4] = {tr.n, tr.len, te.n, te.len};

@@ -115,24 +115,27 @@ static int print_rows(sqlite3 *db, sqlite3_stmt *st, Format f, int *first_json) 
                 int l = (int)strlen(cells[(size_t)r * nc + c]);
                 if (l > w[c]) w[c] = l;
             }
-        for (int c = 0; c < nc; c++)
-            printf("%s%*s", c ? "  " : "", numeric[c] ? w[c] : -w[c], sqlite3_column_name(st, c));
-        printf("\n");
-        for (int c = 0; c < nc; c++) {
-            printf("%s", c ? "  " : "");
-            for (int k = 0; k < w[c]; k++) putchar('-');
-        }
-        printf("\n");
-        for (int r = 0; r < n; r++) {
+        size_t cap_line = 256;
+        for (int c = 0; c < nc; c++) cap_line += (size_t)w[c] + 2;
+        char *line = xmalloc(cap_line);
+        for (int r = -2; r < n; r++) { /* -2: header, -1: rule */
+            size_t len = 0;
             for (int c = 0; c < nc; c++) {
-                const char *s = cells[(size_t)r * nc + c];
-                /* no trailing blanks after the last column */
-                if (c == nc - 1 && !numeric[c]) printf("%s%s", c ? "  " : "", s);
-                else printf("%s%*s", c ? "  " : "", numeric[c] ? w[c] : -w[c], s);
-                free(cells[(size_t)r * nc + c]);
+                const char *cell = r == -2 ? sqlite3_column_name(st, c) : r == -1 ? "" : cells[(size_t)r * nc + c];
+                len += (size_t)sprintf(line + len, "%s", c ? "  " : "");
+                if (r == -1) {
+                    memset(line + len, '-', (size_t)w[c]);
+                    len += (size_t)w[c];
+                } else {
+                    len += (size_t)sprintf(line + len, "%*s", numeric[c] ? w[c] : -w[c], cell);
+                }
+                if (r >= 0) free(cells[(size_t)r * nc + c]);
             }
-            printf("\n");
+            while (len > 0 && line[len - 1] == ' ') len--; /* no trailing blanks */
+            line[len] = 0;
+            puts(line);
         }
+        free(line);
         printf("(%d row%s)\n", n, n == 1 ? "" : "s");
         free(w);
     }

@@ -96,7 +96,9 @@ typedef struct Ops {
                              const real *rstd, int N, int C);
     /* out[N,C] = table[tokens[n], :] (writes) */
     void (*embedding_forward)(real *out, const int *tokens, const real *table, int N, int C);
-    void (*embedding_backward)(real *dtable, const real *dout, const int *tokens, int N, int C);
+    /* dtable[V,C] += scatter of dout by token */
+    void (*embedding_backward)(real *dtable, const real *dout, const int *tokens, int N, int C,
+                               int V);
     /* h = silu(a) * b, all [n] (writes) */
     void (*swiglu_forward)(real *h, const real *a, const real *b, long n);
     /* da, db (writes) from dh */

@@ -298,7 +298,7 @@ void model_backward(Model *m, int B) {
         ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l]), m->dln, m->res[2 * l],
                               P(m, m->p_norm[2 * l]), m->rstd[2 * l], N, d);
     }
-    ops->embedding_backward(G(m, m->p_embed), m->dres, m->tokens, N, d);
+    ops->embedding_backward(G(m, m->p_embed), m->dres, m->tokens, N, d, D->V);
 }
 
 void model_zero_grad(Model *m) { m->ops->zero(m->grads, sizeof(real) * m->pb.total); }

@@ -109,10 +109,14 @@ void optim_upload(Optimizer *o, long step) {
     o->ops->to_device(o->h_muon, &h, sizeof h);
 }
 
+/* AdamW runs over maximal runs of adjacent tensors with the same decay flag in
+ * one call each (tensors are contiguous up to zero padding, whose gradient and
+ * state stay zero): a few launches per step instead of one per tensor. */
 void optim_apply(Optimizer *o) {
     const Ops *ops = o->ops;
     real *p = model_params(o->m), *g = model_grads(o->m);
-    for (int i = 0; i < model_num_specs(o->m); i++) {
+    int n = model_num_specs(o->m);
+    for (int i = 0; i < n;) {
         const ParamSpec *s = model_spec(o->m, i);
         size_t off = s->offset;
         int wd_on = !(s->flags & PARAM_NO_DECAY);
@@ -126,10 +130,20 @@ void optim_apply(Optimizer *o) {
             if (o->variant == MUON_MOONLIGHT) scale = 0.2 * sqrt(r > c ? r : c);
             else scale = sqrt(r / c > 1 ? r / c : 1);
             ops->muon_apply(p + off, u, (long)s->numel, o->h_muon, (real)scale);
-        } else {
-            ops->adamw(p + off, g + off, o->mbuf + off, o->vbuf + off, (long)s->numel, o->h_adam,
-                       wd_on);
+            i++;
+            continue;
         }
+        int j = i + 1; /* extend the run of AdamW tensors with the same decay flag */
+        for (; j < n; j++) {
+            const ParamSpec *t = model_spec(o->m, j);
+            if ((o->muon && (t->flags & PARAM_MUON) && t->cols > 0) ||
+                (!(t->flags & PARAM_NO_DECAY)) != wd_on)
+                break;
+        }
+        const ParamSpec *last = model_spec(o->m, j - 1);
+        long len = (long)(last->offset + last->numel - off);
+        ops->adamw(p + off, g + off, o->mbuf + off, o->vbuf + off, len, o->h_adam, wd_on);
+        i = j;
     }
 }
 

@@ -63,7 +63,7 @@ void sweep_free(Sweep *s);
 /* Sets every assignment of `a` on c (cfg_set). */
 int sweep_apply(Config *c, const Assign *a, Err *err);
 
-/* Number of grid points (product of the value counts); -1 if over 10^7. */
+/* Number of grid points (product of the value counts); -1 if over 200000. */
 long sweep_grid_size(const Sweep *s);
 /* The value of a distribution parameter for one draw, as text. */
 void sweep_draw(const SweepParam *p, gsl_rng *r, char *out, int outlen);

@@ -331,7 +331,7 @@ static int parse_doc(P *p, Sweep *s) {
     if (!strcmp(text(method), "random")) s->random = 1;
     else if (strcmp(text(method), "grid"))
         return fail(p, method, "method: '%s' is not supported; expected grid or random", text(method));
-    if (cap && parse_int(p, cap, "run_cap", 1, 100000000L, &s->run_cap)) return -1;
+    if (cap && parse_int(p, cap, "run_cap", 1, 200000L, &s->run_cap)) return -1;
     if (s->random && !cap) return fail(p, method, "method random needs run_cap (the number of runs to draw)");
     if (!params) return fail(p, root, "missing 'parameters' (the keys to sweep)");
     if (!is_map(params)) return fail(p, params, "parameters: expected a mapping, found %s", kind(params));

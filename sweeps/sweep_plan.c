@@ -8,7 +8,7 @@
 #include "../train/train.h"
 #include "sweep.h"
 
-#define GRID_LIMIT 10000000L
+#define GRID_LIMIT 200000L /* each planned run holds its resolved config in memory */
 
 int sweep_apply(Config *c, const Assign *a, Err *err) {
     for (int i = 0; i < a->n; i++)
@@ -55,9 +55,30 @@ static void append_assign(char **buf, size_t *len, size_t *cap, const char *key,
     *len += (size_t)sprintf(*buf + *len, "%s%s=%s", *len ? " " : "", key, val);
 }
 
+/* Hashes already in the plan: open addressing over the config hash, so
+ * removing duplicates stays linear for large random sweeps. */
+typedef struct {
+    long cap;
+    int *slot; /* plan index + 1, 0 = empty */
+    const Plan *plan;
+} Seen;
+
+/* 1 if `hash` is already there, else records it as plan index `idx` */
+static int seen_insert(Seen *s, const char *hash, int idx) {
+    unsigned long h = strtoul(hash + 8, NULL, 16);
+    for (long i = (long)(h % (unsigned long)s->cap);; i = (i + 1) % s->cap) {
+        if (!s->slot[i]) {
+            s->slot[i] = idx + 1;
+            return 0;
+        }
+        if (!strcmp(s->plan->runs[s->slot[i] - 1].hash, hash)) return 1;
+    }
+}
+
 /* Adds one run from the choices (choice[i] for values parameters, draws[i]
  * for distributions); 1 if added, 0 if a duplicate, -1 on error. */
-static int add_run(const Sweep *s, Plan *plan, const int *choice, char draws[][64], long index, Err *err) {
+static int add_run(const Sweep *s, Plan *plan, Seen *seen, const int *choice, char draws[][64], long index,
+                   Err *err) {
     Config *c = cfg_new();
     size_t len = 0, cap = 256;
     char *over = xmalloc(cap);
@@ -83,12 +104,11 @@ static int add_run(const Sweep *s, Plan *plan, const int *choice, char draws[][6
     }
     char hash[17];
     cfg_hash(c, hash);
-    for (int i = 0; i < plan->n; i++)
-        if (!strcmp(plan->runs[i].hash, hash)) {
-            plan->duplicates++;
-            cfg_free(c), free(over);
-            return 0;
-        }
+    if (seen_insert(seen, hash, plan->n) != 0) {
+        plan->duplicates++;
+        cfg_free(c), free(over);
+        return 0;
+    }
     plan->runs = xrealloc(plan->runs, sizeof(PlanRun) * (size_t)(plan->n + 1));
     PlanRun *r = &plan->runs[plan->n++];
     r->cfg = c;
@@ -103,8 +123,12 @@ int sweep_plan(const Sweep *s, Plan *plan, Err *err) {
     int *choice = xcalloc((size_t)(np ? np : 1), sizeof(int));
     char (*draws)[64] = xcalloc((size_t)(np ? np : 1), sizeof *draws);
     int rc = 0;
+    long n = s->random ? s->run_cap : sweep_grid_size(s);
+    if (s->run_cap > 0 && s->run_cap < n) n = s->run_cap;
+    Seen seen = {2 * (n > 0 ? n : 1) + 1, NULL, plan};
+    seen.slot = xcalloc((size_t)seen.cap, sizeof(int));
     if (!s->random) {
-        long n = sweep_grid_size(s);
+        n = sweep_grid_size(s);
         if (n < 0) {
             err_set(err, "%s: the grid has more than %ld points; split the sweep", s->file, GRID_LIMIT);
             rc = -1;
@@ -117,7 +141,7 @@ int sweep_plan(const Sweep *s, Plan *plan, Err *err) {
                 choice[i] = (int)(rest % s->params[i].nvalues);
                 rest /= s->params[i].nvalues;
             }
-            if (add_run(s, plan, choice, draws, idx, err) < 0) rc = -1;
+            if (add_run(s, plan, &seen, choice, draws, idx, err) < 0) rc = -1;
             plan->generated++;
         }
         if (rc == 0) plan->capped = (int)(n - limit);
@@ -132,12 +156,12 @@ int sweep_plan(const Sweep *s, Plan *plan, Err *err) {
                     choice[i] = (int)gsl_rng_uniform_int(r, (unsigned long)p->nvalues);
                 else sweep_draw(p, r, draws[i], sizeof draws[i]);
             }
-            if (add_run(s, plan, choice, draws, idx, err) < 0) rc = -1;
+            if (add_run(s, plan, &seen, choice, draws, idx, err) < 0) rc = -1;
             plan->generated++;
         }
         gsl_rng_free(r);
     }
-    free(choice), free(draws);
+    free(choice), free(draws), free(seen.slot);
     if (rc != 0) plan_free(plan);
     return rc;
 }

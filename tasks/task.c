@@ -100,7 +100,7 @@ int task_resolve(Config *cfg, const Task **task, TaskParams *p, Err *err) {
 /* ---- seeds and streams ------------------------------------------------------------- */
 
 unsigned long task_data_seed(unsigned long seed) {
-    /* must match sub_seed(seed, 1) in train/train.c */
+    /* the data stream of a run (train/train.c uses it), so that `plab tasks` shows that data */
     unsigned long long x = (unsigned long long)seed * 0x9E3779B97F4A7C15ULL + 1ULL * 0xBF58476D1CE4E5B9ULL;
     x ^= x >> 31;
     return (unsigned long)(x & 0xffffffffUL);

@@ -174,7 +174,7 @@ static void test_embedding_swiglu_gate(void **s) {
     CPU->embedding_forward(out, tok, table, N, C), GPU->embedding_forward(gout, gtok, gtab, N, C);
     cmp("embedding forward", out, gout, (size_t)N * C, 0);
     /* rows 0 and V-1 never appear: they must stay exactly as they were */
-    CPU->embedding_backward(dtab, dout, tok, N, C), GPU->embedding_backward(gdtab, gdout, gtok, N, C);
+    CPU->embedding_backward(dtab, dout, tok, N, C, V), GPU->embedding_backward(gdtab, gdout, gtok, N, C, V);
     cmp("embedding backward", dtab, gdtab, (size_t)V * C, 1e-5);
 
     long n = 1001;

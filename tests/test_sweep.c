@@ -233,7 +233,7 @@ static const Bad bad[] = {
     {"method: random\nrun_cap: 3\nparameters:\n  optim: {min: 0, max: 1}\n",
      "t.yaml:4:3: parameter 'optim': a distribution needs a numeric key"},
     {"method: grid\nrun_cap: -3\nparameters:\n  lr: {values: [1e-3]}\n",
-     "t.yaml:2:10: run_cap: '-3' is not an integer in [1, 100000000]"},
+     "t.yaml:2:10: run_cap: '-3' is not an integer in [1, 200000]"},
     {"method: grid\nmetric: {name: test_acc, goal: up}\nparameters:\n  lr: {values: [1e-3]}\n",
      "t.yaml:2:32: metric.goal: 'up' is not maximize or minimize"},
     {"method: grid\nparameters:\n  lr: {values: [1e-3]}\n  lr: {values: [2e-3]}\n",
@@ -267,12 +267,12 @@ static void test_malformed_files(void **st) {
 /* a config that only fails in combination is reported with the run's choices */
 static void test_combination_error_names_run(void **st) {
     (void)st;
-    Sweep *s = load("method: grid\nparameters:\n  model.d_model: {values: [16, 18]}\n"
-                    "  model.heads: {values: [2, 4]}\n");
+    Sweep *s = load("method: grid\nparameters:\n  model.d_model: {values: [16, 20]}\n"
+                    "  model.heads: {values: [2, 8]}\n");
     Plan p;
     Err e = {{0}};
     assert_int_equal(sweep_plan(s, &p, &e), -1);
-    assert_non_null(strstr(e.msg, "t.yaml: run 4 (model.d_model=18 model.heads=4)"));
+    assert_non_null(strstr(e.msg, "t.yaml: run 4 (model.d_model=20 model.heads=8): "));
     assert_non_null(strstr(e.msg, "does not divide"));
     sweep_free(s);
 }

@@ -214,6 +214,21 @@ static void test_mad_score_views(void **s) {
     db_close(db);
 }
 
+/* the binary carries db/schema.sql as it is on disk (a stale build fails here) */
+static void test_embedded_schema_is_the_file(void **s) {
+    (void)s;
+    FILE *f = fopen("db/schema.sql", "rb");
+    if (!f) {
+        printf("  run from the repository root to compare with db/schema.sql\n");
+        skip();
+    }
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    assert_string_equal(db_schema_sql(), buf);
+}
+
 static int setup(void **s) {
     (void)s;
     snprintf(dir, sizeof dir, "/tmp/plab_test_sweep_db_XXXXXX");
@@ -229,6 +244,7 @@ static int teardown(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_embedded_schema_is_the_file),
         cmocka_unit_test(test_refuses_foreign_and_newer),
         cmocka_unit_test(test_claim_requeue_and_outcome),
         cmocka_unit_test(test_mad_score_views),

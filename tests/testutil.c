@@ -54,6 +54,21 @@ Config *test_config(const char *args) {
     return c;
 }
 
+void assert_config_rejected(const char *args, const char *expect) {
+    Config *c = cfg_new();
+    Err e = {{0}};
+    char *copy = strdup(args), *save = NULL;
+    int rc = 0;
+    for (char *t = strtok_r(copy, " ", &save); t && rc == 0; t = strtok_r(NULL, " ", &save))
+        rc = cfg_parse_arg(c, t, &e);
+    free(copy);
+    if (rc == 0) rc = config_resolve(c, &e);
+    printf("    rejected: %s\n", e.msg);
+    cfg_free(c);
+    assert_int_equal(rc, -1);
+    assert_non_null(strstr(e.msg, expect));
+}
+
 double gradcheck(double (*loss)(void *ctx), void *ctx, real *x, const real *grad, size_t n,
                  int samples, double h, gsl_rng *r) {
     double gmax = 0, worst = 0;

@@ -24,6 +24,10 @@ double norm_rel_err(const real *a, const real *b, size_t n);
 /* A resolved config from "key=value key=value ..." (fails the test on error). */
 Config *test_config(const char *args);
 
+/* Asserts that "key=value ..." is rejected before training (config_resolve)
+ * with a message containing `expect`; prints the message. */
+void assert_config_rejected(const char *args, const char *expect);
+
 /* Finite-difference check of d loss / d x for a scalar function of a buffer:
  * loss(ctx) recomputes the loss from the current x; grad holds the analytic
  * gradient. Checks `samples` coordinates (all when samples <= 0) by central

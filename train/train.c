@@ -110,7 +110,7 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
     }
     emit_final(sink, "num_params", "last", (double)model_count_params(m));
     Dataset train, test;
-    task_generate(task, &tp, sub_seed(seed, 1), &train, &test);
+    task_generate(task, &tp, task_data_seed(seed), &train, &test);
     model_init_params(m, sub_seed(seed, 2));
     int B = model_dims(m)->B, T = train.len;
     long spe = (train.n + B - 1) / B, epochs = cfg_int(cfg, "epochs"), total = spe * epochs;

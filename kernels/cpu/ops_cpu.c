@@ -117,7 +117,9 @@ static void cpu_embedding_forward(real *out, const int *tokens, const real *tabl
 }
 
 /* sequential over tokens: several rows may hit one table row */
-static void cpu_embedding_backward(real *dtable, const real *dout, const int *tokens, int N, int C) {
+static void cpu_embedding_backward(real *dtable, const real *dout, const int *tokens, int N, int C,
+                                   int V) {
+    (void)V;
     for (int n = 0; n < N; n++) {
         real *row = dtable + (size_t)tokens[n] * C;
         for (int c = 0; c < C; c++) row[c] += dout[(size_t)n * C + c];

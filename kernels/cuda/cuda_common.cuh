@@ -56,7 +56,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 }
 
 // exits with a message if a device-side check failed (call after a sync)
-void cu_check_flags(void);
 
 // out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);

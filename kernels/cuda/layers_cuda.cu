@@ -82,69 +82,18 @@ static void embedding_forward(float *out, const int *tokens, const float *table,
     CKL();
 }
 
-// The op does not carry the vocabulary size V, which sizes the one-hot matrix.
-// Outside a capture the largest token is read back (one sync) and the bound only
-// grows; inside a captured graph the bound seen so far is used and any token
-// beyond it raises a device flag that cu_check_flags reports at the next sync.
-__global__ void token_max_kernel(int *out, const int *tok, int N) {
-    __shared__ int part[1024];
-    int m = -1;
-    for (int i = threadIdx.x; i < N; i += blockDim.x) m = max(m, tok[i]);
-    part[threadIdx.x] = m;
-    __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) part[threadIdx.x] = max(part[threadIdx.x], part[threadIdx.x + w]);
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[0] = part[0];
-}
-
-__global__ void onehot_kernel(float *oh, int *flag, const int *tok, int N, int V) {
+__global__ void onehot_kernel(float *oh, const int *tok, int N, int V) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= (long)N * V) return;
-    int t = tok[i / V];
-    if ((i % V) == 0 && t >= V) flag[0] = 1; // plain store: any writer sets the same value
-    oh[i] = t == (int)(i % V) ? 1.f : 0.f;
-}
-
-static int embed_vocab = 0;
-static int *dev_flag = nullptr; // [0] token beyond the captured vocabulary bound; [1] max token
-
-static int vocab_bound(const int *tokens, int N) {
-    if (!dev_flag) {
-        CK(cudaMalloc(&dev_flag, 2 * sizeof(int)));
-        CK(cudaMemsetAsync(dev_flag, 0, 2 * sizeof(int), cu.stream));
-    }
-    cudaStreamCaptureStatus st;
-    CK(cudaStreamIsCapturing(cu.stream, &st));
-    if (st == cudaStreamCaptureStatusNone) {
-        token_max_kernel<<<1, 1024, 0, cu.stream>>>(dev_flag + 1, tokens, N);
-        CKL();
-        int mx;
-        CK(cudaMemcpyAsync(&mx, dev_flag + 1, sizeof mx, cudaMemcpyDeviceToHost, cu.stream));
-        CK(cudaStreamSynchronize(cu.stream));
-        if (mx + 1 > embed_vocab) embed_vocab = mx + 1;
-    }
-    return embed_vocab;
-}
-
-void cu_check_flags(void) {
-    if (!dev_flag) return;
-    int f = 0;
-    CK(cudaMemcpy(&f, dev_flag, sizeof f, cudaMemcpyDeviceToHost));
-    if (f) {
-        fprintf(stderr, "CUDA backend: embedding_backward met a token >= %d, the largest seen "
-                        "before the graph was captured; its gradient is wrong\n", embed_vocab);
-        exit(1);
-    }
+    oh[i] = tok[i / V] == (int)(i % V) ? 1.f : 0.f;
 }
 
 // dtable[V,C] += onehot[N,V]^T dout[N,C]: one fp32 gemm, deterministic
-static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C) {
-    int V = vocab_bound(tokens, N);
+static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C,
+                               int V) {
     float *oh = cu_scratch((size_t)N * V);
     long n = (long)N * V;
-    onehot_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(oh, dev_flag, tokens, N, V);
+    onehot_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(oh, tokens, N, V);
     CKL();
     const float one = 1.f;
     CKB(cublasGemmEx(cu.blas, CUBLAS_OP_N, CUBLAS_OP_T, C, V, N, &one, dout, CUDA_R_32F, C, oh,

@@ -59,7 +59,6 @@ static void cu_to_device(void *dst, const void *src, size_t bytes) {
 static void cu_to_host(void *dst, const void *src, size_t bytes) {
     CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu.stream));
     CK(cudaStreamSynchronize(cu.stream));
-    cu_check_flags();
 }
 static void cu_copy(void *dst, const void *src, size_t bytes) {
     CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu.stream));
@@ -67,7 +66,6 @@ static void cu_copy(void *dst, const void *src, size_t bytes) {
 static void cu_zero(void *p, size_t bytes) { CK(cudaMemsetAsync(p, 0, bytes, cu.stream)); }
 static void cu_sync(void) {
     CK(cudaStreamSynchronize(cu.stream));
-    cu_check_flags();
 }
 
 // ---- graphs ----------------------------------------------------------------------
