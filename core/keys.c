@@ -8,6 +8,9 @@ static const KeyDef run_keys[] = {
      "preset: mad = MAD-Lab model, AdamW, cosine/epoch over 200 epochs, batch 128, stop at 0.999", 0},
     {"seed", KEY_INT, "1", 0, 4294967295.0, NULL, "seed of data generation, init and shuffling", 0},
     {"device", KEY_STR, "cpu", 1, 0, NULL, "cpu, cuda or cuda:N", 0},
+    {"threads", KEY_INT, "1", 1, 1024, NULL,
+     "OpenMP threads of the CPU backend; sweeps use cores through --workers instead "
+     "(with more than 1, set OMP_WAIT_POLICY=passive on a shared machine)", KEY_NOHASH},
     {"precision", KEY_ENUM, "fp32", 1, 0, "fp32|tf32|bf16",
      "matmul operands on cuda (bf16: bf16 operands, fp32 accumulation and master weights)", 0},
 };

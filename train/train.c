@@ -6,6 +6,9 @@
 #include "train.h"
 
 #include <gsl/gsl_randist.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <gsl/gsl_rng.h>
 #include <math.h>
 #include <stdlib.h>
@@ -86,6 +89,9 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         cfg_free(cfg);
         return res;
     }
+#ifdef _OPENMP
+    omp_set_num_threads((int)cfg_int(cfg, "threads"));
+#endif
     unsigned long seed = (unsigned long)cfg_int(cfg, "seed");
     const Task *task;
     TaskParams tp;
