@@ -67,6 +67,9 @@ $(BUILD)/cuda/%.o: %.cu kernels/cuda/cuda_common.cuh kernels/ops.h core/real.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
+# the schema is embedded by the assembler (.incbin), which .d files do not track
+$(BUILD)/f32/db/schema_sql.o $(BUILD)/f64/db/schema_sql.o: db/schema.sql
+
 $(BUILD)/libplab.a: $(OBJ32) $(CU_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

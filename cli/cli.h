@@ -23,6 +23,10 @@ void help_query(void);
 int cmd_runs(int argc, char **argv);
 void help_runs(void);
 
+/* reads a YAML run config (flat or nested run keys) into cfg; errors name file:line:col */
+#include "../core/config.h"
+int run_config_load(const char *path, Config *cfg, Err *err);
+
 /* true when argv holds -h or --help */
 int wants_help(int argc, char **argv);
 /* prints every run key with default and help, optionally only one section */

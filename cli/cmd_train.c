@@ -9,8 +9,10 @@
 #include "cli.h"
 
 void help_train(void) {
-    printf("usage: plab train [key=value ...]\n\n"
-           "Trains one run and prints its progress and final test metrics.\n"
+    printf("usage: plab train [--config run.yaml] [key=value ...]\n\n"
+           "Trains one run and prints its progress and final test metrics. A run config is a\n"
+           "YAML mapping of the same keys (flat `model.mixer: parallax` or nested `model: {mixer:\n"
+           "parallax}`); key=value arguments override it.\n"
            "Example:\n  plab train task=in_context_recall task.vocab_size=16 task.seq_len=64 \\\n"
            "      model.mixer=parallax model.d_model=64 model.heads=4 optim=muon lr=1e-3 epochs=10\n\n"
            "Keys (type, default, meaning):\n");
@@ -38,12 +40,26 @@ static void on_progress(void *ctx, long step, long total, int epoch, double loss
 int cmd_train(int argc, char **argv) {
     Config *cfg = cfg_new();
     Err err = {{0}};
+    /* the run config file first, so that key=value arguments override it */
     for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc || run_config_load(argv[i + 1], cfg, &err) != 0) {
+                fprintf(stderr, "plab train: %s\n", i + 1 < argc ? err.msg : "--config needs a file");
+                cfg_free(cfg);
+                return 2;
+            }
+        }
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--config")) {
+            i++;
+            continue;
+        }
         if (cfg_parse_arg(cfg, argv[i], &err) != 0) {
             fprintf(stderr, "plab train: %s\n", err.msg);
             cfg_free(cfg);
             return 2;
         }
+    }
     Config *check = cfg_copy(cfg);
     if (config_resolve(check, &err) != 0) {
         fprintf(stderr, "plab train: %s\n", err.msg);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void db_check_fail(sqlite3 *db, int rc, const char *what, const char *file, int line) {
     plab_die(file, line, "sqlite: %s (code %d) in %s", db ? sqlite3_errmsg(db) : sqlite3_errstr(rc),
@@ -107,8 +108,20 @@ sqlite3 *db_open(const char *path, int create, Err *err) {
         sqlite3_close(db);
         return NULL;
     }
-    /* WAL: readers (query, plots) never block the writers (workers). */
-    db_exec(db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
+    /* WAL: readers (query, plots) never block the writers (workers). Switching
+     * needs the file to itself and does not wait on the busy handler, so a
+     * second process creating the same new database retries here. */
+    for (int tries = 0;; tries++) {
+        sqlite3_stmt *st = db_prepare(db, "PRAGMA journal_mode = WAL");
+        rc = sqlite3_step(st);
+        int wal = rc == SQLITE_ROW && !strcmp((const char *)sqlite3_column_text(st, 0), "wal");
+        sqlite3_finalize(st); /* a BUSY step is retried below */
+        if (wal) break;
+        if ((rc != SQLITE_BUSY && rc != SQLITE_LOCKED && rc != SQLITE_ROW) || tries > 6000)
+            db_check_fail(db, rc, "PRAGMA journal_mode = WAL", __FILE__, __LINE__);
+        usleep(10000);
+    }
+    db_exec(db, "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
     if (version < DB_SCHEMA_VERSION) {
         db_begin(db);
         /* another process may have initialised it since we looked */
@@ -119,7 +132,8 @@ sqlite3 *db_open(const char *path, int create, Err *err) {
             set_version(db, DB_SCHEMA_VERSION);
         } else {
             for (long v = version; v < DB_SCHEMA_VERSION; v++) {
-                CHECK(migrations[v - 1], "no migration from schema version %ld", v);
+                CHECK(v >= 1 && v - 1 < (long)(sizeof migrations / sizeof *migrations) && migrations[v - 1],
+                      "no migration from schema version %ld", v);
                 db_exec(db, migrations[v - 1]);
                 set_version(db, (int)v + 1);
             }

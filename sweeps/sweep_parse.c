@@ -310,8 +310,8 @@ static int parse_doc(P *p, Sweep *s) {
         } else if (!strcmp(f, "base")) {
             if (is_null(v)) continue;
             if (!is_map(v)) return fail(p, v, "base: expected a mapping of run keys, found %s", kind(v));
-            yaml_node_t *bk, *bv;
-            FOR_PAIRS(p, v, bk, bv) if (add_assign(p, &s->base, bk, bv)) return -1;
+            for (yaml_node_pair_t *b = v->data.mapping.pairs.start; b < v->data.mapping.pairs.top; b++)
+                if (add_assign(p, &s->base, node(p, b->key), node(p, b->value))) return -1;
         } else if (!strcmp(f, "parameters")) params = v;
         else if (!strcmp(f, "program") || !strcmp(f, "command") || !strcmp(f, "early_terminate") ||
                  !strcmp(f, "project") || !strcmp(f, "entity")) {

@@ -14,21 +14,21 @@ DB="$T/r.db"
 cat > s.yaml <<'Y'
 name: resume
 method: grid
-base: {task: in_context_recall, task.seq_len: 16, task.num_train: 128, task.num_test: 32,
-       model.d_model: 16, model.heads: 2, model.layers: 1, epochs: 8, batch_size: 16, log_every: 2}
+base: {task: in_context_recall, task.vocab_size: 8, task.seq_len: 16, task.num_train: 256,
+       task.num_test: 32, model.d_model: 32, model.heads: 2, model.layers: 1, epochs: 12,
+       batch_size: 32, log_every: 2, early_stop_acc: 2}
 parameters:
   seed: {values: [1, 2, 3, 4, 5]}
 Y
 q() { "$PLAB" query "$1" --db "$DB" --format csv | tail -n +2; }
-# waits until at least $1 runs are finished and one is running (or times out)
+# waits until at least $1 runs are finished and one is running, while the
+# sweep process $pid lives (sqlite3 polls fast; the runs take about a second)
 wait_for() {
-    for _ in $(seq 1 600); do
-        if [ -e "$DB" ]; then
-            f=$(q "SELECT count(*) FROM runs WHERE status = 'finished'" 2>/dev/null)
-            r=$(q "SELECT count(*) FROM runs WHERE status = 'running'" 2>/dev/null)
-            [ "${f:-0}" -ge "$1" ] && [ "${r:-0}" -ge 1 ] && return 0
-        fi
-        sleep 0.1
+    for _ in $(seq 1 1200); do
+        kill -0 $pid 2>/dev/null || { echo "FAIL: the sweep ended before $1 runs finished"; return 1; }
+        s=$(sqlite3 "$DB" "SELECT sum(status = 'finished') >= $1 AND sum(status = 'running') >= 1 FROM runs" 2>/dev/null)
+        [ "$s" = 1 ] && return 0
+        sleep 0.05
     done
     echo "FAIL: timed out waiting for $1 finished runs"; return 1
 }
@@ -72,10 +72,10 @@ done_before=$(sed -n 's/.* \([0-9]*\) done before.*/\1/p' run3.out | head -1)
 [ "$(q "SELECT sum(attempts) FROM runs")" = $((5 + 1 + interrupted)) ] || { echo "FAIL: attempts"; q "SELECT id, attempts FROM runs"; fail=1; }
 [ "$(q "SELECT count(*) FROM (SELECT run_id, key, step FROM metrics GROUP BY 1, 2, 3 HAVING count(*) > 1)")" = 0 ] \
     || { echo "FAIL: duplicated metric rows"; fail=1; }
-# same schedule for every run: the same number of history rows, 8 epochs of test metrics
+# same schedule for every run: the same number of history rows, 12 epochs of test metrics
 [ "$(q "SELECT count(DISTINCT n) FROM (SELECT run_id, count(*) AS n FROM metrics GROUP BY run_id)")" = 1 ] \
     || { echo "FAIL: runs have different history lengths"; q "SELECT run_id, count(*) FROM metrics GROUP BY run_id"; fail=1; }
-[ "$(q "SELECT count(*) FROM metrics WHERE key = 'test_acc'")" = 40 ] || { echo "FAIL: test_acc rows"; fail=1; }
+[ "$(q "SELECT count(*) FROM metrics WHERE key = 'test_acc'")" = 60 ] || { echo "FAIL: test_acc rows"; fail=1; }
 [ "$(q "SELECT count(*) FROM final_metrics WHERE key = 'test_acc' AND kind = 'at_best_ppl'")" = 5 ] || { echo "FAIL: finals"; fail=1; }
 # the database opens in the plain sqlite3 shell
 [ "$(sqlite3 "$DB" "SELECT count(*) FROM run_summary WHERE test_acc IS NOT NULL")" = 5 ] || { echo "FAIL: sqlite3 shell"; fail=1; }

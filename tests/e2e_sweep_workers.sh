@@ -52,5 +52,20 @@ echo "  process A (2 workers) trained $na runs, process B $((n - na))"
 grep -q "0 to run" c.out || { echo "FAIL: re-run found work"; cat c.out; fail=1; }
 [ "$(q "SELECT sum(attempts) FROM runs")" = 8 ] || { echo "FAIL: re-run trained again"; fail=1; }
 
+# a run that fails (no such device) is recorded with its reason; the sweep goes on
+cat > f.yaml <<'Y'
+name: failing
+method: grid
+base: {task: in_context_recall, task.seq_len: 16, task.num_train: 64, model.d_model: 16,
+       model.heads: 2, model.layers: 1, epochs: 1}
+parameters:
+  device: {values: ["cuda:63", cpu]}
+Y
+"$PLAB" sweep f.yaml --db r.db > f.out 2>&1 || { echo "FAIL: a failed run stopped the sweep"; cat f.out; fail=1; }
+[ "$(q "SELECT count(*) FROM runs WHERE sweep = 'failing' AND status = 'failed' AND overrides = 'device=cuda:63'
+        AND length(error) > 0")" = 1 ] || { echo "FAIL: failed run not recorded"; "$PLAB" runs --db r.db --sweep failing; fail=1; }
+[ "$(q "SELECT count(*) FROM runs WHERE sweep = 'failing' AND status = 'finished'")" = 1 ] \
+    || { echo "FAIL: the run after the failure did not finish"; fail=1; }
+
 [ $fail -eq 0 ] && echo "e2e_sweep_workers: passed"
 exit $fail

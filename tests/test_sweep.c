@@ -277,6 +277,43 @@ static void test_combination_error_names_run(void **st) {
     sweep_free(s);
 }
 
+/* the shipped sweeps load, resolve, and have the documented sizes; the MAD
+ * protocol has mad.md §3's settings per task (x 3 lr x 2 wd) */
+static void test_shipped_sweeps(void **st) {
+    (void)st;
+    struct { const char *file; int runs; } files[] = {
+        {"sweeps/quickstart.yaml", 8}, {"sweeps/mad_protocol.yaml", 396}, {"sweeps/family_icr.yaml", 192}};
+    for (int f = 0; f < 3; f++) {
+        Sweep *s;
+        Err e = {{0}};
+        if (sweep_load_file(files[f].file, &s, &e) != 0) {
+            if (strstr(e.msg, "cannot read")) {
+                printf("  run from the repository root to check %s\n", files[f].file);
+                skip();
+            }
+            fail_msg("%s", e.msg);
+        }
+        Plan p;
+        if (sweep_plan(s, &p, &e) != 0) fail_msg("%s", e.msg);
+        printf("  %s: %d runs\n", files[f].file, p.n);
+        assert_int_equal(p.n, files[f].runs);
+        assert_int_equal(p.duplicates, 0);
+        if (f == 1) {
+            const char *tasks[6] = {"in_context_recall", "fuzzy_in_context_recall", "noisy_in_context_recall",
+                                    "selective_copying", "compression", "memorization"};
+            int want[6] = {11, 11, 14, 13, 11, 6};
+            for (int t = 0; t < 6; t++) {
+                int n = 0;
+                for (int i = 0; i < p.n; i++) n += !strcmp(cfg_str(p.runs[i].cfg, "task"), tasks[t]);
+                assert_int_equal(n, want[t] * 6);
+            }
+            for (int i = 0; i < p.n; i++) assert_string_equal(cfg_str(p.runs[i].cfg, "protocol"), "mad");
+        }
+        plan_free(&p);
+        sweep_free(s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grid_counts_and_contents),
@@ -286,6 +323,7 @@ int main(void) {
         cmocka_unit_test(test_random_distributions),
         cmocka_unit_test(test_malformed_files),
         cmocka_unit_test(test_combination_error_names_run),
+        cmocka_unit_test(test_shipped_sweeps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -207,9 +207,10 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         int nd = model_diagnostics(m, dnames, dvals, 64); /* of the last test batch */
         for (int i = 0; i < nd; i++) emit(sink, step, epoch, dnames[i], dvals[i]);
         res.epochs = epoch + 1;
-        if (!isfinite(tl)) {
+        if (!isfinite(tl) || !isfinite(ppl)) {
             res.status = RUN_DIVERGED;
-            snprintf(res.reason, sizeof res.reason, "test loss is %g after epoch %d", tl, epoch);
+            snprintf(res.reason, sizeof res.reason, "test loss %g, perplexity %g after epoch %d", tl,
+                     ppl, epoch);
             break;
         }
         if (acc > res.best_test_acc) res.best_test_acc = acc;
