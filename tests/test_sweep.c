@@ -282,8 +282,9 @@ static void test_combination_error_names_run(void **st) {
 static void test_shipped_sweeps(void **st) {
     (void)st;
     struct { const char *file; int runs; } files[] = {
-        {"sweeps/quickstart.yaml", 8}, {"sweeps/mad_protocol.yaml", 396}, {"sweeps/family_icr.yaml", 192}};
-    for (int f = 0; f < 3; f++) {
+        {"sweeps/quickstart.yaml", 8}, {"sweeps/mad_protocol.yaml", 396}, {"sweeps/family_icr.yaml", 30},
+        {"sweeps/family_members_mad.yaml", 192}};
+    for (int f = 0; f < (int)(sizeof files / sizeof files[0]); f++) {
         Sweep *s;
         Err e = {{0}};
         if (sweep_load_file(files[f].file, &s, &e) != 0) {
