@@ -190,13 +190,8 @@ static void test_core_grad_channel(void **s) { (void)s; core_grad_case(DELTA_GAT
 /* ---- whole-model gradients, every mixer and option ---------------------------------- */
 
 static void model_case(const char *extra) {
-    char args[512];
-    snprintf(args, sizeof args,
-             "task.vocab_size=12 task.seq_len=8 model.d_model=16 model.heads=2 model.layers=2 %s",
-             extra);
-    double err = model_gradcheck(args, 2, 6, getenv("VERBOSE") != NULL);
-    printf("  %s: worst rel err %.2e\n", extra, err);
-    assert_true(err < 1e-5);
+    assert_model_grad("task.vocab_size=12 task.seq_len=8 model.d_model=16 model.heads=2 model.layers=2",
+                      extra, 6, 1e-5);
 }
 
 static void test_model_deltanet(void **s) {

@@ -14,14 +14,7 @@
 static const char *base =
     "task.vocab_size=12 task.seq_len=8 model.d_model=16 model.heads=2 model.layers=1 mixer.cg_tol=0 ";
 
-static void check(const char *extra, double tol) {
-    char args[1024];
-    snprintf(args, sizeof args, "%s%s", base, extra);
-    printf("  %s\n", extra);
-    double err = model_gradcheck(args, 2, 6, getenv("VERBOSE") != NULL);
-    printf("    worst relative error %.3e (bound %.0e)\n", err, tol);
-    assert_true(err < tol);
-}
+static void check(const char *extra, double tol) { assert_model_grad(base, extra, 6, tol); }
 
 /* one test per named member (the CG solves get enough iterations to converge,
  * since the backward is the gradient of the converged solve) */

@@ -13,14 +13,7 @@
 
 static const char *base = "task.vocab_size=12 task.seq_len=10 model.d_model=8 model.heads=2 model.layers=2 ";
 
-static void check(const char *extra, double tol) {
-    char args[1024];
-    snprintf(args, sizeof args, "%s%s", base, extra);
-    printf("  %s\n", extra);
-    double err = model_gradcheck(args, 2, 8, getenv("VERBOSE") != NULL);
-    printf("    worst relative error %.3e (bound %.0e)\n", err, tol);
-    assert_true(err < tol);
-}
+static void check(const char *extra, double tol) { assert_model_grad(base, extra, 8, tol); }
 
 static void test_mamba(void **s) { (void)s; check("model.mixer=mamba", TOL); }
 static void test_mamba_options(void **s) {

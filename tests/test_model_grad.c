@@ -8,14 +8,7 @@
 static const char *base =
     "task.vocab_size=12 task.seq_len=8 model.d_model=16 model.heads=2 model.layers=2 ";
 
-static void check(const char *extra, double tol) {
-    char args[1024];
-    snprintf(args, sizeof args, "%s%s", base, extra);
-    printf("  %s\n", extra);
-    double err = model_gradcheck(args, 2, 6, getenv("VERBOSE") != NULL);
-    printf("    worst relative error %.3e (bound %.0e)\n", err, tol);
-    assert_true(err < tol);
-}
+static void check(const char *extra, double tol) { assert_model_grad(base, extra, 6, tol); }
 
 static void test_softmax(void **s) { (void)s; check("model.mixer=softmax", 1e-5); }
 static void test_softmax_qknorm_window(void **s) {

@@ -12,14 +12,7 @@ static const char *base =
     "task=compression task.vocab_size=12 task.seq_len=8 model.d_model=16 model.heads=2 "
     "model.layers=2 ";
 
-static void check(const char *extra, double tol) {
-    char args[1024];
-    snprintf(args, sizeof args, "%s%s", base, extra);
-    printf("  %s\n", args);
-    double err = model_gradcheck(args, 2, 6, getenv("VERBOSE") != NULL);
-    printf("    worst relative error %.3e (bound %.0e)\n", err, tol);
-    assert_true(err < tol);
-}
+static void check(const char *extra, double tol) { assert_model_grad(base, extra, 6, tol); }
 
 static void test_grad_softmax(void **s) { (void)s; check("model.mixer=softmax mixer.qk_norm=true model.init=pytorch", 1e-5); }
 /* MAD's N(0,0.02) init: the encoder's gradients pass through the small decoder

@@ -145,3 +145,12 @@ double model_gradcheck(const char *config_args, int B, int per_tensor, int verbo
     cfg_free(cfg);
     return worst;
 }
+
+void assert_model_grad(const char *base, const char *extra, int per_tensor, double tol) {
+    char args[1024];
+    snprintf(args, sizeof args, "%s %s", base, extra);
+    printf("  %s\n", extra);
+    double err = model_gradcheck(args, 2, per_tensor, getenv("VERBOSE") != NULL);
+    printf("    worst relative error %.3e (bound %.0e)\n", err, tol);
+    assert_true(err < tol);
+}

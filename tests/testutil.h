@@ -42,4 +42,8 @@ double gradcheck(double (*loss)(void *ctx), void *ctx, real *x, const real *grad
  * relative error. */
 double model_gradcheck(const char *config_args, int B, int per_tensor, int verbose);
 
+/* model_gradcheck of "base extra" with `per_tensor` samples per tensor
+ * (VERBOSE=1 prints every tensor); prints the worst error and asserts < tol. */
+void assert_model_grad(const char *base, const char *extra, int per_tensor, double tol);
+
 #endif
