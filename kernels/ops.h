@@ -104,6 +104,10 @@ typedef struct Ops {
     /* da, db (writes) from dh */
     void (*swiglu_backward)(real *da, real *db, const real *dh, const real *a, const real *b,
                             long n);
+    /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
+    void (*gelu_forward)(real *y, const real *x, long n);
+    /* dx = dy (Phi(x) + x phi(x)) (writes) */
+    void (*gelu_backward)(real *dx, const real *dy, const real *x, long n);
     /* Rotary embedding, GPT-NeoX "rotate half" layout on the first `rot` dims of each head
      * (baselines.md §2). x [B*T, H, hd] with row stride ld; position = row % T. In place. */
     void (*rope_forward)(real *x, int N, int T, int H, int hd, int ld, int rot, real base);

@@ -215,11 +215,6 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
         a->P[s] = idx[s] >= 0 ? params + specs[idx[s]].offset : NULL;
         a->G[s] = idx[s] >= 0 ? grads + specs[idx[s]].offset : NULL;
     }
-    if (a->route != ROUTE_ATTN && !ops->family)
-        DIE("model.mixer: this point of the attention family (probe=%s, affine=%d, learned "
-            "bandwidth=%d) needs the family ops (kernels/ops_family.h), which backend '%s' lacks",
-            a->probe == PROBE_SOLVED ? "solved" : a->probe == PROBE_LEARNED ? "learned" : "zero",
-            a->affine, a->bw_learned, ops->name);
     size_t N = (size_t)a->dims.B * a->dims.T, d = (size_t)a->dims.d, H = (size_t)a->H;
     size_t nd = sizeof(real) * N * d, nh = sizeof(real) * N * H;
     a->v = ops->alloc(nd);
@@ -433,11 +428,23 @@ static void attn_destroy(void *self, const Ops *ops) {
 /* The named members: presets of the axes (parallax_lla.md §3.3 table). A key
  * the user sets wins over the preset, so model.mixer=lla mixer.bandwidth=inf
  * is affine_mesa. */
+/* points off the plain attention core need the family ops (kernels/ops_family.h) */
+static int attn_check_ops(const void *self, const Ops *ops, Err *err) {
+    const Attn *a = self;
+    if (a->route == ROUTE_ATTN || ops->family) return 0;
+    err_set(err, "key 'model.mixer': this point of the attention family (probe=%s, affine=%d, "
+                 "learned bandwidth=%d) needs the family ops (kernels/ops_family.h), which backend "
+                 "'%s' does not have yet; use device=cpu",
+            a->probe == PROBE_SOLVED ? "solved" : a->probe == PROBE_LEARNED ? "learned" : "zero",
+            a->affine, a->bw_learned, ops->name);
+    return -1;
+}
+
 #define FAMILY_MEMBER(ident, nm, hp, pre)                                                     \
     const MixerKind ident = {.name = nm, .help = hp, .preset = pre, .create = attn_create,     \
                              .bind = attn_bind, .forward = attn_forward,                      \
                              .backward = attn_backward, .destroy = attn_destroy,              \
-                             .diagnostics = attn_diagnostics}
+                             .diagnostics = attn_diagnostics, .check_ops = attn_check_ops}
 
 FAMILY_MEMBER(mixer_family, "family",
               "the attention family: set mixer.bandwidth, mixer.probe, mixer.affine freely "

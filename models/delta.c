@@ -148,7 +148,6 @@ static void *kda_create(const Config *c, const ModelDims *d, ParamBuilder *pb, E
 static void delta_bind(void *self, const Ops *ops, const ParamSpec *specs, real *params,
                        real *grads) {
     Delta *a = self;
-    CHECK(ops->delta, "backend '%s' has no delta-rule ops (ops->delta)", ops->name);
     for (int i = 0; i < NP; i++) {
         a->P[i] = a->p[i] >= 0 ? params + specs[a->p[i]].offset : NULL;
         a->G[i] = a->p[i] >= 0 ? grads + specs[a->p[i]].offset : NULL;
@@ -304,6 +303,15 @@ static size_t delta_state_size(const Config *cfg, const ModelDims *dims) {
     return (size_t)dims->heads * K * K * (size_t)cfg_int(cfg, "mixer.expand_v");
 }
 
+/* the backend must have the delta op group (kernels/ops_delta.h) */
+static int delta_check_ops(const void *self, const Ops *ops, Err *err) {
+    (void)self;
+    if (ops->delta) return 0;
+    err_set(err, "key 'model.mixer': the delta rule needs the delta ops (kernels/ops_delta.h), which backend "
+                 "'%s' does not have yet; use device=cpu", ops->name);
+    return -1;
+}
+
 const MixerKind mixer_deltanet = {
     .name = "deltanet",
     .help = "DeltaNet: delta rule, short conv, L2-normalised q/k, beta = sigmoid (baselines.md §6)",
@@ -314,6 +322,7 @@ const MixerKind mixer_deltanet = {
     .backward = delta_backward,
     .destroy = delta_destroy,
     .state_size = delta_state_size,
+    .check_ops = delta_check_ops,
 };
 
 const MixerKind mixer_gated_deltanet = {
@@ -326,6 +335,7 @@ const MixerKind mixer_gated_deltanet = {
     .backward = delta_backward,
     .destroy = delta_destroy,
     .state_size = delta_state_size,
+    .check_ops = delta_check_ops,
 };
 
 const MixerKind mixer_kda = {
@@ -338,4 +348,5 @@ const MixerKind mixer_kda = {
     .backward = delta_backward,
     .destroy = delta_destroy,
     .state_size = delta_state_size,
+    .check_ops = delta_check_ops,
 };

@@ -61,8 +61,6 @@ void mamba_add_conv(ParamBuilder *pb, int channels, int W, int *w, int *b) {
 
 /* Checks that the op groups a Mamba mixer needs exist on this backend. */
 void mamba_require_scan(const Ops *ops) {
-    CHECK(ops->scan, "backend '%s' has no scan ops (kernels/ops_scan.h): Mamba cannot run on it",
-          ops->name);
 }
 
 enum { S_WIN, S_CW, S_CB, S_WX, S_WDT, S_BDT, S_ALOG, S_D, S_WOUT, NSLOT };
@@ -182,6 +180,15 @@ static size_t mamba_state_size(const Config *cfg, const ModelDims *dims) {
     return (size_t)cfg_int(cfg, "mamba.expand") * (size_t)dims->d * (size_t)cfg_int(cfg, "mamba.d_state");
 }
 
+/* the backend must have the scan op group (kernels/ops_scan.h) */
+static int mamba_check_ops(const void *self, const Ops *ops, Err *err) {
+    (void)self;
+    if (ops->scan) return 0;
+    err_set(err, "key 'model.mixer': Mamba needs the scan ops (kernels/ops_scan.h), which backend "
+                 "'%s' does not have yet; use device=cpu", ops->name);
+    return -1;
+}
+
 const MixerKind mixer_mamba = {
     .name = "mamba",
     .help = "Mamba-1 selective scan layer (baselines.md §4); as in MAD it replaces the MLP too (4 layers, no MLP)",
@@ -194,4 +201,5 @@ const MixerKind mixer_mamba = {
     .backward = mamba_backward,
     .destroy = mamba_destroy,
     .state_size = mamba_state_size,
+    .check_ops = mamba_check_ops,
 };

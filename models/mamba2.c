@@ -182,6 +182,15 @@ static size_t mamba2_state_size(const Config *cfg, const ModelDims *dims) {
     return (size_t)cfg_int(cfg, "mamba.expand") * (size_t)dims->d * (size_t)cfg_int(cfg, "mamba2.d_state");
 }
 
+/* the backend must have the scan op group (kernels/ops_scan.h) */
+static int mamba2_check_ops(const void *self, const Ops *ops, Err *err) {
+    (void)self;
+    if (ops->scan) return 0;
+    err_set(err, "key 'model.mixer': Mamba-2 needs the scan ops (kernels/ops_scan.h), which backend "
+                 "'%s' does not have yet; use device=cpu", ops->name);
+    return -1;
+}
+
 const MixerKind mixer_mamba2 = {
     .name = "mamba2",
     .help = "Mamba-2 SSD layer with gated RMSNorm (baselines.md §5); like mamba, 4 layers and no MLP",
@@ -194,4 +203,5 @@ const MixerKind mixer_mamba2 = {
     .backward = mamba2_backward,
     .destroy = mamba2_destroy,
     .state_size = mamba2_state_size,
+    .check_ops = mamba2_check_ops,
 };

@@ -81,7 +81,6 @@ static void *mesa_create(const Config *cfg, const ModelDims *dims, ParamBuilder 
 static void mesa_bind(void *self, const Ops *ops, const ParamSpec *specs, real *params,
                       real *grads) {
     Mesa *a = self;
-    CHECK(ops->delta, "backend '%s' has no MesaNet ops (ops->delta)", ops->name);
     for (int i = 0; i < NP; i++) {
         a->P[i] = a->p[i] >= 0 ? params + specs[a->p[i]].offset : NULL;
         a->G[i] = a->p[i] >= 0 ? grads + specs[a->p[i]].offset : NULL;
@@ -212,6 +211,15 @@ static size_t mesa_state_size(const Config *cfg, const ModelDims *dims) {
     return (size_t)dims->heads * 2 * K * K;
 }
 
+/* the backend must have the delta op group (kernels/ops_delta.h) */
+static int mesa_check_ops(const void *self, const Ops *ops, Err *err) {
+    (void)self;
+    if (ops->delta) return 0;
+    err_set(err, "key 'model.mixer': MesaNet needs the delta ops (kernels/ops_delta.h), which backend "
+                 "'%s' does not have yet; use device=cpu", ops->name);
+    return -1;
+}
+
 const MixerKind mixer_mesanet = {
     .name = "mesanet",
     .help = "MesaNet: per-step ridge regression by conjugate gradients, forget gate, "
@@ -222,4 +230,5 @@ const MixerKind mixer_mesanet = {
     .backward = mesa_backward,
     .destroy = mesa_destroy,
     .state_size = mesa_state_size,
+    .check_ops = mesa_check_ops,
 };

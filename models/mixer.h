@@ -31,6 +31,9 @@ typedef struct MixerKind {
      * family's CG residual, "cg_resid_max"); writes up to `max` names and values
      * and returns how many. NULL when the mixer has none. */
     int (*diagnostics)(void *self, const Ops *ops, const char **names, double *values, int max);
+    /* optional: 0 when the backend has the op groups this mixer needs, else -1 with
+     * an error naming the missing group (called by model_create before bind) */
+    int (*check_ops)(const void *self, const Ops *ops, Err *err);
 } MixerKind;
 
 const MixerKind *mixer_find(const char *name);

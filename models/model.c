@@ -112,6 +112,10 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
         m->p_norm[2 * l + 1] = pb_add(pb, "norm2", d, 0, 0, INIT_CONST, 1);
         snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.mixer.", l);
         m->mixers[l] = kind->create(cfg, D, pb, err);
+        if (m->mixers[l] && kind->check_ops && kind->check_ops(m->mixers[l], ops, err) != 0) {
+            kind->destroy(m->mixers[l], ops);
+            m->mixers[l] = NULL;
+        }
         if (!m->mixers[l]) {
             for (int j = 0; j < l; j++) kind->destroy(m->mixers[j], ops);
             free(m->mixers), free(m->mlps), free(m->p_norm), free(pb->specs), free(m);

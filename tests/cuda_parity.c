@@ -188,6 +188,10 @@ static void test_embedding_swiglu_gate(void **s) {
     CPU->swiglu_backward(da, db, dh, a, b, n), GPU->swiglu_backward(gda, gdb, gdh, ga, gb, n);
     cmp("swiglu da", da, gda, n, 1e-6);
     cmp("swiglu db", db, gdb, n, 1e-6);
+    CPU->gelu_forward(h, a, n), GPU->gelu_forward(gh, ga, n);
+    cmp("gelu forward", h, gh, n, 1e-6);
+    CPU->gelu_backward(da, dh, a, n), GPU->gelu_backward(gda, gdh, ga, n);
+    cmp("gelu backward", da, gda, n, 1e-6);
 
     size_t nx = (size_t)N * H * hd;
     real *x = randv(r, nx, 1), *g = randv(r, (size_t)N * H, 2), *o = randv(r, nx, 1);
@@ -440,6 +444,7 @@ static const char *model_cases[] = {
     "model.mixer=parallax",
     "model.mixer=parallax mixer.probe_gate=true mixer.probe_rope=false optim=muon",
     "model.mixer=parallax mixer.probe_norm=false mixer.qkv_bias=false model.init=normal",
+    "task=compression model.mixer=softmax", /* the autoencoder backbone (GELU decoder) */
 };
 
 static void test_models_fp32(void **s) {

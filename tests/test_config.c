@@ -3,6 +3,7 @@
 
 #include <string.h>
 
+#include "../models/model.h"
 #include "../train/train.h"
 
 static void test_unknown_key_suggests(void **s) {
@@ -61,12 +62,42 @@ static void test_hash_is_canonical(void **s) {
     cfg_free(a), cfg_free(b), cfg_free(c);
 }
 
+/* A backend without a mixer's op group refuses the model with an error that
+ * names the group (no crash): the situation of every GPU-less mixer on CUDA. */
+static void test_missing_op_group_is_an_error(void **s) {
+    (void)s;
+    Ops bare = *ops_cpu();
+    bare.family = NULL, bare.scan = NULL, bare.delta = NULL;
+    const struct { const char *mixer, *group; } cases[] = {
+        {"softmax", NULL}, {"parallax", NULL}, {"lla", "ops_family.h"}, {"mesa", "ops_family.h"},
+        {"mamba", "ops_scan.h"}, {"mamba2 mamba2.headdim=8", "ops_scan.h"}, {"gated_deltanet", "ops_delta.h"},
+        {"mesanet", "ops_delta.h"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[256];
+        snprintf(args, sizeof args, "task.vocab_size=8 task.seq_len=8 model.d_model=16 model.heads=2 "
+                 "model.mixer=%s", cases[i].mixer);
+        Config *c = test_config(args);
+        Err e = {{0}};
+        Model *m = model_create(c, &bare, 2, 7, &e);
+        printf("  %-16s %s\n", cases[i].mixer, m ? "builds" : e.msg);
+        if (cases[i].group) {
+            assert_null(m);
+            assert_non_null(strstr(e.msg, cases[i].group));
+        } else {
+            assert_non_null(m);
+            model_free(m);
+        }
+        cfg_free(c);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_key_suggests),
         cmocka_unit_test(test_bad_values_name_key_value_rule),
         cmocka_unit_test(test_presets_yield_to_user),
         cmocka_unit_test(test_hash_is_canonical),
+        cmocka_unit_test(test_missing_op_group_is_an_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

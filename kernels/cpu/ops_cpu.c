@@ -143,6 +143,20 @@ static void cpu_swiglu_backward(real *da, real *db, const real *dh, const real *
     }
 }
 
+static void cpu_gelu_forward(real *y, const real *x, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) y[i] = (real)(0.5 * x[i] * (1.0 + erf(x[i] * M_SQRT1_2)));
+}
+
+static void cpu_gelu_backward(real *dx, const real *dy, const real *x, long n) {
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) {
+        double v = x[i];
+        double g = 0.5 * (1.0 + erf(v * M_SQRT1_2)) + v * exp(-0.5 * v * v) * 0.3989422804014327;
+        dx[i] = (real)(dy[i] * g);
+    }
+}
+
 /* angles t * base^(-2i/rot) for t < T, i < rot/2, tabulated once per call */
 static void rope_apply(real *x, int N, int T, int H, int hd, int ld, int rot, real base, real sgn) {
     int half = rot / 2;
@@ -299,6 +313,8 @@ static const Ops cpu_ops = {
     .embedding_backward = cpu_embedding_backward,
     .swiglu_forward = cpu_swiglu_forward,
     .swiglu_backward = cpu_swiglu_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,
     .gate_forward = cpu_gate_forward,

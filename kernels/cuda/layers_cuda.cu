@@ -101,6 +101,28 @@ static void embedding_backward(float *dtable, const float *dout, const int *toke
                      CUBLAS_GEMM_DEFAULT));
 }
 
+// ---- GELU (exact erf form) --------------------------------------------------------
+
+__global__ void gelu_fwd_kernel(float *y, const float *x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = 0.5f * x[i] * (1.f + erff(x[i] * 0.70710678118654752f));
+}
+static void gelu_forward(float *y, const float *x, long n) {
+    gelu_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, x, n);
+    CKL();
+}
+__global__ void gelu_bwd_kernel(float *dx, const float *dy, const float *x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float v = x[i];
+    float g = 0.5f * (1.f + erff(v * 0.70710678118654752f)) + v * expf(-0.5f * v * v) * 0.39894228040143268f;
+    dx[i] = dy[i] * g;
+}
+static void gelu_backward(float *dx, const float *dy, const float *x, long n) {
+    gelu_bwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(dx, dy, x, n);
+    CKL();
+}
+
 // ---- SwiGLU ----------------------------------------------------------------------
 
 __global__ void swiglu_fwd_kernel(float *h, const float *a, const float *b, long n) {
@@ -233,6 +255,8 @@ void cu_fill_layers(Ops *o) {
     o->embedding_backward = embedding_backward;
     o->swiglu_forward = swiglu_forward;
     o->swiglu_backward = swiglu_backward;
+    o->gelu_forward = gelu_forward;
+    o->gelu_backward = gelu_backward;
     o->rope_forward = rope_forward;
     o->rope_backward = rope_backward;
     o->gate_forward = gate_forward;
