@@ -1,6 +1,7 @@
 /* plab train key=value ... [--config run.yaml]: one run, printed to the terminal. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -68,8 +69,13 @@ int cmd_train(int argc, char **argv) {
     }
     char hash[17];
     cfg_hash(check, hash);
-    printf("run %s: task=%s mixer=%s optim=%s device=%s\n", hash, cfg_str(check, "task"),
-           cfg_str(check, "model.mixer"), cfg_str(check, "optim"), cfg_str(check, "device"));
+    char *info = run_size_info(check);
+    long np = 0;
+    sscanf(info, "info.num_params=%ld", &np);
+    printf("run %s: task=%s mixer=%s optim=%s device=%s, %ld parameters\n", hash,
+           cfg_str(check, "task"), cfg_str(check, "model.mixer"), cfg_str(check, "optim"),
+           cfg_str(check, "device"), np);
+    free(info);
     cfg_free(check);
     TrainView view = {cfg_bool(cfg, "progress"), isatty(2)};
     RunSink sink = {.ctx = &view, .progress = on_progress};

@@ -1,5 +1,7 @@
 #include "results.h"
 
+#include "../train/train.h"
+
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -36,8 +38,12 @@ int results_queue(sqlite3 *db, const char *sweep, const char *hash, const char *
     db_finalize(db, st);
     if (sqlite3_changes(db) == 0) return 0;
     long id = (long)sqlite3_last_insert_rowid(db);
-    /* params: every key of the resolved config, "key=value\n" lines */
-    char *text = cfg_canonical(cfg, 0);
+    /* params: every key of the resolved config, then the model's sizes
+     * (info.*, derived, not keys), all as "key=value\n" lines */
+    char *keys = cfg_canonical(cfg, 0), *info = run_size_info(cfg);
+    char *text = xmalloc(strlen(keys) + strlen(info) + 1);
+    strcat(strcpy(text, keys), info);
+    free(keys), free(info);
     st = db_prepare(db, "INSERT INTO params(run_id, key, value) VALUES (?1, ?2, ?3)");
     for (char *line = text, *nl; *line; line = nl + 1) {
         nl = strchr(line, '\n');

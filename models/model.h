@@ -91,6 +91,7 @@ real *model_grads(Model *m);
 size_t model_num_params(const Model *m);
 /* number of trainable scalars */
 size_t model_count_params(const Model *m);
+
 int model_num_specs(const Model *m);
 const ParamSpec *model_spec(const Model *m, int i);
 const struct MixerKind *model_mixer_kind(const Model *m);

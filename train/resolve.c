@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "../models/mixer.h"
+#include "../models/model.h"
 #include "../tasks/task.h"
 #include "train.h"
 
@@ -39,4 +40,20 @@ int config_resolve(Config *cfg, Err *err) {
     size_t params, state;
     if (mixer_layer_stats(cfg, &params, &state, err) != 0) return -1;
     return 0;
+}
+
+char *run_size_info(const Config *cfg_in) {
+    Err e;
+    size_t lp = 0, ls = 0, total = 0;
+    Config *cfg = cfg_copy(cfg_in);
+    if (config_resolve(cfg, &e) == 0) {
+        Model *m = model_create(cfg, ops_cpu(), 1, 1, &e); /* a dry build: sizes only */
+        if (m) total = model_count_params(m), model_free(m);
+        if (mixer_layer_stats(cfg, &lp, &ls, &e) != 0) lp = ls = 0;
+    }
+    cfg_free(cfg);
+    char *out = xmalloc(160);
+    snprintf(out, 160, "info.num_params=%zu\ninfo.mixer_params_per_layer=%zu\ninfo.mixer_state_per_layer=%zu\n",
+             total, lp, ls);
+    return out;
 }

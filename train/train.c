@@ -109,12 +109,6 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         cfg_free(cfg);
         return res;
     }
-    size_t layer_params = 0, layer_state = 0;
-    if (mixer_layer_stats(cfg, &layer_params, &layer_state, &err) == 0) {
-        emit_final(sink, "mixer_params_per_layer", "last", (double)layer_params);
-        emit_final(sink, "mixer_state_per_layer", "last", (double)layer_state);
-    }
-    emit_final(sink, "num_params", "last", (double)model_count_params(m));
     Dataset train, test;
     task_generate(task, &tp, task_data_seed(seed), &train, &test);
     model_init_params(m, sub_seed(seed, 2));

@@ -37,6 +37,12 @@ typedef struct {
  * anything but cfg. */
 int config_resolve(Config *cfg, Err *err);
 
+/* The sizes MAD compares at, as "key=value" lines (caller frees):
+ * info.num_params (whole model), info.mixer_params_per_layer and
+ * info.mixer_state_per_layer (reals per sequence; 0 = grows with length).
+ * All 0 when the config does not resolve. */
+char *run_size_info(const Config *cfg);
+
 /* Trains one resolved config. Never exits on a diverging run: reports it. */
 RunResult train_run(const Config *cfg, const RunSink *sink);
 
