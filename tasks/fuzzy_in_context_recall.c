@@ -34,11 +34,7 @@ static int fr_validate(const TaskParams *p, Err *err) {
                      "2*(k_motif_size + v_motif_size) = %d", p->seq_len, 2 * (K + Vm));
         return -1;
     }
-    if (p->frac_noise > 0 && p->noise_vocab_size < 1) {
-        err_set(err, "key 'task.noise_vocab_size': 0 with task.frac_noise=%g; noise needs at least "
-                     "one noise token", p->frac_noise);
-        return -1;
-    }
+    if (task_check_noise(p, err) != 0) return -1;
     return 0;
 }
 

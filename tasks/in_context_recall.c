@@ -30,11 +30,7 @@ static int icr_validate(const TaskParams *p, Err *err) {
                 p->multi_query ? "" : " - 1");
         return -1;
     }
-    if (p->frac_noise > 0 && p->noise_vocab_size < 1) {
-        err_set(err, "key 'task.noise_vocab_size': 0 with task.frac_noise=%g; noise needs at least "
-                     "one noise token", p->frac_noise);
-        return -1;
-    }
+    if (task_check_noise(p, err) != 0) return -1;
     return 0;
 }
 

@@ -186,3 +186,12 @@ void task_distinct(gsl_rng *r, int *pool, int n, int m, int *out) {
         out[j] = tmp;
     }
 }
+
+int task_check_noise(const TaskParams *p, Err *err) {
+    if (p->frac_noise > 0 && p->noise_vocab_size < 1) {
+        err_set(err, "key 'task.noise_vocab_size': 0 with task.frac_noise=%g; noise needs at least "
+                     "one noise token", p->frac_noise);
+        return -1;
+    }
+    return 0;
+}

@@ -95,6 +95,8 @@ void task_stream_free(TaskStream *s);
 void task_generate(const Task *t, const TaskParams *p, unsigned long seed, Dataset *train,
                    Dataset *test);
 void dataset_free(Dataset *d);
+/* noise (frac_noise > 0) needs at least one noise token; 0 when fine */
+int task_check_noise(const TaskParams *p, Err *err);
 
 /* ---- helpers shared by the generators ---------------------------------------------- */
 /* uniform int in [0, n) */
