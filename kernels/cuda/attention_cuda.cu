@@ -15,6 +15,16 @@
 #define ROW(ptr, ld, b, t, T, h) ((ptr) + ((size_t)(b) * (T) + (t)) * (ld) + (size_t)(h) * HD)
 
 static const int QB = 128; // rows (or keys) per block
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+// 2^x on the special-function unit (what __expf uses after its multiply by log2 e);
+// the softmax scale and log2 e are folded into q (or k) once per row instead
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 template <int HD> __device__ __forceinline__ float dotv(const float *a, const float *b) {
     float s = 0;
@@ -52,9 +62,10 @@ template <int HD, bool PX> __global__ void attn_fwd_kernel(AttnArgs a, int TK) {
     const int iend = min(T - 1, i0 + (int)blockDim.x - 1);
     const int jlo = W > 0 ? max(0, i0 - W + 1) : 0, lo = W > 0 ? max(0, i - W + 1) : 0;
     float q[HD], r[HD];
+    const float qs = a.scale * LOG2E; // scores in log2 units: s = (scale log2 e) q.k
 #pragma unroll
     for (int c = 0; c < HD; c++) {
-        q[c] = live ? ROW(a.q, a.ld_in, b, i, T, h)[c] : 0.f;
+        q[c] = live ? qs * ROW(a.q, a.ld_in, b, i, T, h)[c] : 0.f;
         r[c] = PX && live ? ROW(a.r, a.ld_in, b, i, T, h)[c] : 0.f;
     }
     // one pass, online: running max m; d1, st = sum e t, ov = sum e v, otv = sum e t v
@@ -72,15 +83,15 @@ template <int HD, bool PX> __global__ void attn_fwd_kernel(AttnArgs a, int TK) {
             float kj[HD], vj[HD];
             ldrow<HD>(kj, sK + (j - j0) * HD);
             ldrow<HD>(vj, sV + (j - j0) * HD);
-            float s = a.scale * dotv<HD>(q, kj);
+            float s = dotv<HD>(q, kj);
             if (s > m) {
-                float corr = __expf(m - s);
+                float corr = ex2(m - s);
                 d1 *= corr, st *= corr;
 #pragma unroll
                 for (int c = 0; c < HD; c++) ov[c] *= corr, otv[c] *= corr;
                 m = s;
             }
-            float e = __expf(s - m), t = PX ? dotv<HD>(r, kj) : 0.f;
+            float e = ex2(s - m), t = PX ? dotv<HD>(r, kj) : 0.f;
             d1 += e;
             st += e * t;
 #pragma unroll
@@ -102,7 +113,7 @@ template <int HD, bool PX> __global__ void attn_fwd_kernel(AttnArgs a, int TK) {
         if (PX) ob[c] = ov[c];
     }
     size_t s = ((size_t)b * H + h) * T + i;
-    a.lse[s] = m + logf(d1);
+    a.lse[s] = m * LN2 + logf(d1);
     if (PX && a.tbar) a.tbar[s] = tbar;
 }
 
@@ -128,7 +139,10 @@ template <int HD, bool PX> __global__ void attn_bwd_q_kernel(AttnArgs a, int TK,
         dq[c] = dr[c] = 0;
     }
     size_t s = ((size_t)b * H + h) * T + (live ? i : 0);
-    const float lse = live ? a.lse[s] : 0.f, tb = PX && live ? a.tbar[s] : 0.f;
+    const float lse = live ? a.lse[s] * LOG2E : 0.f, tb = PX && live ? a.tbar[s] : 0.f;
+    float qs[HD]; // q scaled by scale log2 e: p = 2^(qs.k - lse log2 e)
+#pragma unroll
+    for (int c = 0; c < HD; c++) qs[c] = (a.scale * LOG2E) * q[c];
     for (int j0 = jlo; j0 <= iend; j0 += TK) {
         __syncthreads();
         load_tile<HD>(sK, a.k, a.ld_in, b, h, j0, T, TK);
@@ -139,7 +153,8 @@ template <int HD, bool PX> __global__ void attn_bwd_q_kernel(AttnArgs a, int TK,
             float kj[HD], vj[HD];
             ldrow<HD>(kj, sK + (j - j0) * HD);
             ldrow<HD>(vj, sV + (j - j0) * HD);
-            float p = __expf(a.scale * dotv<HD>(q, kj) - lse);
+            float p = HD <= 32 ? ex2(dotv<HD>(qs, kj) - lse)
+                               : ex2((a.scale * LOG2E) * dotv<HD>(q, kj) - lse);
             float t = PX ? dotv<HD>(r, kj) : 0.f;
             float A = dotv<HD>(g, vj);
             float dS = p * ((A - Ti) + (tb - t) * (A - bi)), dT = -p * (A - bi);
@@ -173,10 +188,11 @@ __global__ void attn_bwd_kv_kernel(AttnArgs a, int TK, const float *Tv, const fl
     const int j0 = blockIdx.x * blockDim.x, j = j0 + threadIdx.x;
     const bool live = j < T;
     const int iend = W > 0 ? min(T - 1, j0 + (int)blockDim.x - 1 + W - 1) : T - 1;
-    float k[HD], v[HD], dk[HD], dv[HD];
+    float k[HD], ks[HD], v[HD], dk[HD], dv[HD];
 #pragma unroll
     for (int c = 0; c < HD; c++) {
         k[c] = live ? ROW(a.k, a.ld_in, b, j, T, h)[c] : 0.f;
+        ks[c] = (a.scale * LOG2E) * k[c]; // p = 2^(q.ks - lse log2 e)
         v[c] = live ? ROW(a.v, a.ld_in, b, j, T, h)[c] : 0.f;
         dk[c] = dv[c] = 0;
     }
@@ -188,7 +204,7 @@ __global__ void attn_bwd_kv_kernel(AttnArgs a, int TK, const float *Tv, const fl
         if (PX) load_tile<HD>(sR, a.r, a.ld_in, b, h, r0, T, TK);
         for (int x = threadIdx.x; x < TK; x += blockDim.x) {
             int t = r0 + x;
-            sS[x] = t < T ? make_float4(a.lse[sb + t], PX ? a.tbar[sb + t] : 0.f, Tv[sb + t], bv[sb + t])
+            sS[x] = t < T ? make_float4(a.lse[sb + t] * LOG2E, PX ? a.tbar[sb + t] : 0.f, Tv[sb + t], bv[sb + t])
                           : make_float4(0.f, 0.f, 0.f, 0.f);
         }
         __syncthreads();
@@ -202,7 +218,9 @@ __global__ void attn_bwd_kv_kernel(AttnArgs a, int TK, const float *Tv, const fl
             ldrow<HD>(gi, sG + x * HD);
             if (PX) ldrow<HD>(ri, sR + x * HD);
             const float4 sc = sS[x];
-            float p = __expf(a.scale * dotv<HD>(qi, k) - sc.x);
+            // small heads keep a scaled copy of k; large ones (register pressure) scale the dot
+            float p = HD <= 32 ? ex2(dotv<HD>(qi, ks) - sc.x)
+                               : ex2((a.scale * LOG2E) * dotv<HD>(qi, k) - sc.x);
             float t = PX ? dotv<HD>(ri, k) : 0.f;
             float A = dotv<HD>(gi, v);
             float dS = p * ((A - sc.z) + (sc.y - t) * (A - sc.w)), dT = -p * (A - sc.w);
