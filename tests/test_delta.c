@@ -280,24 +280,7 @@ static void long_case(const char *mixer) {
     snprintf(args, sizeof args, "task.vocab_size=12 task.seq_len=1024 model.d_model=16 "
                                 "model.heads=2 model.layers=1 model.mixer=%s mixer.neg_eigval=true",
              mixer);
-    Config *cfg = test_config(args);
-    Err e = {{0}};
-    Model *m = model_create(cfg, ops_cpu(), 1, 1024, &e);
-    assert_non_null(m);
-    model_init_params(m, 9);
-    int tok[1024], tgt[1024];
-    for (int i = 0; i < 1024; i++) tok[i] = (i * 7) % 12, tgt[i] = (i * 5) % 12;
-    model_set_batch(m, tok, tgt, 1);
-    model_zero_grad(m);
-    model_forward(m, 1, 1);
-    double loss = model_take_loss(m);
-    model_backward(m, 1);
-    const real *gr = model_grads(m);
-    int bad = 0;
-    for (size_t i = 0; i < model_num_params(m); i++) bad += !isfinite(gr[i]);
-    printf("  %s T=1024: loss %.4f, %d non-finite gradients\n", mixer, loss, bad);
-    assert_true(isfinite(loss) && bad == 0);
-    model_free(m), cfg_free(cfg);
+    assert_long_sequence_finite(args, 1024);
 }
 
 static void test_long_sequences(void **s) {

@@ -198,25 +198,7 @@ static void long_sequence(const char *extra) {
     char args[512];
     snprintf(args, sizeof args, "task.vocab_size=16 task.seq_len=1024 model.d_model=16 model.layers=2 "
              "model.heads=2 %s", extra);
-    Model *m = build(args, 1, 1024, NULL);
-    int T = 1024, V = 16;
-    int *tok = malloc(sizeof(int) * T), *tgt = malloc(sizeof(int) * T);
-    gsl_rng *r = test_rng(3);
-    for (int i = 0; i < T; i++) tok[i] = (int)gsl_rng_uniform_int(r, V), tgt[i] = (int)gsl_rng_uniform_int(r, V);
-    model_set_batch(m, tok, tgt, 1);
-    model_zero_grad(m);
-    model_forward(m, 1, 1);
-    double loss = model_take_loss(m);
-    model_backward(m, 1);
-    const real *g = model_grads(m);
-    size_t bad = 0;
-    for (size_t i = 0; i < model_num_params(m); i++) bad += !isfinite(g[i]);
-    printf("    %s: loss %.4f, %zu non-finite gradients\n", extra, loss, bad);
-    assert_true(isfinite(loss) && loss > 0);
-    assert_int_equal(bad, 0);
-    free(tok), free(tgt);
-    gsl_rng_free(r);
-    model_free(m);
+    assert_long_sequence_finite(args, 1024);
 }
 
 static void test_long_sequence(void **s) {

@@ -251,24 +251,8 @@ static void test_lambda(void **s) {
 
 static void test_long_sequence(void **s) {
     (void)s;
-    Config *cfg = test_config("task.vocab_size=12 task.seq_len=1024 model.d_model=16 model.heads=2 "
-                              "model.layers=1 model.mixer=mesanet");
-    Err e = {{0}};
-    Model *m = model_create(cfg, ops_cpu(), 1, 1024, &e);
-    assert_non_null(m);
-    model_init_params(m, 9);
-    int tok[1024], tgt[1024];
-    for (int i = 0; i < 1024; i++) tok[i] = (i * 7) % 12, tgt[i] = (i * 5) % 12;
-    model_set_batch(m, tok, tgt, 1);
-    model_zero_grad(m);
-    model_forward(m, 1, 1);
-    double loss = model_take_loss(m);
-    model_backward(m, 1);
-    int bad = 0;
-    for (size_t i = 0; i < model_num_params(m); i++) bad += !isfinite(model_grads(m)[i]);
-    printf("  T=1024: loss %.4f, %d non-finite gradients\n", loss, bad);
-    assert_true(isfinite(loss) && bad == 0);
-    model_free(m), cfg_free(cfg);
+    assert_long_sequence_finite("task.vocab_size=12 task.seq_len=1024 model.d_model=16 model.heads=2 "
+                                "model.layers=1 model.mixer=mesanet", 1024);
 }
 
 static void test_state_size(void **s) {

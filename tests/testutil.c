@@ -154,3 +154,30 @@ void assert_model_grad(const char *base, const char *extra, int per_tensor, doub
     printf("    worst relative error %.3e (bound %.0e)\n", err, tol);
     assert_true(err < tol);
 }
+
+void assert_long_sequence_finite(const char *args, int T) {
+    Config *cfg = test_config(args);
+    Err e = {{0}};
+    Model *m = model_create(cfg, ops_cpu(), 1, T, &e);
+    if (!m) fail_msg("model_create: %s", e.msg);
+    model_init_params(m, 9);
+    int V = model_dims(m)->V;
+    int *tok = malloc(sizeof(int) * (size_t)T), *tgt = malloc(sizeof(int) * (size_t)T);
+    gsl_rng *r = test_rng(3);
+    for (int i = 0; i < T; i++)
+        tok[i] = (int)gsl_rng_uniform_int(r, (unsigned long)V), tgt[i] = (int)gsl_rng_uniform_int(r, (unsigned long)V);
+    model_set_batch(m, tok, tgt, 1);
+    model_zero_grad(m);
+    model_forward(m, 1, 1);
+    double loss = model_take_loss(m);
+    model_backward(m, 1);
+    size_t bad = 0;
+    for (size_t i = 0; i < model_num_params(m); i++) bad += !isfinite(model_grads(m)[i]);
+    printf("  T=%d %s: loss %.4f, %zu non-finite gradients\n", T, args, loss, bad);
+    assert_true(isfinite(loss) && loss > 0);
+    assert_int_equal(bad, 0);
+    free(tok), free(tgt);
+    gsl_rng_free(r);
+    model_free(m);
+    cfg_free(cfg);
+}

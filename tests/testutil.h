@@ -46,4 +46,9 @@ double model_gradcheck(const char *config_args, int B, int per_tensor, int verbo
  * (VERBOSE=1 prints every tensor); prints the worst error and asserts < tol. */
 void assert_model_grad(const char *base, const char *extra, int per_tensor, double tol);
 
+/* One sequence of T tokens (random tokens and targets, fixed seed) through the
+ * model of "key=value ..." on the CPU: asserts a finite positive loss and no
+ * non-finite gradient (long-sequence numerics of the recurrent mixers). */
+void assert_long_sequence_finite(const char *args, int T);
+
 #endif
