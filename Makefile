@@ -104,9 +104,9 @@ $(BUILD)/tests/f32_%: tests/f32_%.c tests/testutil.c tests/testutil.h $(BUILD)/l
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $< tests/testutil.c $(BUILD)/libplab.a -o $@ $(TEST_LIBS) $(CUDA_LIBS)
 
-$(BUILD)/tests/cuda_%: tests/cuda_%.c tests/testutil.c tests/testutil.h $(BUILD)/libplab.a
+$(BUILD)/tests/cuda_%: tests/cuda_%.c tests/testutil.c tests/testutil.h tests/cudautil.c tests/cudautil.h $(BUILD)/libplab.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< tests/testutil.c $(BUILD)/libplab.a -o $@ $(TEST_LIBS) $(CUDA_LIBS)
+	$(CC) $(CFLAGS) $< tests/testutil.c tests/cudautil.c $(BUILD)/libplab.a -o $@ $(TEST_LIBS) $(CUDA_LIBS)
 
 # ---- benchmarks (bench/*.c: the training-step benchmark) ---------------------------------
 BENCH_SRC := $(wildcard bench/*.c)

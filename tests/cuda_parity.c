@@ -4,7 +4,7 @@
  * and bf16 (bounds in units of bf16's epsilon 2^-8). Without a usable GPU every
  * test is skipped with the reason printed; PLAB_REQUIRE_GPU=1 (make test-cuda)
  * turns that into a failure. */
-#include "testutil.h"
+#include "cudautil.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -15,52 +15,7 @@
 
 #include "../optim/optim.h"
 
-static const Ops *CPU, *GPU, *GPU16;
-static char why[256];
-static const double BF16_EPS = 1.0 / 256;
-
-static int need_gpu(void) {
-    if (GPU) return 1;
-    if (getenv("PLAB_REQUIRE_GPU")) fail_msg("no CUDA backend: %s", why);
-    printf("  skipped: no CUDA backend (%s)\n", why);
-    return 0;
-}
-#define NEED_GPU()                                                                          \
-    do {                                                                                    \
-        if (!need_gpu()) skip();                                                            \
-    } while (0)
-
-/* device copy of a host buffer */
-static void *up(const Ops *o, const void *h, size_t bytes) {
-    void *d = o->alloc(bytes);
-    o->to_device(d, h, bytes);
-    return d;
-}
-static real *down(const Ops *o, const real *d, size_t n) {
-    real *h = xmalloc(sizeof(real) * n);
-    o->to_host(h, d, sizeof(real) * n);
-    return h;
-}
-static real *randv(gsl_rng *r, size_t n, double s) {
-    real *x = xmalloc(sizeof(real) * n);
-    fill_randn(x, n, r, s);
-    return x;
-}
-static real *dup(const real *x, size_t n) {
-    real *y = xmalloc(sizeof(real) * n);
-    memcpy(y, x, sizeof(real) * n);
-    return y;
-}
-
-/* compares a CPU result (host) with a GPU result (device) */
-static double cmp(const char *what, const real *cpu, const real *gpu_dev, size_t n, double bound) {
-    real *g = down(GPU, gpu_dev, n);
-    double e = norm_rel_err(g, cpu, n), em = max_rel_err(g, cpu, n, 1e-6);
-    printf("    %-26s norm rel %.2e  max rel %.2e  (bound %.1e)\n", what, e, em, bound);
-    free(g);
-    if (!(e <= bound && em <= 10 * bound)) fail_msg("%s: error %.3e / %.3e over %.1e", what, e, em, bound);
-    return e;
-}
+/* backends, NEED_GPU, up/down/randv/dup/cmp, model_case: tests/cudautil.h */
 
 /* ---- dense -------------------------------------------------------------------------- */
 
@@ -371,73 +326,6 @@ static void test_attention(void **s) {
     gsl_rng_free(r);
 }
 
-/* ---- whole models: loss and every gradient; one optimizer step ------------------------ */
-
-static const char *model_base =
-    "task.vocab_size=16 task.seq_len=40 model.d_model=32 model.heads=4 model.layers=2 ";
-
-static void model_case(const char *extra, const Ops *g, double bound) {
-    char args[1024];
-    snprintf(args, sizeof args, "%s%s", model_base, extra);
-    Config *cfg = test_config(args);
-    Err e = {{0}};
-    int B = 5, T = (int)cfg_int(cfg, "task.seq_len"), V = 16, N = B * T;
-    Model *mc = model_create(cfg, CPU, B, T, &e), *mg = model_create(cfg, g, B, T, &e);
-    if (!mc || !mg) fail_msg("model_create: %s", e.msg);
-    model_init_params(mc, 9), model_init_params(mg, 9);
-    /* zero-initialised tensors (biases, probe) get small values so every path is live */
-    gsl_rng *r = test_rng(10);
-    size_t np = model_num_params(mc);
-    real *p = model_params(mc);
-    for (int i = 0; i < model_num_specs(mc); i++) {
-        const ParamSpec *sp = model_spec(mc, i);
-        for (size_t j = 0; j < sp->numel; j++) p[sp->offset + j] += (real)gsl_ran_gaussian(r, 0.05);
-    }
-    g->to_device(model_params(mg), p, sizeof(real) * np);
-    int *tok = xmalloc(sizeof(int) * N), *tgt = xmalloc(sizeof(int) * N);
-    for (int i = 0; i < N; i++) {
-        tok[i] = (int)gsl_rng_uniform_int(r, V);
-        tgt[i] = gsl_rng_uniform(r) < 0.3 ? -100 : (int)gsl_rng_uniform_int(r, V);
-    }
-    printf("  %s [%s]\n", extra, g->name);
-    Model *ms[2] = {mc, mg};
-    double loss[2];
-    for (int k = 0; k < 2; k++) {
-        model_set_batch(ms[k], tok, tgt, B);
-        model_zero_grad(ms[k]);
-        model_forward(ms[k], B, 1);
-        loss[k] = model_take_loss(ms[k]);
-        model_backward(ms[k], B);
-    }
-    double le = fabs(loss[0] - loss[1]) / fabs(loss[0]);
-    printf("    loss cpu %.6f cuda %.6f rel %.2e\n", loss[0], loss[1], le);
-    assert_true(le < bound);
-    real *gg = down(g, model_grads(mg), np), *gc = model_grads(mc);
-    double worst = 0;
-    for (int i = 0; i < model_num_specs(mc); i++) {
-        const ParamSpec *sp = model_spec(mc, i);
-        double err = norm_rel_err(gg + sp->offset, gc + sp->offset, sp->numel);
-        if (getenv("VERBOSE")) printf("    %-28s grad norm rel %.2e\n", sp->name, err);
-        if (!(err <= worst)) worst = err;
-        if (!(err < bound)) fail_msg("%s: gradient of %s off by %.3e (bound %.1e)", extra, sp->name, err, bound);
-    }
-    printf("    every gradient: worst norm rel %.2e (bound %.1e)\n", worst, bound);
-    /* one optimizer step each (Muon on hidden matrices, AdamW elsewhere): compare updates */
-    Optimizer *oc = optim_create(cfg, mc, 10, 10), *og = optim_create(cfg, mg, 10, 10);
-    real *before = dup(p, np);
-    optim_step(oc, 0), optim_step(og, 0);
-    real *pg = down(g, model_params(mg), np);
-    for (size_t i = 0; i < np; i++) pg[i] -= before[i], before[i] = p[i] - before[i];
-    double ue = norm_rel_err(pg, before, np);
-    printf("    %s update: norm rel %.2e\n", optim_describe(oc), ue);
-    assert_true(ue < 10 * bound);
-    optim_free(oc), optim_free(og);
-    free(gg), free(pg), free(before), free(tok), free(tgt);
-    gsl_rng_free(r);
-    model_free(mc), model_free(mg);
-    cfg_free(cfg);
-}
-
 static const char *model_cases[] = {
     "model.mixer=softmax",
     "model.mixer=softmax mixer.qk_norm=true mixer.window=9 mixer.rotary_dim=4 optim=muon",
@@ -461,15 +349,6 @@ static void test_models_bf16(void **s) {
         model_case(model_cases[i], GPU16, 8 * BF16_EPS);
 }
 
-static int setup(void **s) {
-    (void)s;
-    CPU = ops_cpu();
-    GPU = ops_for_device("cuda", "fp32", why, sizeof why);
-    GPU16 = GPU ? ops_for_device("cuda", "bf16", why, sizeof why) : NULL;
-    if (!GPU) printf("CUDA parity tests: no CUDA backend (%s); they are skipped\n", why);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_vector_ops),
@@ -478,5 +357,5 @@ int main(void) {
         cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_models_fp32),     cmocka_unit_test(test_models_bf16),
     };
-    return cmocka_run_group_tests(tests, setup, NULL);
+    return cmocka_run_group_tests(tests, cuda_setup, NULL);
 }
