@@ -118,6 +118,15 @@ typedef struct Ops {
     /* dx += dout*sigmoid(g); dg += sum_j dout*x*sigmoid'(g) */
     void (*gate_backward)(real *dx, real *dg, const real *dout, const real *x, const real *g,
                           int N, int H, int hd);
+    /* Short causal depthwise convolution (baselines.md §1.1) of Mamba, the delta rule and
+     * MesaNet, kernel width W, zero left padding; x, pre, y [B,T,C], w [C,W], b [C] or NULL:
+     *   pre[b,t,c] = b[c] + sum_i w[c,i] x[b,t-W+1+i,c]   (W == 0: pre = x + b)
+     *   y = silu(pre) when `silu`, else pre.  Writes y and pre (saved for backward). */
+    void (*conv_forward)(real *y, real *pre, const real *x, const real *w, const real *b, int B,
+                         int T, int C, int W, int silu);
+    /* dx [B,T,C], dw [C,W], db [C] accumulate (db may be NULL) */
+    void (*conv_backward)(real *dx, real *dw, real *db, const real *dy, const real *x,
+                          const real *w, const real *pre, int B, int T, int C, int W, int silu);
 
     /* Fused softmax cross-entropy with ignore index -100 (forward and backward at once).
      * loss[0] += inv_count[0] * sum of per-token NLL over valid targets (accumulates);

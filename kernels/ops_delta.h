@@ -63,14 +63,6 @@ typedef struct {
 } MesaArgs;
 
 struct DeltaOps {
-    /* Short causal depthwise convolution (baselines.md §1.1), x, pre, y [B,T,C],
-     * w [C,W], bias b [C] or NULL: pre_t = b + sum_i w[c,i] x_{t-W+1+i}; y = act(pre)
-     * with act NONE or SILU (writes y and pre). W == 0: no conv, pre = x (+ b). */
-    void (*conv_forward)(real *y, real *pre, const real *x, const real *w, const real *b, int B,
-                         int T, int C, int W, int act);
-    /* dx, dw, db (db may be NULL) accumulate */
-    void (*conv_backward)(real *dx, real *dw, real *db, const real *dy, const real *x,
-                          const real *w, const real *pre, int B, int T, int C, int W, int act);
     /* L2 normalisation of rows (§1.2): r = 1/sqrt(sum x^2 + eps), y = x r; x, y [N,D],
      * rinv [N] (writes y, rinv) */
     void (*l2norm_forward)(real *y, real *rinv, const real *x, int N, int D, real eps);

@@ -1,6 +1,6 @@
 /* Ops of the state-space mixers (Mamba-1 selective scan, Mamba-2 SSD) and
- * their shared pieces (short causal depthwise convolution, softplus with a
- * bias). Reached through ops->scan; kernels/cpu/scan_cpu.c is the reference.
+ * softplus with a bias (the short causal convolution is ops->conv_*).
+ * Reached through ops->scan; kernels/cpu/scan_cpu.c is the reference.
  *
  * Conventions as in ops.h: row-major, contiguous buffers, [B, T, ...] with
  * tokens of one sequence adjacent; `*_forward` WRITES its outputs,
@@ -31,16 +31,6 @@ typedef struct {
 } SsdArgs;
 
 typedef struct ScanOps {
-    /* Short causal depthwise convolution (baselines.md §1.1), kernel width W:
-     *   pre[b,t,c] = bias[c] + sum_i w[c,i] x[b,t-W+1+i,c]  (zero left padding)
-     *   y = silu(pre) when `silu`, else y = pre.
-     * x, y, pre: [B, T, C]; w: [C, W]; bias: [C] or NULL. pre is saved for backward. */
-    void (*conv_forward)(real *y, real *pre, const real *x, const real *w, const real *bias, int B,
-                         int T, int C, int W, int silu);
-    /* dx [B,T,C], dw [C,W], dbias [C] (NULL when there is no bias) */
-    void (*conv_backward)(real *dx, real *dw, real *dbias, const real *dy, const real *x,
-                          const real *pre, const real *w, int B, int T, int C, int W, int silu);
-
     /* out[n,c] = softplus(x[n,c] + bias[c]) (bias may be NULL); x, out [N, C].
      * softplus(u) = u above 20, log1p(exp(u)) otherwise (Mamba's threshold). */
     void (*softplus_forward)(real *out, const real *x, const real *bias, int N, int C);

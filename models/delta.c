@@ -187,13 +187,13 @@ static void delta_forward(void *self, const Ops *ops, const real *x, real *y, in
     int N = B * T, d = a->dims.d, H = a->H, K = a->K, V = a->V, HK = H * K, HV = H * V, W = a->W;
     real **P = a->P;
     linear_forward(ops, a->ql, x, P[WQ], NULL, N, d, HK);
-    D->conv_forward(a->qc, a->qp, a->ql, P[CQ], NULL, B, T, HK, W, DELTA_ACT_SILU);
+    ops->conv_forward(a->qc, a->qp, a->ql, P[CQ], NULL, B, T, HK, W, 1);
     D->l2norm_forward(a->q, a->rq, a->qc, N * H, K, (real)1e-6);
     linear_forward(ops, a->kl, x, P[WK], NULL, N, d, HK);
-    D->conv_forward(a->kc, a->kp, a->kl, P[CK], NULL, B, T, HK, W, DELTA_ACT_SILU);
+    ops->conv_forward(a->kc, a->kp, a->kl, P[CK], NULL, B, T, HK, W, 1);
     D->l2norm_forward(a->k, a->rk, a->kc, N * H, K, (real)1e-6);
     linear_forward(ops, a->vl, x, P[WV], NULL, N, d, HV);
-    D->conv_forward(a->v, a->vp, a->vl, P[CV], NULL, B, T, HV, W, DELTA_ACT_SILU);
+    ops->conv_forward(a->v, a->vp, a->vl, P[CV], NULL, B, T, HV, W, 1);
     linear_forward(ops, a->bl, x, P[WB], NULL, N, d, H);
     D->map_forward(a->beta, a->bl, (long)N * H, DELTA_MAP_SIGMOID, a->neg ? 2 : 1, 0);
     if (a->kind == KIND_GDN) {
@@ -276,12 +276,11 @@ static void delta_backward(void *self, const Ops *ops, const real *x, const real
     for (int s = 0; s < 2; s++) {
         ops->zero(a->t1, r * N * HK), ops->zero(a->t2, r * N * HK);
         D->l2norm_backward(a->t1, gin[s], nrm[s], rin[s], N * H, K);
-        D->conv_backward(a->t2, G[cw[s]], NULL, a->t1, lin[s], P[cw[s]], pre[s], B, T, HK, W,
-                         DELTA_ACT_SILU);
+        ops->conv_backward(a->t2, G[cw[s]], NULL, a->t1, lin[s], P[cw[s]], pre[s], B, T, HK, W, 1);
         linear_backward(ops, dx, G[pw[s]], NULL, a->t2, x, P[pw[s]], N, d, HK);
     }
     ops->zero(a->t2, r * N * HV);
-    D->conv_backward(a->t2, G[CV], NULL, a->gv, a->vl, P[CV], a->vp, B, T, HV, W, DELTA_ACT_SILU);
+    ops->conv_backward(a->t2, G[CV], NULL, a->gv, a->vl, P[CV], a->vp, B, T, HV, W, 1);
     linear_backward(ops, dx, G[WV], NULL, a->t2, x, P[WV], N, d, HV);
 }
 

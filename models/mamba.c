@@ -126,7 +126,7 @@ static void mamba_forward(void *self, const Ops *ops, const real *x, real *out, 
     real **P = m->P;
     linear_forward(ops, m->xr, x, P[S_WIN], NULL, N, d, di);
     linear_forward(ops, m->z, x, P[S_WIN] + (size_t)di * d, NULL, N, d, di);
-    sc->conv_forward(m->xc, m->xpre, m->xr, P[S_CW], P[S_CB], B, T, di, m->W, 1);
+    ops->conv_forward(m->xc, m->xpre, m->xr, P[S_CW], P[S_CB], B, T, di, m->W, 1);
     linear_forward(ops, m->dl, m->xc, P[S_WX], NULL, N, di, R);
     linear_forward(ops, m->Bm, m->xc, P[S_WX] + (size_t)R * di, NULL, N, di, Ns);
     linear_forward(ops, m->Cm, m->xc, P[S_WX] + (size_t)(R + Ns) * di, NULL, N, di, Ns);
@@ -159,7 +159,7 @@ static void mamba_backward(void *self, const Ops *ops, const real *x, const real
     linear_backward(ops, m->dxc, G[S_WX] + oB, NULL, m->dBm, m->xc, P[S_WX] + oB, N, di, Ns);
     linear_backward(ops, m->dxc, G[S_WX] + oC, NULL, m->dCm, m->xc, P[S_WX] + oC, N, di, Ns);
     ops->zero(m->dxr, nd);
-    sc->conv_backward(m->dxr, G[S_CW], G[S_CB], m->dxc, m->xr, m->xpre, P[S_CW], B, T, di, m->W, 1);
+    ops->conv_backward(m->dxr, G[S_CW], G[S_CB], m->dxc, m->xr, P[S_CW], m->xpre, B, T, di, m->W, 1);
     size_t oz = (size_t)di * d;
     linear_backward(ops, dx, G[S_WIN], NULL, m->dxr, x, P[S_WIN], N, d, di);
     linear_backward(ops, dx, G[S_WIN] + oz, NULL, m->dz, x, P[S_WIN] + oz, N, d, di);

@@ -121,9 +121,9 @@ static void mamba2_forward(void *self, const Ops *ops, const real *x, real *out,
     linear_forward(ops, m->Cr, x, win + o[3], NULL, N, d, gn);
     linear_forward(ops, m->dtr, x, win + o[4], NULL, N, d, m->H);
     size_t cB = (size_t)di, cC = (size_t)di + gn; /* channel offsets in the conv */
-    sc->conv_forward(m->xc, m->xpre, m->xr, P[S_CW], P[S_CB], B, T, di, W, 1);
-    sc->conv_forward(m->Bc, m->Bpre, m->Br, P[S_CW] + cB * W, P[S_CB] + cB, B, T, gn, W, 1);
-    sc->conv_forward(m->Cc, m->Cpre, m->Cr, P[S_CW] + cC * W, P[S_CB] + cC, B, T, gn, W, 1);
+    ops->conv_forward(m->xc, m->xpre, m->xr, P[S_CW], P[S_CB], B, T, di, W, 1);
+    ops->conv_forward(m->Bc, m->Bpre, m->Br, P[S_CW] + cB * W, P[S_CB] + cB, B, T, gn, W, 1);
+    ops->conv_forward(m->Cc, m->Cpre, m->Cr, P[S_CW] + cC * W, P[S_CB] + cC, B, T, gn, W, 1);
     sc->softplus_forward(m->dt, m->dtr, P[S_BDT], N, m->H);
     SsdArgs a = mamba2_args(m, B, T);
     sc->ssd_forward(&a);
@@ -154,11 +154,11 @@ static void mamba2_backward(void *self, const Ops *ops, const real *x, const rea
     sc->softplus_backward(m->ddtr, G[S_BDT], m->ddt, m->dtr, P[S_BDT], N, H);
     ops->zero(m->dxr, nd), ops->zero(m->dBr, nbc), ops->zero(m->dCr, nbc);
     size_t cB = (size_t)di, cC = (size_t)di + gn;
-    sc->conv_backward(m->dxr, G[S_CW], G[S_CB], m->dxc, m->xr, m->xpre, P[S_CW], B, T, di, W, 1);
-    sc->conv_backward(m->dBr, G[S_CW] + cB * W, G[S_CB] + cB, m->dBc, m->Br, m->Bpre,
-                      P[S_CW] + cB * W, B, T, gn, W, 1);
-    sc->conv_backward(m->dCr, G[S_CW] + cC * W, G[S_CB] + cC, m->dCc, m->Cr, m->Cpre,
-                      P[S_CW] + cC * W, B, T, gn, W, 1);
+    ops->conv_backward(m->dxr, G[S_CW], G[S_CB], m->dxc, m->xr, P[S_CW], m->xpre, B, T, di, W, 1);
+    ops->conv_backward(m->dBr, G[S_CW] + cB * W, G[S_CB] + cB, m->dBc, m->Br, P[S_CW] + cB * W,
+                       m->Bpre, B, T, gn, W, 1);
+    ops->conv_backward(m->dCr, G[S_CW] + cC * W, G[S_CB] + cC, m->dCc, m->Cr, P[S_CW] + cC * W,
+                       m->Cpre, B, T, gn, W, 1);
     size_t o[5];
     win_blocks(m, o);
     const real *dblk[5] = {m->dz, m->dxr, m->dBr, m->dCr, m->ddtr};

@@ -123,10 +123,10 @@ static void mesa_forward(void *self, const Ops *ops, const real *x, real *y, int
     int N = B * T, d = a->dims.d, H = a->H, K = a->K, W = a->W;
     real **P = a->P;
     linear_forward(ops, a->ql, x, P[WQ], NULL, N, d, d);
-    D->conv_forward(a->qc, a->qp, a->ql, P[CQ], NULL, B, T, d, W, DELTA_ACT_SILU);
+    ops->conv_forward(a->qc, a->qp, a->ql, P[CQ], NULL, B, T, d, W, 1);
     D->l2norm_forward(a->q, a->rq, a->qc, N * H, K, (real)1e-6);
     linear_forward(ops, a->kl, x, P[WK], NULL, N, d, d);
-    D->conv_forward(a->kc, a->kp, a->kl, P[CK], NULL, B, T, d, W, DELTA_ACT_SILU);
+    ops->conv_forward(a->kc, a->kp, a->kl, P[CK], NULL, B, T, d, W, 1);
     D->l2norm_forward(a->k, a->rk, a->kc, N * H, K, (real)1e-6);
     linear_forward(ops, a->v, x, P[WV], NULL, N, d, d);
     if (a->gates) {
@@ -188,8 +188,7 @@ static void mesa_backward(void *self, const Ops *ops, const real *x, const real 
     for (int s = 0; s < 2; s++) {
         ops->zero(a->t1, nd), ops->zero(a->t2, nd);
         D->l2norm_backward(a->t1, gin[s], nrm[s], rin[s], N * H, K);
-        D->conv_backward(a->t2, G[cw[s]], NULL, a->t1, lin[s], P[cw[s]], pre[s], B, T, d, W,
-                         DELTA_ACT_SILU);
+        ops->conv_backward(a->t2, G[cw[s]], NULL, a->t1, lin[s], P[cw[s]], pre[s], B, T, d, W, 1);
         linear_backward(ops, dx, G[pw[s]], NULL, a->t2, x, P[pw[s]], N, d, d);
     }
 }

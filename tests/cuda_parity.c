@@ -166,6 +166,42 @@ static void test_embedding_swiglu_gate(void **s) {
     gsl_rng_free(r);
 }
 
+/* short causal conv: widths 4, 1 and 0 (no conv), with and without bias and SiLU;
+ * gradients accumulate into non-zero buffers */
+static void conv_case(int B, int T, int C, int W, int silu, int bias, gsl_rng *r) {
+    size_t n = (size_t)B * T * C, nw = (size_t)C * W + 1, R = sizeof(real);
+    real *x = randv(r, n, 1), *w = randv(r, nw, 0.5), *b = randv(r, C, 0.3);
+    real *y = randv(r, n, 1), *pre = randv(r, n, 1), *dy = randv(r, n, 1);
+    real *dx = randv(r, n, 1), *dw = randv(r, nw, 1), *db = randv(r, C, 1);
+    real *g[9] = {up(GPU, x, R * n), up(GPU, w, R * nw), up(GPU, b, R * C), up(GPU, y, R * n),
+                  up(GPU, pre, R * n), up(GPU, dy, R * n), up(GPU, dx, R * n), up(GPU, dw, R * nw),
+                  up(GPU, db, R * C)};
+    printf("  conv B=%d T=%d C=%d W=%d silu=%d bias=%d\n", B, T, C, W, silu, bias);
+    CPU->conv_forward(y, pre, x, w, bias ? b : NULL, B, T, C, W, silu);
+    GPU->conv_forward(g[3], g[4], g[0], g[1], bias ? g[2] : NULL, B, T, C, W, silu);
+    cmp("y", y, g[3], n, 1e-6);
+    cmp("pre", pre, g[4], n, 1e-6);
+    CPU->conv_backward(dx, dw, bias ? db : NULL, dy, x, w, pre, B, T, C, W, silu);
+    GPU->conv_backward(g[6], g[7], bias ? g[8] : NULL, g[5], g[0], g[1], g[4], B, T, C, W, silu);
+    cmp("dx", dx, g[6], n, 1e-6);
+    cmp("dw", dw, g[7], nw, 1e-5);
+    cmp("db", db, g[8], C, 1e-5);
+    for (int i = 0; i < 9; i++) GPU->release(g[i]);
+    free(x), free(w), free(b), free(y), free(pre), free(dy), free(dx), free(dw), free(db);
+}
+
+static void test_conv(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(5);
+    conv_case(3, 37, 20, 4, 1, 1, r);
+    conv_case(2, 300, 33, 4, 0, 0, r); /* several row chunks */
+    conv_case(2, 9, 7, 1, 1, 1, r);
+    conv_case(2, 9, 7, 0, 1, 0, r);
+    conv_case(1, 3, 5, 4, 1, 1, r);    /* shorter than the kernel */
+    gsl_rng_free(r);
+}
+
 static void test_rope(void **s) {
     (void)s;
     NEED_GPU();
@@ -353,7 +389,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_vector_ops),
         cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_embedding_swiglu_gate),
-        cmocka_unit_test(test_rope),            cmocka_unit_test(test_crossentropy_predict),
+        cmocka_unit_test(test_rope),            cmocka_unit_test(test_conv),            cmocka_unit_test(test_crossentropy_predict),
         cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),
         cmocka_unit_test(test_models_fp32),     cmocka_unit_test(test_models_bf16),
     };

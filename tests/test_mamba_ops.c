@@ -37,47 +37,48 @@ static double dot(const real *a, const real *b, size_t n) {
 
 /* ---- short conv -------------------------------------------------------------------- */
 
-enum { CB = 2, CT = 7, CC = 3, CW = 4 };
+enum { CB = 2, CT = 7, CC = 3 };
 
 typedef struct {
     real *x, *w, *b, *y, *pre, *wout;
-    int silu;
+    int silu, W;
 } ConvCtx;
 
 static double conv_loss(void *p) {
     ConvCtx *c = p;
-    scan()->conv_forward(c->y, c->pre, c->x, c->w, c->b, CB, CT, CC, CW, c->silu);
+    ops_cpu()->conv_forward(c->y, c->pre, c->x, c->w, c->b, CB, CT, CC, c->W, c->silu);
     return dot(c->y, c->wout, CB * CT * CC);
 }
 
-static void conv_case(int silu) {
+/* W == 0 is "no conv": pre = x + b (the delta family with mixer.short_conv=0) */
+static void conv_case(int silu, int CW) {
     gsl_rng *r = test_rng(3);
     size_t n = CB * CT * CC;
-    ConvCtx c = {rnd(n, r, 1), rnd(CC * CW, r, 0.7), rnd(CC, r, 0.5), calloc(n, sizeof(real)),
-                 calloc(n, sizeof(real)), rnd(n, r, 1), silu};
+    ConvCtx c = {rnd(n, r, 1), rnd(CC * CW + 1, r, 0.7), rnd(CC, r, 0.5), calloc(n, sizeof(real)),
+                 calloc(n, sizeof(real)), rnd(n, r, 1), silu, CW};
     conv_loss(&c);
     for (int b = 0; b < CB; b++) /* forward: the §1.1 sum written out */
         for (int t = 0; t < CT; t++)
             for (int ch = 0; ch < CC; ch++) {
-                double s = c.b[ch];
+                double s = c.b[ch] + (CW == 0 ? c.x[(b * CT + t) * CC + ch] : 0);
                 for (int i = 0; i < CW; i++)
                     if (t - CW + 1 + i >= 0) s += c.w[ch * CW + i] * c.x[(b * CT + t - CW + 1 + i) * CC + ch];
                 double want = silu ? s / (1 + exp(-s)) : s;
                 assert_true(fabs(want - c.y[(b * CT + t) * CC + ch]) < 1e-12);
             }
-    real *dx = calloc(n, sizeof(real)), *dw = calloc(CC * CW, sizeof(real)), *db = calloc(CC, sizeof(real));
-    scan()->conv_backward(dx, dw, db, c.wout, c.x, c.pre, c.w, CB, CT, CC, CW, silu);
+    real *dx = calloc(n, sizeof(real)), *dw = calloc(CC * CW + 1, sizeof(real)), *db = calloc(CC, sizeof(real));
+    ops_cpu()->conv_backward(dx, dw, db, c.wout, c.x, c.w, c.pre, CB, CT, CC, CW, silu);
     double e = fmax(gradcheck(conv_loss, &c, c.x, dx, n, 0, 1e-5, r),
                     fmax(gradcheck(conv_loss, &c, c.w, dw, CC * CW, 0, 1e-5, r),
                          gradcheck(conv_loss, &c, c.b, db, CC, 0, 1e-5, r)));
-    printf("  conv silu=%d: worst gradient error %.2e\n", silu, e);
+    printf("  conv silu=%d W=%d: worst gradient error %.2e\n", silu, CW, e);
     assert_true(e < 1e-6);
     free(c.x), free(c.w), free(c.b), free(c.y), free(c.pre), free(c.wout), free(dx), free(dw), free(db);
     gsl_rng_free(r);
 }
 
-static void test_conv_silu(void **s) { (void)s; conv_case(1); }
-static void test_conv_identity(void **s) { (void)s; conv_case(0); }
+static void test_conv_silu(void **s) { (void)s; conv_case(1, 4); conv_case(1, 0); }
+static void test_conv_identity(void **s) { (void)s; conv_case(0, 4); conv_case(0, 1); }
 
 /* ---- softplus ---------------------------------------------------------------------- */
 

@@ -17,70 +17,6 @@ static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
 /* softplus with the FLA/Mamba threshold (x > 20: x) */
 static double softplus(double x) { return x > 20 ? x : log1p(exp(x)); }
 
-/* ---- short causal conv (§1.1) ---------------------------------------------------- */
-
-static void conv_forward(real *y, real *pre, const real *x, const real *w, const real *b, int B,
-                         int T, int C, int W, int act) {
-#pragma omp parallel for collapse(2)
-    for (int bb = 0; bb < B; bb++)
-        for (int t = 0; t < T; t++)
-            for (int c = 0; c < C; c++) {
-                double s = b ? b[c] : 0;
-                if (W == 0) s += x[((size_t)bb * T + t) * C + c]; /* no conv: act only */
-                for (int i = 0; i < W; i++) {
-                    int src = t - W + 1 + i;
-                    if (src >= 0) s += (double)w[(size_t)c * W + i] * x[((size_t)bb * T + src) * C + c];
-                }
-                size_t o = ((size_t)bb * T + t) * C + c;
-                pre[o] = (real)s;
-                y[o] = (real)(act == DELTA_ACT_SILU ? s * sigm(s) : s);
-            }
-}
-
-static double act_grad(double z, int act) {
-    if (act != DELTA_ACT_SILU) return 1;
-    double s = sigm(z);
-    return s * (1 + z * (1 - s));
-}
-
-static void conv_backward(real *dx, real *dw, real *db, const real *dy, const real *x,
-                          const real *w, const real *pre, int B, int T, int C, int W, int act) {
-    /* dpre = dy * act'(pre), once */
-    size_t NC = (size_t)B * T * C;
-    double *dp = xmalloc(sizeof(double) * NC);
-#pragma omp parallel for
-    for (size_t o = 0; o < NC; o++) dp[o] = dy[o] * act_grad(pre[o], act);
-    /* dw[c,i] = sum_t dpre_t x_{t-W+1+i}, db[c] = sum_t dpre_t: one channel per task */
-#pragma omp parallel for
-    for (int c = 0; c < C; c++) {
-        for (int i = 0; i < W; i++) {
-            double sw = 0;
-            for (int bb = 0; bb < B; bb++)
-                for (int t = W - 1 - i; t < T; t++)
-                    sw += dp[((size_t)bb * T + t) * C + c] * x[((size_t)bb * T + t - W + 1 + i) * C + c];
-            dw[(size_t)c * W + i] += (real)sw;
-        }
-        if (db) {
-            double sb = 0;
-            for (size_t n = 0; n < (size_t)B * T; n++) sb += dp[n * C + c];
-            db[c] += (real)sb;
-        }
-    }
-    /* dx_s = sum_i dpre_{s+W-1-i} w[c,i] (W == 0: dx = dpre) */
-#pragma omp parallel for collapse(2)
-    for (int bb = 0; bb < B; bb++)
-        for (int s = 0; s < T; s++)
-            for (int c = 0; c < C; c++) {
-                double acc = W == 0 ? dp[((size_t)bb * T + s) * C + c] : 0;
-                for (int i = 0; i < W; i++) {
-                    int t = s + W - 1 - i;
-                    if (t < T) acc += dp[((size_t)bb * T + t) * C + c] * w[(size_t)c * W + i];
-                }
-                dx[((size_t)bb * T + s) * C + c] += (real)acc;
-            }
-    free(dp);
-}
-
 /* ---- L2 norm (§1.2) -------------------------------------------------------------- */
 
 static void l2norm_forward(real *y, real *rinv, const real *x, int N, int D, real eps) {
@@ -518,8 +454,6 @@ static void mesa_backward(const MesaArgs *a) {
 }
 
 const DeltaOps cpu_delta_ops = {
-    .conv_forward = conv_forward,
-    .conv_backward = conv_backward,
     .l2norm_forward = l2norm_forward,
     .l2norm_backward = l2norm_backward,
     .map_forward = map_forward,

@@ -1,5 +1,5 @@
 /* CPU reference of the state-space ops (kernels/ops_scan.h): short causal
- * depthwise convolution, softplus, Mamba-1 selective scan, Mamba-2 SSD
+ * softplus, Mamba-1 selective scan, Mamba-2 SSD
  * (token recurrence and chunked form). Loops are parallel over the batch only
  * and every reduction runs in a fixed order, so results do not depend on the
  * number of threads. */
@@ -16,66 +16,6 @@
 #define PAR_MIN 32768L
 
 static inline real sigm(real x) { return (real)(1.0 / (1.0 + exp(-(double)x))); }
-
-/* ---- short causal depthwise convolution (baselines.md §1.1) ------------------------ */
-
-static void conv_forward(real *y, real *pre, const real *x, const real *w, const real *bias, int B,
-                         int T, int C, int W, int silu) {
-#pragma omp parallel for if ((long)B * T * C * W > PAR_MIN)
-    for (long row = 0; row < (long)B * T; row++) {
-        int t = (int)(row % T);
-        for (int c = 0; c < C; c++) {
-            real s = bias ? bias[c] : 0;
-            for (int i = 0; i < W; i++) {
-                int src = t - W + 1 + i;
-                if (src >= 0) s += w[(size_t)c * W + i] * x[(size_t)(row - t + src) * C + c];
-            }
-            pre[(size_t)row * C + c] = s;
-            y[(size_t)row * C + c] = silu ? s * sigm(s) : s;
-        }
-    }
-}
-
-/* dpre = dy act'(pre), silu'(z) = s (1 + z (1 - s));
- * dx_s = sum_i dpre_{s+W-1-i} w_i; dw_i = sum_t dpre_t x_{t-W+1+i}; db = sum_t dpre_t */
-static void conv_backward(real *dx, real *dw, real *dbias, const real *dy, const real *x,
-                          const real *pre, const real *w, int B, int T, int C, int W, int silu) {
-    size_t n = (size_t)B * T * C;
-    real *dp = xmalloc(sizeof(real) * n);
-    int par = (long)n * W > PAR_MIN;
-#pragma omp parallel for if (par)
-    for (size_t i = 0; i < n; i++) {
-        real s = sigm(pre[i]);
-        dp[i] = silu ? dy[i] * s * (1 + pre[i] * (1 - s)) : dy[i];
-    }
-#pragma omp parallel for if (par)
-    for (long row = 0; row < (long)B * T; row++) {
-        int t = (int)(row % T);
-        for (int c = 0; c < C; c++) {
-            real s = 0;
-            for (int i = 0; i < W; i++) {
-                int dst = t + W - 1 - i;
-                if (dst < T) s += dp[(size_t)(row - t + dst) * C + c] * w[(size_t)c * W + i];
-            }
-            dx[(size_t)row * C + c] += s;
-        }
-    }
-#pragma omp parallel for if (par)
-    for (int c = 0; c < C; c++) {
-        real sb = 0;
-        for (int i = 0; i < W; i++) {
-            real sw = 0;
-            for (long row = 0; row < (long)B * T; row++) {
-                int src = (int)(row % T) - W + 1 + i;
-                if (src >= 0) sw += dp[(size_t)row * C + c] * x[(size_t)(row - W + 1 + i) * C + c];
-            }
-            dw[(size_t)c * W + i] += sw;
-        }
-        for (long row = 0; row < (long)B * T; row++) sb += dp[(size_t)row * C + c];
-        if (dbias) dbias[c] += sb;
-    }
-    free(dp);
-}
 
 /* ---- softplus with a bias (Δ = softplus(raw + b), baselines.md §4.1, §5.1) ------------- */
 
@@ -492,8 +432,6 @@ static void ssd_backward(const SsdArgs *a) {
 }
 
 const ScanOps cpu_scan_ops = {
-    .conv_forward = conv_forward,
-    .conv_backward = conv_backward,
     .softplus_forward = softplus_forward,
     .softplus_backward = softplus_backward,
     .selective_scan_forward = sscan_forward,

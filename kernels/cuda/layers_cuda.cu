@@ -1,4 +1,4 @@
-// Layers: RMSNorm, embedding, SwiGLU, RoPE, sigmoid gate. One warp per row for
+// Layers: RMSNorm, embedding, SwiGLU, RoPE, sigmoid gate, short causal conv. One warp per row for
 // row reductions; column reductions (dw, dtable) go through a gemv/gemm in
 // fp32 over a scratch buffer, so nothing is summed with atomics.
 #include "cuda_common.cuh"
@@ -248,6 +248,109 @@ static void gate_backward(float *dx, float *dg, const float *dout, const float *
     CKL();
 }
 
+// ---- short causal depthwise conv (baselines.md §1.1) -----------------------------
+// Forward and dx: a thread per element. dw, db: column sums over the B*T rows in two
+// fixed-order stages (row chunks, then chunks in order), no atomics.
+
+__device__ __forceinline__ float conv_act_grad(float z, int silu) {
+    if (!silu) return 1.f;
+    float s = cu_sigmoid(z);
+    return s * (1.f + z * (1.f - s));
+}
+__global__ void conv_fwd_kernel(float *y, float *pre, const float *x, const float *w,
+                                const float *b, int T, int C, int W, int silu, long n) {
+    long o = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (o >= n) return;
+    int c = (int)(o % C), t = (int)((o / C) % T);
+    long row0 = o / C - t; // first row of this sequence
+    float s = b ? b[c] : 0.f;
+    if (W == 0) s += x[o];
+    for (int i = 0; i < W; i++) {
+        int src = t - W + 1 + i;
+        if (src >= 0) s += w[(size_t)c * W + i] * x[(row0 + src) * C + c];
+    }
+    pre[o] = s;
+    y[o] = silu ? s * cu_sigmoid(s) : s;
+}
+__global__ void conv_dpre_kernel(float *dp, const float *dy, const float *pre, int silu, long n) {
+    long o = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (o < n) dp[o] = dy[o] * conv_act_grad(pre[o], silu);
+}
+__global__ void conv_dx_kernel(float *dx, const float *dp, const float *w, int T, int C, int W,
+                               long n) {
+    long o = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (o >= n) return;
+    int c = (int)(o % C), s = (int)((o / C) % T);
+    long row0 = o / C - s;
+    float acc = W == 0 ? dp[o] : 0.f;
+    for (int i = 0; i < W; i++) {
+        int t = s + W - 1 - i;
+        if (t < T) acc += dp[(row0 + t) * C + c] * w[(size_t)c * W + i];
+    }
+    dx[o] += acc;
+}
+// part[(s*(W+1) + i)*C + c]: chunk s's sum over its rows of dp[n,c] x[n-(W-1-i),c]
+// (i < W, same sequence only) and, for i == W, of dp[n,c] (the bias)
+__global__ void conv_dw_part_kernel(float *part, const float *dp, const float *x, int N, int T,
+                                    int C, int W, int rows_per_chunk) {
+    __shared__ float acc[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y;
+    int n0 = s * rows_per_chunk, n1 = min(N, n0 + rows_per_chunk);
+    for (int i = 0; i <= W; i++) {
+        float v = 0;
+        if (c < C)
+            for (int n = n0 + threadIdx.y; n < n1; n += 8) {
+                float d = dp[(size_t)n * C + c];
+                if (i == W) v += d;
+                else if (n % T >= W - 1 - i) v += d * x[(size_t)(n - (W - 1 - i)) * C + c];
+            }
+        acc[threadIdx.y][threadIdx.x] = v;
+        __syncthreads();
+        if (threadIdx.y == 0 && c < C) {
+            float t = 0;
+            for (int k = 0; k < 8; k++) t += acc[k][threadIdx.x];
+            part[((size_t)s * (W + 1) + i) * C + c] = t;
+        }
+        __syncthreads();
+    }
+}
+__global__ void conv_dw_final_kernel(float *dw, float *db, const float *part, int S, int C, int W) {
+    int e = blockIdx.x * blockDim.x + threadIdx.x; // e = i*C + c
+    if (e >= (W + 1) * C) return;
+    int i = e / C, c = e % C;
+    float t = 0;
+    for (int s = 0; s < S; s++) t += part[((size_t)s * (W + 1) + i) * C + c];
+    if (i < W) dw[(size_t)c * W + i] += t;
+    else if (db) db[c] += t;
+}
+static void conv_forward(float *y, float *pre, const float *x, const float *w, const float *b,
+                         int B, int T, int C, int W, int silu) {
+    long n = (long)B * T * C;
+    if (n == 0) return;
+    conv_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, pre, x, w, b, T, C, W, silu, n);
+    CKL();
+}
+static void conv_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                          const float *w, const float *pre, int B, int T, int C, int W, int silu) {
+    long n = (long)B * T * C;
+    if (n == 0) return;
+    int N = B * T, S = (N + 255) / 256;
+    S = S > 256 ? 256 : S;
+    int rows = (N + S - 1) / S;
+    float *dp = cu_scratch((size_t)n + (size_t)S * (W + 1) * C), *part = dp + n;
+    conv_dpre_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(dp, dy, pre, silu, n);
+    CKL();
+    conv_dx_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(dx, dp, w, T, C, W, n);
+    CKL();
+    if (W == 0 && !db) return;
+    conv_dw_part_kernel<<<dim3(cu_blocks(C, 32), S), dim3(32, 8), 0, cu.stream>>>(part, dp, x, N, T,
+                                                                                C, W, rows);
+    CKL();
+    conv_dw_final_kernel<<<cu_blocks((long)(W + 1) * C, 128), 128, 0, cu.stream>>>(dw, db, part, S,
+                                                                                  C, W);
+    CKL();
+}
+
 void cu_fill_layers(Ops *o) {
     o->rmsnorm_forward = rmsnorm_forward;
     o->rmsnorm_backward = rmsnorm_backward;
@@ -261,4 +364,6 @@ void cu_fill_layers(Ops *o) {
     o->rope_backward = rope_backward;
     o->gate_forward = gate_forward;
     o->gate_backward = gate_backward;
+    o->conv_forward = conv_forward;
+    o->conv_backward = conv_backward;
 }
