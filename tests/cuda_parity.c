@@ -310,13 +310,19 @@ static void test_optimizer_ops(void **s) {
 
 /* ---- attention cores ---------------------------------------------------------------- */
 
-static void attention_case(int B, int T, int H, int hd, int window, int parallax, gsl_rng *r) {
+/* G: the fp32 table (scalar kernels, tight bounds) or the bf16 one (tensor cores for head
+ * dims 8-32: bf16 operands, bounds from bf16's epsilon). The gradient buffers start
+ * non-zero (they accumulate), smaller for bf16 so that they do not mask the increments. */
+static void attention_case(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
+                           gsl_rng *r) {
+    const int bf = G == GPU16;
+    const double fb = bf ? 3 * BF16_EPS : 1e-5, bb = bf ? 6 * BF16_EPS : 1e-5, gs = bf ? 0.1 : 1;
     int ldi = H * hd + 3, ldo = H * hd; /* inputs read from a wider (fused) row */
     size_t ni = (size_t)B * T * ldi, no = (size_t)B * T * ldo, ns = (size_t)B * H * T;
     real *q = randv(r, ni, 1), *k = randv(r, ni, 1), *v = randv(r, ni, 1), *rr = randv(r, ni, 0.5);
     real *o = randv(r, no, 1), *ob = randv(r, no, 1), *lse = randv(r, ns, 1), *tb = randv(r, ns, 1);
-    real *dout = randv(r, no, 1), *dq = randv(r, no, 1), *dk = randv(r, no, 1), *dv = randv(r, no, 1);
-    real *dr = randv(r, no, 1);
+    real *dout = randv(r, no, 1), *dq = randv(r, no, gs), *dk = randv(r, no, gs);
+    real *dv = randv(r, no, gs), *dr = randv(r, no, gs);
     AttnArgs c = {.B = B, .T = T, .H = H, .hd = hd, .ld_in = ldi, .ld_out = ldo,
                   .scale = (real)(1.0 / sqrt((double)hd)), .window = window, .q = q, .k = k, .v = v,
                   .r = parallax ? rr : NULL, .o = o, .obar = parallax ? ob : NULL, .lse = lse,
@@ -330,17 +336,17 @@ static void attention_case(int B, int T, int H, int hd, int window, int parallax
     g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * no);
     g.dk = up(GPU, dk, sizeof(real) * no), g.dv = up(GPU, dv, sizeof(real) * no);
     g.dr = parallax ? up(GPU, dr, sizeof(real) * no) : NULL;
-    printf("  %s B=%d T=%d H=%d hd=%d window=%d\n", parallax ? "parallax" : "softmax", B, T, H, hd,
-           window);
-    CPU->attention_forward(&c), GPU->attention_forward(&g);
-    cmp("o", o, g.o, no, 1e-5);
-    cmp("lse", lse, g.lse, ns, 1e-5);
-    if (parallax) cmp("obar", ob, g.obar, no, 1e-5), cmp("tbar", tb, g.tbar, ns, 1e-5);
-    CPU->attention_backward(&c), GPU->attention_backward(&g);
-    cmp("dq (accumulated)", dq, g.dq, no, 1e-5);
-    cmp("dk (accumulated)", dk, g.dk, no, 1e-5);
-    cmp("dv (accumulated)", dv, g.dv, no, 1e-5);
-    if (parallax) cmp("dr (accumulated)", dr, g.dr, no, 1e-5);
+    printf("  %s B=%d T=%d H=%d hd=%d window=%d [%s]\n", parallax ? "parallax" : "softmax", B, T,
+           H, hd, window, G->name);
+    CPU->attention_forward(&c), G->attention_forward(&g);
+    cmp("o", o, g.o, no, fb);
+    cmp("lse", lse, g.lse, ns, fb);
+    if (parallax) cmp("obar", ob, g.obar, no, fb), cmp("tbar", tb, g.tbar, ns, bb);
+    CPU->attention_backward(&c), G->attention_backward(&g);
+    cmp("dq (accumulated)", dq, g.dq, no, bb);
+    cmp("dk (accumulated)", dk, g.dk, no, bb);
+    cmp("dv (accumulated)", dv, g.dv, no, bb);
+    if (parallax) cmp("dr (accumulated)", dr, g.dr, no, bb);
     const void *b[] = {g.q, g.k, g.v, g.r, g.o, g.obar, g.lse, g.tbar, g.dout, g.dq, g.dk, g.dv, g.dr};
     for (int i = 0; i < 13; i++)
         if (b[i]) GPU->release((void *)b[i]);
@@ -353,11 +359,27 @@ static void test_attention(void **s) {
     NEED_GPU();
     gsl_rng *r = test_rng(8);
     for (int px = 0; px < 2; px++) {
-        attention_case(2, 37, 3, 8, 0, px, r);    /* one tile, ragged */
-        attention_case(2, 300, 2, 8, 0, px, r);   /* several query blocks and key tiles */
-        attention_case(1, 200, 2, 16, 7, px, r);  /* sliding window */
-        attention_case(1, 150, 2, 64, 0, px, r);  /* wide heads: smaller key tiles */
-        attention_case(2, 130, 16, 8, 129, px, r); /* window wider than needed */
+        attention_case(GPU, 2, 37, 3, 8, 0, px, r);    /* one tile, ragged */
+        attention_case(GPU, 2, 300, 2, 8, 0, px, r);   /* several query blocks and key tiles */
+        attention_case(GPU, 1, 200, 2, 16, 7, px, r);  /* sliding window */
+        attention_case(GPU, 1, 150, 2, 64, 0, px, r);  /* wide heads: smaller key tiles */
+        attention_case(GPU, 2, 130, 16, 8, 129, px, r); /* window wider than needed */
+    }
+    gsl_rng_free(r);
+}
+
+/* the bf16 table's tensor-core kernels (kernels/cuda/attention_tc_cuda.cu) */
+static void test_attention_tensor_cores(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(9);
+    for (int px = 0; px < 2; px++) {
+        attention_case(GPU16, 2, 37, 3, 8, 0, px, r);    /* one block, ragged rows */
+        attention_case(GPU16, 2, 300, 2, 8, 0, px, r);   /* several blocks and chunks */
+        attention_case(GPU16, 1, 200, 2, 16, 7, px, r);  /* window inside one 16-key tile */
+        attention_case(GPU16, 1, 150, 2, 32, 40, px, r); /* window across tiles */
+        attention_case(GPU16, 2, 128, 16, 8, 0, px, r);  /* MAD's shape per sequence */
+        attention_case(GPU16, 1, 70, 2, 64, 0, px, r);   /* no tensor-core kernel: scalar */
     }
     gsl_rng_free(r);
 }
@@ -390,7 +412,7 @@ int main(void) {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_vector_ops),
         cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_embedding_swiglu_gate),
         cmocka_unit_test(test_rope),            cmocka_unit_test(test_conv),            cmocka_unit_test(test_crossentropy_predict),
-        cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),        cmocka_unit_test(test_attention_tensor_cores),
         cmocka_unit_test(test_models_fp32),     cmocka_unit_test(test_models_bf16),
     };
     return cmocka_run_group_tests(tests, cuda_setup, NULL);

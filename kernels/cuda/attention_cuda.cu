@@ -294,7 +294,15 @@ static void attention_backward(const AttnArgs *a) {
     pick<true>(a->hd, a->r != nullptr)(a);
 }
 
-void cu_fill_attention(Ops *o) {
-    o->attention_forward = attention_forward;
-    o->attention_backward = attention_backward;
+// bf16: tensor cores where attention_tc_cuda.cu has the head dim, else the scalar kernels
+static void attention_forward_bf16(const AttnArgs *a) {
+    if (!cu_attention_tc(a, 0)) attention_forward(a);
+}
+static void attention_backward_bf16(const AttnArgs *a) {
+    if (!cu_attention_tc(a, 1)) attention_backward(a);
+}
+
+void cu_fill_attention(Ops *o, int precision) {
+    o->attention_forward = precision == 2 ? attention_forward_bf16 : attention_forward;
+    o->attention_backward = precision == 2 ? attention_backward_bf16 : attention_backward;
 }

@@ -64,5 +64,7 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
 void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
 void cu_fill_layers(Ops *o);
 void cu_fill_loss(Ops *o);
-void cu_fill_attention(Ops *o);
+void cu_fill_attention(Ops *o, int precision);
+// tensor-core attention for bf16 (attention_tc_cuda.cu): 0 when the head dim has no kernel
+int cu_attention_tc(const AttnArgs *a, int backward);
 void cu_fill_optim(Ops *o);

@@ -153,7 +153,7 @@ extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, siz
         cu_fill_dense(o, prec);
         cu_fill_layers(o);
         cu_fill_loss(o);
-        cu_fill_attention(o);
+        cu_fill_attention(o, prec);
         cu_fill_optim(o);
         filled[prec] = 1;
     }
