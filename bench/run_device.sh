@@ -26,9 +26,12 @@ fi
 
 if has bench; then
     echo "== plab step benchmark (MAD shape)"
-    for p in bf16 fp32; do
-        MIXERS=softmax,parallax "$BIN"/bench/step_bench precision=$p 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
-    done
+    # every mixer in bf16 (one without a CUDA kernel prints "not available" and the
+    # reason); softmax and Parallax in fp32 as well
+    ALL=softmax,parallax,lla,value_avg,affine_linear_attention,affine_mesa,linear_attention,mesa
+    ALL=$ALL,deltanet,gated_deltanet,kda,mesanet,mamba,mamba2
+    MIXERS=${MIXERS:-$ALL} "$BIN"/bench/step_bench precision=bf16 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
+    MIXERS=softmax,parallax "$BIN"/bench/step_bench precision=fp32 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
     grep '^RESULT' "$OUT/bench.log" >> "$R"
 fi
 
