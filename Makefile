@@ -52,7 +52,7 @@ endif
 
 PLAB := plab
 
-.PHONY: all test test-cuda demo clean device bench
+.PHONY: all test test-cuda demo clean device devcarry bench
 all: $(PLAB)
 
 $(BUILD)/f32/%.o: %.c
@@ -132,6 +132,15 @@ device:
 	$(MAKE) DEVICE=1 BUILD=build/device PLAB=build/device/plab build/device/plab \
 	    $(TCU_BIN:$(BUILD)/%=build/device/%) $(BENCH_BIN:$(BUILD)/%=build/device/%)
 	cp -L /usr/lib/x86_64-linux-gnu/libcmocka.so.0 build/device/tests/
+
+# The folder a device call carries (run's carry=["build/devcarry"], 64 MiB at most):
+# stripped binaries of `make device` plus cmocka. See docs/DEVICE.md.
+devcarry: device
+	rm -rf build/devcarry && mkdir -p build/devcarry/tests build/devcarry/bench
+	strip -o build/devcarry/plab build/device/plab
+	for f in $(TCU_BIN:$(BUILD)/%=%) $(BENCH_BIN:$(BUILD)/%=%); do strip -o build/devcarry/$$f build/device/$$f; done
+	cp build/device/tests/libcmocka.so.0 build/devcarry/tests/
+	du -sh build/devcarry
 
 clean:
 	rm -rf build $(PLAB)
