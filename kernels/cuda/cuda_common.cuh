@@ -65,6 +65,10 @@ void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
 void cu_fill_layers(Ops *o);
 void cu_fill_loss(Ops *o);
 void cu_fill_attention(Ops *o, int precision);
+void cu_fill_optim(Ops *o);
+void cu_fill_family(Ops *o); // family_cuda.cu: o->family (LLA, solved/learned probes, linear attention)
+void cu_fill_scan(Ops *o);   // scan_cuda.cu: o->scan (Mamba-1, Mamba-2 SSD, softplus)
+void cu_fill_delta(Ops *o);  // delta_cuda.cu: o->delta (DeltaNet, GDN, KDA, MesaNet)
+
 // tensor-core attention for bf16 (attention_tc_cuda.cu): 0 when the head dim has no kernel
 int cu_attention_tc(const AttnArgs *a, int backward);
-void cu_fill_optim(Ops *o);

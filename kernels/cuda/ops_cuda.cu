@@ -155,6 +155,9 @@ extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, siz
         cu_fill_loss(o);
         cu_fill_attention(o, prec);
         cu_fill_optim(o);
+        cu_fill_family(o);
+        cu_fill_scan(o);
+        cu_fill_delta(o);
         filled[prec] = 1;
     }
     return o;
