@@ -34,7 +34,7 @@ OBJ64    := $(LIB_SRC:%.c=$(BUILD)/f64/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/f32/%.o)
 
 # ---- CUDA (compiled whenever nvcc exists; tests run only on a GPU) ----------------
-ifeq ($(NO_CUDA),)
+ifeq ($(NO_CUDA)$(EMU),)
 ifneq ($(NVCC),)
 HAVE_CUDA := 1
 endif
@@ -52,7 +52,7 @@ endif
 
 PLAB := plab
 
-.PHONY: all test test-cuda demo clean device devcarry bench
+.PHONY: all test test-cuda demo clean device devcarry bench emu emu-test
 all: $(PLAB)
 
 $(BUILD)/f32/%.o: %.c
@@ -63,9 +63,44 @@ $(BUILD)/f64/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DPLAB_DOUBLE -c $< -o $@
 
-$(BUILD)/cuda/%.o: %.cu kernels/cuda/cuda_common.cuh kernels/ops.h core/real.h
+ifndef EMU
+$(BUILD)/cuda/%.o: %.cu kernels/cuda/cuda_common.cuh $(wildcard kernels/*.h) core/real.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
+else
+# ---- the CUDA backend emulated on the CPU (make emu; kernels/cuda/emu, DEVICE.md) -----
+# Each .cu is rewritten into C++ (launches, shared memory) and compiled by g++ against
+# the shims of kernels/cuda/emu, with AddressSanitizer and UBSan on the kernel code
+# (out-of-bounds reads and writes, misaligned vector loads, overflowing int indices);
+# EMU_SAN= builds without them (faster; rm -rf build/emu first: flags are not tracked).
+EMU_SAN  ?= -fsanitize=address,undefined -fno-sanitize=vptr -fno-sanitize-recover=all
+EMU_CXXFLAGS := -O2 -g -std=c++17 -fno-strict-aliasing -Wall -Wno-unknown-pragmas \
+            -Wno-unused-parameter -Wno-unused-function -Wno-unused-variable -DPLAB_EMU -DPLAB_HAVE_CUDA \
+            -I kernels/cuda/emu -I kernels/cuda -include emu.h -MMD -MP $(EMU_SAN)
+CU_SRC   := $(wildcard kernels/cuda/*.cu)
+EMU_SRC  := $(wildcard kernels/cuda/emu/*.cpp)
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/cuda/%.o) $(EMU_SRC:%.cpp=$(BUILD)/cuda/%.o)
+CFLAGS   += -DPLAB_HAVE_CUDA
+CUDA_LIBS := -lstdc++ $(EMU_SAN)
+
+$(BUILD)/cuda/%.cpp: %.cu kernels/cuda/emu/rewrite.pl
+	@mkdir -p $(dir $@)
+	perl kernels/cuda/emu/rewrite.pl $< > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/cuda/%.o: $(BUILD)/cuda/%.cpp
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/cuda/kernels/cuda/emu/%.o: kernels/cuda/emu/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c $< -o $@
+
+# the emulator's own test: right and wrong kernels (kernels/cuda/emu/selftest.cu)
+$(BUILD)/emu_selftest: $(BUILD)/cuda/kernels/cuda/emu/selftest.o $(BUILD)/cuda/kernels/cuda/emu/emu.o
+	$(CXX) $^ -o $@ -lopenblas $(EMU_SAN)
+
+.PRECIOUS: $(BUILD)/cuda/%.cpp
+-include $(CU_OBJ:.o=.d) $(BUILD)/cuda/kernels/cuda/emu/selftest.d
+endif
 
 # the schema is embedded by the assembler (.incbin), which .d files do not track
 $(BUILD)/f32/db/schema_sql.o $(BUILD)/f64/db/schema_sql.o: db/schema.sql
@@ -141,6 +176,18 @@ devcarry: device
 	for f in $(TCU_BIN:$(BUILD)/%=%) $(BENCH_BIN:$(BUILD)/%=%); do strip -o build/devcarry/$$f build/device/$$f; done
 	cp build/device/tests/libcmocka.so.0 build/devcarry/tests/
 	du -sh build/devcarry
+
+# The CUDA backend emulated on the CPU, for the CUDA tests without a GPU (DEVICE.md,
+# "Emulating the CUDA backend on the CPU"): build/emu/libplab.a and build/emu/tests/cuda_*.
+EMU_TESTS := $(TCU_SRC:tests/%.c=build/emu/tests/%)
+emu:
+	$(MAKE) EMU=1 BUILD=build/emu PLAB=build/emu/plab build/emu/libplab.a build/emu/emu_selftest $(EMU_TESTS)
+
+# the emulator's self-test first; PLAB_EMU=1 lets a test skip what says nothing about the
+# GPU when emulated and takes long (it prints why)
+emu-test: emu
+	@build/emu/emu_selftest
+	@PLAB_EMU=1 PLAB_REQUIRE_GPU=1 bash tests/run.sh $(EMU_TESTS)
 
 clean:
 	rm -rf build $(PLAB)

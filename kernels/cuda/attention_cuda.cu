@@ -21,9 +21,13 @@ static const int QB = 128; // rows (or keys) per block
 // 2^x on the special-function unit (what __expf uses after its multiply by log2 e);
 // the softmax scale and log2 e are folded into q (or k) once per row instead
 __device__ __forceinline__ float ex2(float x) {
+#ifdef PLAB_EMU // CPU emulation (kernels/cuda/emu)
+    return exp2f(x);
+#else
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+#endif
 }
 
 template <int HD> __device__ __forceinline__ float dotv(const float *a, const float *b) {
