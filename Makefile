@@ -153,8 +153,12 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libplab.a
 
 bench: $(BENCH_BIN)
 
+# Everything on the CPU: the suites (CUDA ones skip without a GPU), then the CUDA suites
+# again on the CPU emulation of the CUDA backend (emu-test below, docs/DEVICE.md).
 test: $(PLAB) $(T64_BIN) $(T32_BIN) $(TCU_BIN)
 	@PLAB=./$(PLAB) bash tests/run.sh $(T64_BIN) $(T32_BIN) $(TCU_BIN) tests/e2e_*.sh
+	@echo "== the CUDA suites on the CPU emulation of the CUDA backend (make emu-test)"
+	@$(MAKE) --no-print-directory -j$(shell nproc) emu-test
 
 test-cuda: $(TCU_BIN)
 	@PLAB_REQUIRE_GPU=1 bash tests/run.sh $(TCU_BIN)
