@@ -61,6 +61,28 @@ static int query_int(sqlite3 *db, const char *sql, long *out) {
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? rc2 : rc;
 }
 
+/* application_id, user_version and the number of schema objects in ONE statement,
+ * hence one snapshot: another process may be initialising the same new file right
+ * now, and its schema and ids appear together when it commits (three separate reads
+ * could see the schema but not yet the id, and reject a good database). */
+static int read_header(sqlite3 *db, long *app, long *version, long *objects) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db,
+                                "SELECT (SELECT application_id FROM pragma_application_id), "
+                                "(SELECT user_version FROM pragma_user_version), "
+                                "(SELECT count(*) FROM sqlite_master)",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK) return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *app = sqlite3_column_int64(st, 0);
+        *version = sqlite3_column_int64(st, 1);
+        *objects = sqlite3_column_int64(st, 2);
+    }
+    int rc2 = sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? rc2 : rc;
+}
+
 static void set_version(sqlite3 *db, int version) {
     char sql[128];
     snprintf(sql, sizeof sql, "PRAGMA application_id = %d; PRAGMA user_version = %d;",
@@ -86,9 +108,7 @@ sqlite3 *db_open(const char *path, int create, Err *err) {
     }
     SQL_CHECK(db, sqlite3_busy_timeout(db, 60000));
     long app = 0, version = 0, objects = 0;
-    rc = query_int(db, "PRAGMA application_id", &app);
-    if (rc == SQLITE_OK) rc = query_int(db, "PRAGMA user_version", &version);
-    if (rc == SQLITE_OK) rc = query_int(db, "SELECT count(*) FROM sqlite_master", &objects);
+    rc = read_header(db, &app, &version, &objects);
     if (rc == SQLITE_NOTADB) {
         err_set(err, "'%s' is not a plab database (not an SQLite file); choose another path with --db",
                 path);
