@@ -264,7 +264,7 @@ static const char *model_cases[] = {
 static void test_models_fp32(void **s) {
     (void)s;
     NEED_GPU();
-    for (size_t i = 0; i < sizeof model_cases / sizeof *model_cases; i++) model_case(model_cases[i], GPU, 1e-4);
+    run_model_cases(model_cases, NCASES(model_cases), GPU, 1e-4);
 }
 
 /* bf16 operands in every matmul. Looser than softmax's 8 eps: on the CPU emulation of
@@ -276,8 +276,7 @@ static void test_models_fp32(void **s) {
 static void test_models_bf16(void **s) {
     (void)s;
     NEED_GPU();
-    for (size_t i = 0; i < sizeof model_cases / sizeof *model_cases; i++)
-        model_case(model_cases[i], GPU16, 32 * BF16_EPS);
+    run_model_cases(model_cases, NCASES(model_cases), GPU16, 32 * BF16_EPS);
 }
 
 int main(void) {

@@ -177,15 +177,14 @@ static const char *model_cases[] = {
 static void test_models_fp32(void **s) {
     (void)s;
     NEED_GPU();
-    for (size_t i = 0; i < sizeof model_cases / sizeof *model_cases; i++) model_case(model_cases[i], GPU, 1e-4);
+    run_model_cases(model_cases, NCASES(model_cases), GPU, 1e-4);
 }
 
 /* bf16 operands in every matmul (the scans stay fp32) */
 static void test_models_bf16(void **s) {
     (void)s;
     NEED_GPU();
-    for (size_t i = 0; i < sizeof model_cases / sizeof *model_cases; i++)
-        model_case(model_cases[i], GPU16, 8 * BF16_EPS);
+    run_model_cases(model_cases, NCASES(model_cases), GPU16, 8 * BF16_EPS);
 }
 
 int main(void) {

@@ -130,3 +130,6 @@ int cuda_setup(void **s) {
     return 0;
 }
 
+void run_model_cases(const char *const *cases, size_t n, const Ops *g, double bound) {
+    for (size_t i = 0; i < n; i++) model_case(cases[i], g, bound);
+}

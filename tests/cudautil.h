@@ -33,5 +33,8 @@ double cmp(const char *what, const real *cpu, const real *gpu_dev, size_t n, dou
  * the CPU and on backend g with the same parameters and batch: loss, every
  * parameter gradient and one optimizer update must agree within `bound`. */
 void model_case(const char *extra, const Ops *g, double bound);
+/* model_case of each of the n entries of cases */
+void run_model_cases(const char *const *cases, size_t n, const Ops *g, double bound);
+#define NCASES(a) (sizeof(a) / sizeof *(a))
 
 #endif
