@@ -172,13 +172,16 @@ device:
 	    $(TCU_BIN:$(BUILD)/%=build/device/%) $(BENCH_BIN:$(BUILD)/%=build/device/%)
 	cp -L /usr/lib/x86_64-linux-gnu/libcmocka.so.0 build/device/tests/
 
-# The folder a device call carries (run's carry=["build/devcarry"], 64 MiB at most):
-# stripped binaries of `make device` plus cmocka. See docs/DEVICE.md.
+# The folder a device call carries (run's carry=["build/devcarry"], 64 MiB at most): the
+# stripped binaries of `make device` plus cmocka in one xz tarball (each binary holds the
+# whole sm_90a fatbin: about 90 MB loose, 12 MB packed). bench/run_device.sh unpacks it.
+# See docs/DEVICE.md.
 devcarry: device
-	rm -rf build/devcarry && mkdir -p build/devcarry/tests build/devcarry/bench
-	strip -o build/devcarry/plab build/device/plab
-	for f in $(TCU_BIN:$(BUILD)/%=%) $(BENCH_BIN:$(BUILD)/%=%); do strip -o build/devcarry/$$f build/device/$$f; done
-	cp build/device/tests/libcmocka.so.0 build/devcarry/tests/
+	rm -rf build/devcarry build/devstage && mkdir -p build/devstage/tests build/devstage/bench build/devcarry
+	strip -o build/devstage/plab build/device/plab
+	for f in $(TCU_BIN:$(BUILD)/%=%) $(BENCH_BIN:$(BUILD)/%=%); do strip -o build/devstage/$$f build/device/$$f; done
+	cp build/device/tests/libcmocka.so.0 build/devstage/tests/
+	tar -C build/devstage -cJf build/devcarry/plab-device.tar.xz . && rm -rf build/devstage
 	du -sh build/devcarry
 
 # The CUDA backend emulated on the CPU, for the CUDA tests without a GPU (DEVICE.md,

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Everything the GPU machine runs in one call (docs/DEVICE.md):
 #   bash bench/run_device.sh [tests] [bench] [solve] [profile] [torch] [torch-compile] [torch-solve]
-# (no argument: all). Expects the binaries of `make device` under $BIN
+# (no argument: all). Expects the binaries of `make device` under $BIN, or the tarball
+# of `make devcarry` in $BIN
 # (default build/device). Logs go to $OUT (or /tmp/plab-out); RESULT lines are
 # collected into $OUT/results.txt, the input of docs/BENCHMARKS.md.
 set -u
 BIN=${BIN:-build/device}
 OUT=${OUT:-/tmp/plab-out}
 mkdir -p "$OUT"
+# `make devcarry` packs the binaries into one tarball (the carry limit is 64 MiB)
+if [ -f "$BIN/plab-device.tar.xz" ]; then
+    mkdir -p /tmp/plab-bin && tar -xJf "$BIN/plab-device.tar.xz" -C /tmp/plab-bin && BIN=/tmp/plab-bin
+fi
 # cuBLAS: the toolkit's, else the one that ships with PyTorch
 TORCH_CUBLAS=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${TORCH_CUBLAS}:${LD_LIBRARY_PATH:-}
