@@ -4,7 +4,7 @@
  *   - the graph-replayed step equals the eagerly launched step bit for bit;
  *   - a short fp32 run follows the CPU's loss curve within tolerance.
  * Skipped with the reason printed when no GPU is usable (PLAB_REQUIRE_GPU=1 fails). */
-#include "testutil.h"
+#include "cudautil.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -28,8 +28,6 @@ static void on_metric(void *ctx, long step, int epoch, const char *key, double v
     if (!strcmp(key, "test_acc") && c->nacc < MAXPTS) c->acc[c->nacc++] = v;
 }
 
-static char why[256];
-static int gpu_ok;
 
 static RunResult run(const char *args, Curve *c) {
     memset(c, 0, sizeof *c);
@@ -40,15 +38,6 @@ static RunResult run(const char *args, Curve *c) {
     if (r.status != RUN_FINISHED) fail_msg("run '%s': status %d: %s", args, r.status, r.reason);
     return r;
 }
-
-#define NEED_GPU()                                                                          \
-    do {                                                                                    \
-        if (!gpu_ok) {                                                                      \
-            if (getenv("PLAB_REQUIRE_GPU")) fail_msg("no CUDA backend: %s", why);           \
-            printf("  skipped: no CUDA backend (%s)\n", why);                               \
-            skip();                                                                         \
-        }                                                                                   \
-    } while (0)
 
 static const char *small =
     "task=in_context_recall task.vocab_size=16 task.seq_len=32 task.num_train=512 "
@@ -126,18 +115,11 @@ static void test_loss_curve_matches_cpu(void **s) {
     }
 }
 
-static int setup(void **s) {
-    (void)s;
-    gpu_ok = ops_for_device("cuda", "fp32", why, sizeof why) != NULL;
-    if (!gpu_ok) printf("CUDA training tests: no CUDA backend (%s); they are skipped\n", why);
-    return 0;
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bit_identical),
         cmocka_unit_test(test_graph_equals_eager),
         cmocka_unit_test(test_loss_curve_matches_cpu),
     };
-    return cmocka_run_group_tests(tests, setup, NULL);
+    return cmocka_run_group_tests(tests, cuda_setup, NULL);
 }

@@ -126,7 +126,7 @@ int cuda_setup(void **s) {
     CPU = ops_cpu();
     GPU = ops_for_device("cuda", "fp32", cuda_why, sizeof cuda_why);
     GPU16 = GPU ? ops_for_device("cuda", "bf16", cuda_why, sizeof cuda_why) : NULL;
-    if (!GPU) printf("CUDA parity tests: no CUDA backend (%s); they are skipped\n", cuda_why);
+    if (!GPU) printf("CUDA tests: no CUDA backend (%s); they are skipped\n", cuda_why);
     return 0;
 }
 
