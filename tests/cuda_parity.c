@@ -15,7 +15,7 @@
 
 #include "../optim/optim.h"
 
-/* backends, NEED_GPU, up/down/randv/dup/cmp, model_case: tests/cudautil.h */
+/* backends, NEED_GPU, up/down/randv/host_copy/cmp, model_case: tests/cudautil.h */
 
 /* ---- dense -------------------------------------------------------------------------- */
 

@@ -37,7 +37,7 @@ real *randv(gsl_rng *r, size_t n, double s) {
     fill_randn(x, n, r, s);
     return x;
 }
-real *dup(const real *x, size_t n) {
+real *host_copy(const real *x, size_t n) {
     real *y = xmalloc(sizeof(real) * n);
     memcpy(y, x, sizeof(real) * n);
     return y;
@@ -106,7 +106,7 @@ void model_case(const char *extra, const Ops *g, double bound) {
     printf("    every gradient: worst norm rel %.2e (bound %.1e)\n", worst, bound);
     /* one optimizer step each (Muon on hidden matrices, AdamW elsewhere): compare updates */
     Optimizer *oc = optim_create(cfg, mc, 10, 10), *og = optim_create(cfg, mg, 10, 10);
-    real *before = dup(p, np);
+    real *before = host_copy(p, np);
     optim_step(oc, 0), optim_step(og, 0);
     real *pg = down(g, model_params(mg), np);
     for (size_t i = 0; i < np; i++) pg[i] -= before[i], before[i] = p[i] - before[i];

@@ -24,7 +24,7 @@ void *up(const Ops *o, const void *h, size_t bytes);
 real *down(const Ops *o, const real *d, size_t n);
 /* n normal(0, s) reals (malloc'd) */
 real *randv(gsl_rng *r, size_t n, double s);
-real *dup(const real *x, size_t n);
+real *host_copy(const real *x, size_t n);
 /* Compares a CPU result (host) with a GPU result (device): prints both errors,
  * fails unless norm rel <= bound and max rel <= 10 bound; returns norm rel. */
 double cmp(const char *what, const real *cpu, const real *gpu_dev, size_t n, double bound);
