@@ -8,7 +8,8 @@
  * A step is zero-grad + forward + backward + AdamW on one random batch. Timed
  * two ways: every op launched eagerly, and the step captured in a CUDA graph and
  * replayed (what `plab train` does); each is the median over REPS repetitions of
- * STEPS steps, host clock around a device sync. */
+ * a run of steps (50, fewer for a slow mixer: about 0.1 s a run, at least 3 steps),
+ * host clock around a device sync. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +24,7 @@
 #include "../tasks/task.h"
 #include "../train/train.h"
 
-enum { STEPS = 50, REPS = 11 };
+enum { MAX_STEPS = 50, MIN_STEPS = 3, REPS = 11 };
 
 static double now_s(void) {
     struct timespec ts;
@@ -51,14 +52,15 @@ static Config *make_config(int argc, char **argv, const char *mixer) {
     return cfg;
 }
 
-/* ms per step: median over REPS of (STEPS steps) / STEPS */
-static double time_steps(const Ops *ops, Model *m, Optimizer *opt, int B, void *graph) {
+/* ms per step: median over `reps` runs of `steps` steps */
+static double time_steps(const Ops *ops, Model *m, Optimizer *opt, int B, void *graph, int steps,
+                         int reps) {
     double t[REPS];
     long step = 1;
-    for (int r = 0; r < REPS; r++) {
+    for (int r = 0; r < reps; r++) {
         ops->sync();
         double t0 = now_s();
-        for (int s = 0; s < STEPS; s++, step++) {
+        for (int s = 0; s < steps; s++, step++) {
             optim_upload(opt, step);
             if (graph) ops->graph_launch(graph);
             else {
@@ -69,10 +71,10 @@ static double time_steps(const Ops *ops, Model *m, Optimizer *opt, int B, void *
             }
         }
         ops->sync();
-        t[r] = (now_s() - t0) * 1e3 / STEPS;
+        t[r] = (now_s() - t0) * 1e3 / steps;
     }
-    qsort(t, REPS, sizeof *t, cmpd);
-    return t[REPS / 2];
+    qsort(t, (size_t)reps, sizeof *t, cmpd);
+    return t[reps / 2];
 }
 
 static int bench_mixer(int argc, char **argv, const char *mixer) {
@@ -101,7 +103,9 @@ static int bench_mixer(int argc, char **argv, const char *mixer) {
     model_set_batch(m, tok, tgt, B);
     /* one eager step sizes the lazy buffers, then warm up */
     optim_step(opt, 0);
-    double eager = time_steps(ops, m, opt, B, NULL);
+    double first = time_steps(ops, m, opt, B, NULL, 1, 3); /* sizes the runs */
+    int steps = (int)fmin(MAX_STEPS, fmax(MIN_STEPS, 100.0 / first));
+    double eager = time_steps(ops, m, opt, B, NULL, steps, REPS);
     void *graph = NULL;
     if (ops->graph_begin) {
         ops->graph_begin();
@@ -110,14 +114,14 @@ static int bench_mixer(int argc, char **argv, const char *mixer) {
         model_backward(m, B);
         optim_apply(opt);
         graph = ops->graph_end();
-        time_steps(ops, m, opt, B, graph); /* warm-up */
+        time_steps(ops, m, opt, B, graph, steps, 3); /* warm-up */
     }
-    double graphed = graph ? time_steps(ops, m, opt, B, graph) : NAN;
+    double graphed = graph ? time_steps(ops, m, opt, B, graph, steps, REPS) : NAN;
     double loss = model_take_loss(m);
     printf("%-12s  params %7zu  eager %8.3f ms/step  graph %8.3f ms/step  (B=%d T=%d d=%ld %s, "
-           "loss sum %.3g)\n",
+           "loss sum %.3g, median of %d x %d steps)\n",
            mixer, model_count_params(m), eager, graphed, B, T, cfg_int(cfg, "model.d_model"),
-           cfg_str(cfg, "precision"), loss);
+           cfg_str(cfg, "precision"), loss, REPS, steps);
     printf("RESULT plab %s %s %.4f %.4f\n", mixer, cfg_str(cfg, "precision"), eager, graphed);
     fflush(stdout);
     if (graph) ops->graph_free(graph);
