@@ -1,6 +1,6 @@
 """Sums `ncu --csv --metrics gpu__time_duration.sum` output per kernel name
-(for finding where a plab step spends its time): python3 ncu_summary.py LOG [layers]
-Steps are counted as attention forward launches / layers (default 2)."""
+(for finding where a plab step spends its time): python3 ncu_summary.py LOG
+Steps are counted as launches of the loss kernel (xent_sum, once per step, any mixer)."""
 import csv
 import sys
 from collections import defaultdict
@@ -8,8 +8,7 @@ from collections import defaultdict
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 hdr, data = rows[0], rows[1:]
 ki, vi = hdr.index("Kernel Name"), hdr.index("Metric Value")
-layers = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-steps = max(1.0, sum("attn_fwd" in r[ki] for r in data) / layers)
+steps = max(1, sum("xent_sum" in r[ki] for r in data))
 tot, cnt = defaultdict(float), defaultdict(int)
 for r in data:
     name = r[ki].split("(")[0][:70]

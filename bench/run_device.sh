@@ -19,6 +19,10 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${TORCH_CUBLAS}:${LD_LIBRARY_PATH:-
 export PYTHONUNBUFFERED=1
 phases=${*:-tests bench solve torch torch-compile torch-solve}  # also: profile (ncu)
 has() { [[ " $phases " == *" $1 "* ]]; }
+# every mixer, softmax and Parallax first (MIXERS overrides, comma separated)
+ALL=softmax,parallax,lla,value_avg,affine_linear_attention,affine_mesa,linear_attention,mesa
+ALL=$ALL,deltanet,gated_deltanet,kda,mesanet,mamba,mamba2
+MIXERS=${MIXERS:-$ALL}
 R="$OUT/results.txt"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee -a "$R"
 date -u +"date %Y-%m-%dT%H:%M:%SZ" | tee -a "$R"
@@ -33,9 +37,7 @@ if has bench; then
     echo "== plab step benchmark (MAD shape)"
     # every mixer in bf16 (one without a CUDA kernel prints "not available" and the
     # reason); softmax and Parallax in fp32 as well
-    ALL=softmax,parallax,lla,value_avg,affine_linear_attention,affine_mesa,linear_attention,mesa
-    ALL=$ALL,deltanet,gated_deltanet,kda,mesanet,mamba,mamba2
-    MIXERS=${MIXERS:-$ALL} "$BIN"/bench/step_bench precision=bf16 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
+    MIXERS=$MIXERS "$BIN"/bench/step_bench precision=bf16 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
     MIXERS=softmax,parallax "$BIN"/bench/step_bench precision=fp32 2>&1 | tee -a "$OUT/bench.log" | grep -v '^RESULT'
     grep '^RESULT' "$OUT/bench.log" >> "$R"
 fi
@@ -54,24 +56,31 @@ if has solve; then
 fi
 
 if has profile; then
-    echo "== per-kernel time of the parallax bf16 step (ncu, 3 steps incl. the first eager one)"
+    # per mixer of $PROFILE (default softmax,parallax): the first eager steps
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    MIXERS=parallax timeout 300 "$NCU" --metrics gpu__time_duration.sum --launch-count 600 --csv \
-        --print-units base "$BIN"/bench/step_bench precision=bf16 > "$OUT/ncu.csv" 2>/dev/null
-    python3 bench/ncu_summary.py "$OUT/ncu.csv" 2 | tee "$OUT/profile.txt"
+    for m in $(echo "${PROFILE:-softmax,parallax}" | tr , ' '); do
+        echo "== per-kernel time of the $m bf16 step (ncu, the first eager steps)"
+        MIXERS=$m timeout 120 "$NCU" --metrics gpu__time_duration.sum --launch-count 600 --csv \
+            --print-units base "$BIN"/bench/step_bench precision=bf16 > "$OUT/ncu-$m.csv" 2>/dev/null
+        python3 bench/ncu_summary.py "$OUT/ncu-$m.csv" | tee "$OUT/profile-$m.txt"
+    done
 fi
 
 if has torch; then
     echo "== PyTorch reference, eager"
-    for m in softmax parallax; do
-        python3 bench/torch_ref.py step --mixer $m 2>&1 | tee -a "$OUT/torch.log" | grep -v '^RESULT'
-    done
+    python3 bench/torch_ref.py step --mixer "$MIXERS" 2>&1 | tee -a "$OUT/torch.log" | grep -v '^RESULT'
     grep '^RESULT torch' "$OUT/torch.log" | sort -u >> "$R"
 fi
 if has torch-compile; then
-    echo "== PyTorch reference, torch.compile"
-    for m in softmax parallax; do
-        python3 bench/torch_ref.py step --compile --mixer $m 2>&1 | tee -a "$OUT/torchc.log" | grep -v '^RESULT' | tail -3
+    # one process per mixer, each at most COMPILE_S seconds (compiling a sequential
+    # reference unrolls its loop over time)
+    echo "== PyTorch reference, torch.compile (at most ${COMPILE_S:=120} s a mixer)"
+    for m in $(echo "$MIXERS" | tr , ' '); do
+        timeout "$COMPILE_S" python3 bench/torch_ref.py step --compile --mixer $m > "$OUT/torchc-$m.log" 2>&1
+        rc=$?
+        [ $rc -eq 124 ] && echo "torch $m compile: over $COMPILE_S s, not timed" >> "$OUT/torchc-$m.log"
+        grep -E "^torch |FAILED|Error" "$OUT/torchc-$m.log" | tail -2
+        cat "$OUT/torchc-$m.log" >> "$OUT/torchc.log"
     done
     grep '^RESULT torch' "$OUT/torchc.log" | sort -u >> "$R"
 fi

@@ -8,9 +8,12 @@ bias, GPT-NeoX rotary on the whole head, scale 1/sqrt(hd)) and Parallax
 (parallax_lla.md §3.1: probe r = RMSNorm_head(x W_r^T) rotated like q;
 o_i = sum_j p_ij (1 + tbar_i - t_ij) v_j with t_ij = r_i.k_j raw and
 tbar_i = sum_j p_ij t_ij). AdamW (fused), bf16 autocast (bf16 operands, fp32
-master weights), like MAD-Lab's mixed precision.
+master weights), like MAD-Lab's mixed precision. The other mixers come from
+torch_family.py (the attention family), torch_delta.py (DeltaNet, GDN, KDA,
+MesaNet) and torch_scan.py (Mamba, Mamba-2), each a table MIXERS of
+name -> dict(make=(d, H, T, rope) -> module, layers=None|n, mlp=bool).
 
-  python3 bench/torch_ref.py step --mixer softmax [--compile]
+  python3 bench/torch_ref.py step --mixer softmax[,parallax,...] [--compile]
   python3 bench/torch_ref.py solve --data FILE --mixer softmax
 """
 import argparse
@@ -85,14 +88,29 @@ class SwiGLU(nn.Module):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
+def mixer_table():
+    """name -> dict(make, layers, mlp): softmax and Parallax here, the others from
+    the torch_*.py files beside this one"""
+    table = {m: dict(make=lambda d, H, T, rope, px=(m == "parallax"): Attention(d, H, px, rope),
+                     layers=None, mlp=True) for m in ("softmax", "parallax")}
+    import importlib
+    for mod in ("torch_family", "torch_delta", "torch_scan"):
+        try:
+            table.update(importlib.import_module(mod).MIXERS)
+        except Exception as e:  # noqa: BLE001 - the other tables still work
+            print(f"torch_ref.py: {mod}.py not loaded: {type(e).__name__}: {e}", file=sys.stderr)
+    return table
+
+
 class LM(nn.Module):
-    def __init__(self, V, d, layers, H, T, mixer, device):
+    def __init__(self, V, d, layers, H, T, spec, device):
         super().__init__()
         self.embed = nn.Embedding(V, d)
         nn.init.normal_(self.embed.weight, std=0.02)
         rope = Rotary(T, d // H, 10000.0, device)
-        self.mixers = nn.ModuleList(Attention(d, H, mixer == "parallax", rope) for _ in range(layers))
-        self.mlps = nn.ModuleList(SwiGLU(d) for _ in range(layers))
+        layers = spec["layers"] or layers
+        self.mixers = nn.ModuleList(spec["make"](d, H, T, rope) for _ in range(layers))
+        self.mlps = nn.ModuleList(SwiGLU(d) if spec["mlp"] else nn.Identity() for _ in range(layers))
         self.n1 = nn.ModuleList(nn.RMSNorm(d, eps=1e-5) for _ in range(layers))
         self.n2 = nn.ModuleList(nn.RMSNorm(d, eps=1e-5) for _ in range(layers))
         self.final = nn.RMSNorm(d, eps=1e-5)
@@ -105,13 +123,15 @@ class LM(nn.Module):
         x = self.embed(tok)
         for mix, mlp, n1, n2 in zip(self.mixers, self.mlps, self.n1, self.n2):
             x = x + mix(n1(x))
-            x = x + mlp(n2(x))
+            if not isinstance(mlp, nn.Identity):
+                x = x + mlp(n2(x))
         return self.head(self.final(x))
 
 
-def make(args, device):
+def make(args, device, mixer):
     torch.manual_seed(args.seed)
-    model = LM(args.vocab, args.d, args.layers, args.heads, args.seq, args.mixer, device).to(device)
+    spec = mixer_table()[mixer]
+    model = LM(args.vocab, args.d, args.layers, args.heads, args.seq, spec, device).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.0, fused=True)
     return model, opt
@@ -131,33 +151,57 @@ def train_step(model, opt, x, y, V, amp):
     return loss
 
 
-def cmd_step(args):
+def time_mixer(args, mixer):
+    """median ms per step over --reps runs of steps (--steps, fewer for a slow mixer:
+    about 0.1 s a run, at least 3), CUDA events, after --warmup steps (which include
+    compilation under --compile)"""
     dev = torch.device("cuda")
-    model, opt = make(args, dev)
+    model, opt = make(args, dev, mixer)
     g = torch.Generator(device=dev).manual_seed(7)
     x = torch.randint(0, args.vocab, (args.batch, args.seq), device=dev, generator=g)
     y = torch.randint(0, args.vocab, (args.batch, args.seq), device=dev, generator=g)
     fwd = torch.compile(model) if args.compile else model
+    step = lambda: train_step(fwd, opt, x, y, args.vocab, not args.fp32)
     t0 = time.time()
     for _ in range(args.warmup):
-        train_step(fwd, opt, x, y, args.vocab, not args.fp32)
+        step()
     torch.cuda.synchronize()
     warm = time.time() - t0
+    t1 = time.time()
+    step()
+    torch.cuda.synchronize()
+    steps = max(3, min(args.steps, int(0.1 / (time.time() - t1))))
     times = []
     for _ in range(args.reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        for _ in range(args.steps):
-            train_step(fwd, opt, x, y, args.vocab, not args.fp32)
+        for _ in range(steps):
+            step()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) / args.steps)
+        times.append(a.elapsed_time(b) / steps)
     times.sort()
     med = times[len(times) // 2]
     mode = "compile" if args.compile else "eager"
-    print(f"torch {args.mixer:10s} {mode:8s} {med:8.3f} ms/step  (spread {times[0]:.3f}.."
-          f"{times[-1]:.3f}; warm-up {warm:.1f} s; {sum(p.numel() for p in model.parameters())} params)")
-    print(f"RESULT torch {args.mixer} {mode} {med:.4f}")
+    print(f"torch {mixer:24s} {mode:8s} {med:8.3f} ms/step  (spread {times[0]:.3f}.."
+          f"{times[-1]:.3f}, {args.reps} x {steps} steps; warm-up {warm:.1f} s; "
+          f"{sum(p.numel() for p in model.parameters())} params)")
+    print(f"RESULT torch {mixer} {mode} {med:.4f}")
+
+
+def cmd_step(args):
+    """times each mixer of the comma list; one that fails prints why, the others go on"""
+    bad = 0
+    for mixer in args.mixer.split(","):
+        try:
+            time_mixer(args, mixer)
+        except Exception as e:  # noqa: BLE001 - report and go on to the next mixer
+            print(f"torch {mixer}: FAILED: {type(e).__name__}: {e}")
+            bad = 1
+        if args.compile:
+            torch._dynamo.reset()
+        torch.cuda.empty_cache()
+    sys.exit(bad)
 
 
 def read_data(path, dev):
@@ -192,7 +236,7 @@ def cmd_solve(args):
     dev = torch.device("cuda")
     xtr, ytr, xte, yte = read_data(args.data, dev)
     args.seq = xtr.shape[1]
-    model, opt = make(args, dev)
+    model, opt = make(args, dev, args.mixer)
     g = torch.Generator(device=dev).manual_seed(args.seed)
     B, V, epochs = args.batch, args.vocab, 200
     acc, ep = 0.0, 0
@@ -227,7 +271,7 @@ def cmd_solve(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["step", "solve"])
-    ap.add_argument("--mixer", default="softmax", choices=["softmax", "parallax"])
+    ap.add_argument("--mixer", default="softmax", help="a mixer, or a comma list (step)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     ap.add_argument("--vocab", type=int, default=16)
