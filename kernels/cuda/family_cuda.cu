@@ -1,7 +1,8 @@
 // The attention-family op group on the GPU (kernels/ops_family.h), the same
 // function as the CPU reference kernels/cpu/family_cpu.c, formula for formula:
-// solved probe by matrix-free CG (parallax_lla.md §2.3), adjoint solve in the
-// backward (§2.4, docs/family.md "Backward"), no-intercept members (§3.3),
+// solved probe by CG (parallax_lla.md §2.3; Sigma built once per row for head dims
+// up to 32, matrix-free above), adjoint solve in the backward (§2.4, docs/family.md
+// "Backward"), no-intercept members (§3.3),
 // learned bandwidth, linear attention by its recurrence (baselines.md §3) and
 // the element-wise feature maps. fp32 in every precision table.
 //
@@ -63,6 +64,14 @@ template <int CAP, int LANES> struct Grp {
         for (int o = L / 2; o > 0; o >>= 1)
 #pragma unroll
             for (int k = 0; k < N; k++) v[k] += __shfl_xor_sync(mask, v[k], o, L);
+#endif
+    }
+    // lane src's v, in every lane of the group
+    FAM_HDI float bcast(float v, int src) const {
+#ifdef __CUDA_ARCH__
+        return __shfl_sync(mask, v, src, L);
+#else
+        return v;
 #endif
     }
 };
@@ -170,17 +179,57 @@ FAM_HD void sys_apply(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G
     }
 }
 
+// Sigma = sum_j w_j z_j z_j^T + lam I built once, for a group with one element per
+// lane (head dim <= 32): lane l holds row l (S[e] = Sigma[l][e]) and, for the
+// preconditioner, diag = Sigma[l][l] (padding: 1). One pass over the keys instead of
+// one per CG iteration (the matrix-free sys_apply); the same matrix, summed in key
+// order, so the iterates agree with the CPU's to rounding.
+template <class G>
+FAM_HD void sys_build(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G::D> &q,
+                      float (&S)[G::L], float &diag) {
+    static_assert(G::D == 1, "explicit Sigma: one element per lane");
+#pragma unroll
+    for (int e = 0; e < G::L; e++) S[e] = e == g.l ? r.lam : 0.f;
+    diag = g.ok(0) ? r.lam : 1.f;
+    for (int j = r.lo; j <= r.i; j++) {
+        Vec<1> k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
+        float s[1] = {r.sc != 0 ? part(q, k) : 0.f};
+        g.sum(s);
+        const float wz = weight(a, r, r.sc * s[0]) * z.x[0];
+#pragma unroll
+        for (int e = 0; e < G::L; e++) S[e] += wz * g.bcast(z.x[0], e);
+        diag += wz * z.x[0];
+    }
+}
+
+// out = Sigma x with Sigma from sys_build
+template <class G>
+FAM_HDI void sys_apply_built(const G &g, const float (&S)[G::L], const Vec<1> &x, Vec<1> &out) {
+    float acc = 0.f;
+#pragma unroll
+    for (int e = 0; e < G::L; e++) acc += S[e] * g.bcast(x.x[0], e);
+    out.x[0] = acc;
+}
+
 // Solves Sigma x = rhs by CG from x0 = 0 (§2.3), as cg_solve of the CPU code:
 // at most cg_iters steps; stop once |r|^2 <= tol*max(tol, |r0|^2), on
 // non-positive curvature or a non-finite residual; optional Jacobi
 // preconditioner diag(Sigma). Returns the relative residual |r|/|rhs|.
+// Head dims up to 32 build Sigma explicitly first (sys_build); wider heads apply
+// it matrix-free, streaming the keys once per iteration.
 template <class G>
 FAM_HD float cg_solve(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G::D> &q,
                   const Vec<G::D> &rhs, Vec<G::D> &x) {
+    constexpr bool built = G::D == 1;
+    float S[built ? G::L : 1];
     Vec<G::D> res = rhs, p, Ap, zc, diag;
 #pragma unroll
     for (int d = 0; d < G::D; d++) x.x[d] = 0.f, diag.x[d] = 1.f;
-    if (a.cg_precond) {
+    if constexpr (built) {
+        float dg;
+        sys_build(a, g, r, q, S, dg);
+        if (a.cg_precond) diag.x[0] = dg;
+    } else if (a.cg_precond) {
 #pragma unroll
         for (int d = 0; d < G::D; d++) diag.x[d] = g.ok(d) ? r.lam : 1.f; // padding stays 1
         for (int j = r.lo; j <= r.i; j++) {
@@ -199,7 +248,8 @@ FAM_HD float cg_solve(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G
     float rz = vdot(g, res, zc);
     float stop = a.cg_tol * (rr0 > a.cg_tol ? rr0 : a.cg_tol);
     for (int it = 0; it < a.cg_iters; it++) {
-        sys_apply(a, g, r, q, p, Ap);
+        if constexpr (built) sys_apply_built(g, S, p, Ap);
+        else sys_apply(a, g, r, q, p, Ap);
         float pAp = vdot(g, p, Ap);
         if (!(pAp > 0)) break;
         float alpha = rz / pAp;
