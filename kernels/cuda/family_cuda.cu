@@ -289,18 +289,22 @@ template <class G> FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int 
     const int T = a.T, hd = a.hd;
     RowCtx r = row_ctx(a, b, h, i, head_scale(a, h));
     const V q = vload(g, FROW(a.q, a.ld_in, b, i, T, h, hd));
-    // weights (CPU row_weights): the row max, then the sum
-    float m = -INFINITY, om = 0;
-    for (int j = r.lo; j <= i; j++) {
-        float s[1] = {part(q, vload(g, krow(a, r, j)))};
-        g.sum(s);
-        float sj = r.sc * s[0];
-        if (sj > m) m = sj;
-    }
-    for (int j = r.lo; j <= i; j++) {
-        float s[1] = {part(q, vload(g, krow(a, r, j)))};
-        g.sum(s);
-        om += expf(r.sc * s[0] - m);
+    // weights (CPU row_weights): the row max, then the sum; at scale 0 (infinite
+    // bandwidth) every logit is 0, so m = 0 and om = n (what the passes would give)
+    float m = 0, om = (float)r.n;
+    if (r.sc != 0) {
+        m = -INFINITY, om = 0;
+        for (int j = r.lo; j <= i; j++) {
+            float s[1] = {part(q, vload(g, krow(a, r, j)))};
+            g.sum(s);
+            float sj = r.sc * s[0];
+            if (sj > m) m = sj;
+        }
+        for (int j = r.lo; j <= i; j++) {
+            float s[1] = {part(q, vload(g, krow(a, r, j)))};
+            g.sum(s);
+            om += expf(r.sc * s[0] - m);
+        }
     }
     r.sub = m, r.div = om;
     const float lse = m + (float)log((double)om);
@@ -477,7 +481,9 @@ FAM_HD void bwd_row(const FamArgs &a, const G &g, int b, int h, int i, float *sc
         cg_solve(a, g, r, q, rb, u);
         rs[SC_RT] = a.affine && !a.ridge_frozen ? -r.lam * vdot(g, u, rho) : 0.f;
     }
-    if (mode == M_NI) { // S = sum_j a_j dL/da_j (the centring of a = n p)
+    // S = sum_j a_j dL/da_j (the centring of a = n p); it enters only the logit
+    // gradient ds, which is unused at scale 0
+    if (mode == M_NI && r.sc != 0) {
         float S = 0;
         for (int j = r.lo; j <= i; j++) {
             V k = vload(g, krow(a, r, j)), v = vload(g, vrow(a, r, j));
@@ -491,7 +497,9 @@ FAM_HD void bwd_row(const FamArgs &a, const G &g, int b, int h, int i, float *sc
     float *dqp = FROW(a.dq, a.ld_out, b, i, T, h, hd);
     V dq = vload(g, dqp);
     float dlb = 0;
-    for (int j = r.lo; j <= i; j++) {
+    // the pass adds nothing without one of its three terms (linear attention, Mesa)
+    const bool dq_pass = mode == M_LLA || (solved && a.affine) || r.sc != 0;
+    for (int j = r.lo; dq_pass && j <= i; j++) {
         V k = vload(g, krow(a, r, j)), z = centre(a, g, k, q), v = vload(g, vrow(a, r, j));
         PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, z, v);
         float p = weight(a, r, d.s);
