@@ -437,10 +437,45 @@ static void delta_backward(const DeltaArgs *a) {
 #define MESA_THREADS 128
 
 // x = (A + Diag(lam))^{-1} b (§9.3), run by every thread of the block (it synchronises).
+// sum over lanes 0..d-1 of v in lane order, in every lane: the order of the CPU's loop
+__device__ __forceinline__ double lane_sum_ordered(double v, int d) {
+    double s = 0;
+    for (int i = 0; i < d; i++) s += __shfl_sync(0xffffffffu, v, i);
+    return s;
+}
+
+// The CG of mesa_solve_dev for d <= 32 on warp 0 alone: lane i holds x_i, r_i, p_i, z_i
+// in registers, p_j reaches the matrix product by shuffles, and every dot product is
+// summed in index order (lane_sum_ordered), so each step computes what the block
+// version computes, without its five block barriers a step. x is written at the end.
+__device__ void mesa_cg_warp(const double *A, int lda, const double *lam, const double *b,
+                             double *x, int d, int steps, double eps) {
+    if (threadIdx.x >= 32) return;
+    const int i = threadIdx.x;
+    const bool on = i < d;
+    const double li = on ? lam[i] : 0;
+    double xi = 0, ri = on ? b[i] : 0, pi = ri;
+    double rr = lane_sum_ordered(ri * ri, d);
+    for (int it = 0; it < steps && rr > 0; it++) {
+        double zi = li * pi;
+        for (int j = 0; j < d; j++) {
+            const double pj = __shfl_sync(0xffffffffu, pi, j);
+            if (on) zi += A[i * lda + j] * pj;
+        }
+        const double al = rr / (lane_sum_ordered(pi * zi, d) + eps);
+        xi += al * pi, ri -= al * zi;
+        const double nd = lane_sum_ordered(ri * ri, d), bt = nd / (rr + eps);
+        rr = nd;
+        pi = ri + bt * pi;
+    }
+    if (on) x[i] = xi;
+}
+
 // A [d x d] with row stride lda (shared or global); lam, b, x, r, p, z [d], L [d x (d+1)],
 // sc [4] in shared memory. steps == 0: exact Cholesky solve (column by column, each
 // entry with the CPU's formula and order); else steps of CG from x0 = 0 with eps in both
-// denominators, stopping early only on an exactly zero residual, as the CPU.
+// denominators, stopping early only on an exactly zero residual, as the CPU (for
+// d <= 32 on one warp: mesa_cg_warp).
 __device__ void mesa_solve_dev(const double *A, int lda, const double *lam, const double *b,
                                double *x, int d, int steps, double eps, double *L, double *r,
                                double *p, double *z, double *sc) {
@@ -481,6 +516,11 @@ __device__ void mesa_solve_dev(const double *A, int lda, const double *lam, cons
             for (int m = tid; m < i; m += nt) r[m] -= L[i * ldl + m] * x[i];
             __syncthreads();
         }
+        return;
+    }
+    if (d <= 32) { // one warp, no block barriers inside the steps
+        mesa_cg_warp(A, lda, lam, b, x, d, steps, eps);
+        __syncthreads();
         return;
     }
     for (int i = tid; i < d; i += nt) x[i] = 0, r[i] = b[i], p[i] = b[i];
