@@ -289,21 +289,18 @@ template <class G> FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int 
     const int T = a.T, hd = a.hd;
     RowCtx r = row_ctx(a, b, h, i, head_scale(a, h));
     const V q = vload(g, FROW(a.q, a.ld_in, b, i, T, h, hd));
-    // weights (CPU row_weights): the row max, then the sum; at scale 0 (infinite
-    // bandwidth) every logit is 0, so m = 0 and om = n (what the passes would give)
+    // weights (CPU row_weights: the row max m, then om = sum_j exp(s_j - m)) in one
+    // online pass, om rescaled when m grows (the same m; om to rounding). At scale 0
+    // (infinite bandwidth) every logit is 0: m = 0 and om = n, no pass.
     float m = 0, om = (float)r.n;
     if (r.sc != 0) {
         m = -INFINITY, om = 0;
         for (int j = r.lo; j <= i; j++) {
             float s[1] = {part(q, vload(g, krow(a, r, j)))};
             g.sum(s);
-            float sj = r.sc * s[0];
-            if (sj > m) m = sj;
-        }
-        for (int j = r.lo; j <= i; j++) {
-            float s[1] = {part(q, vload(g, krow(a, r, j)))};
-            g.sum(s);
-            om += expf(r.sc * s[0] - m);
+            const float sj = r.sc * s[0];
+            if (sj > m) om = om * expf(m - sj) + 1.f, m = sj;
+            else om += expf(sj - m);
         }
     }
     r.sub = m, r.div = om;
