@@ -436,7 +436,6 @@ static void delta_backward(const DeltaArgs *a) {
 
 #define MESA_THREADS 128
 
-// x = (A + Diag(lam))^{-1} b (§9.3), run by every thread of the block (it synchronises).
 // sum over lanes 0..d-1 of v in lane order, in every lane: the order of the CPU's loop
 __device__ __forceinline__ double lane_sum_ordered(double v, int d) {
     double s = 0;
@@ -471,6 +470,7 @@ __device__ void mesa_cg_warp(const double *A, int lda, const double *lam, const 
     if (on) x[i] = xi;
 }
 
+// x = (A + Diag(lam))^{-1} b (§9.3), run by every thread of the block (it synchronises).
 // A [d x d] with row stride lda (shared or global); lam, b, x, r, p, z [d], L [d x (d+1)],
 // sc [4] in shared memory. steps == 0: exact Cholesky solve (column by column, each
 // entry with the CPU's formula and order); else steps of CG from x0 = 0 with eps in both
