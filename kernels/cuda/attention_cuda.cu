@@ -18,18 +18,6 @@ static const int QB = 128; // rows (or keys) per block
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
-// 2^x on the special-function unit (what __expf uses after its multiply by log2 e);
-// the softmax scale and log2 e are folded into q (or k) once per row instead
-__device__ __forceinline__ float ex2(float x) {
-#ifdef PLAB_EMU // CPU emulation (kernels/cuda/emu)
-    return exp2f(x);
-#else
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#endif
-}
-
 template <int HD> __device__ __forceinline__ float dotv(const float *a, const float *b) {
     float s = 0;
 #pragma unroll
@@ -89,13 +77,13 @@ template <int HD, bool PX> __global__ void attn_fwd_kernel(AttnArgs a, int TK) {
             ldrow<HD>(vj, sV + (j - j0) * HD);
             float s = dotv<HD>(q, kj);
             if (s > m) {
-                float corr = ex2(m - s);
+                float corr = cu_ex2(m - s);
                 d1 *= corr, st *= corr;
 #pragma unroll
                 for (int c = 0; c < HD; c++) ov[c] *= corr, otv[c] *= corr;
                 m = s;
             }
-            float e = ex2(s - m), t = PX ? dotv<HD>(r, kj) : 0.f;
+            float e = cu_ex2(s - m), t = PX ? dotv<HD>(r, kj) : 0.f;
             d1 += e;
             st += e * t;
 #pragma unroll
@@ -157,8 +145,8 @@ template <int HD, bool PX> __global__ void attn_bwd_q_kernel(AttnArgs a, int TK,
             float kj[HD], vj[HD];
             ldrow<HD>(kj, sK + (j - j0) * HD);
             ldrow<HD>(vj, sV + (j - j0) * HD);
-            float p = HD <= 32 ? ex2(dotv<HD>(qs, kj) - lse)
-                               : ex2((a.scale * LOG2E) * dotv<HD>(q, kj) - lse);
+            float p = HD <= 32 ? cu_ex2(dotv<HD>(qs, kj) - lse)
+                               : cu_ex2((a.scale * LOG2E) * dotv<HD>(q, kj) - lse);
             float t = PX ? dotv<HD>(r, kj) : 0.f;
             float A = dotv<HD>(g, vj);
             float dS = p * ((A - Ti) + (tb - t) * (A - bi)), dT = -p * (A - bi);
@@ -223,8 +211,8 @@ __global__ void attn_bwd_kv_kernel(AttnArgs a, int TK, const float *Tv, const fl
             if (PX) ldrow<HD>(ri, sR + x * HD);
             const float4 sc = sS[x];
             // small heads keep a scaled copy of k; large ones (register pressure) scale the dot
-            float p = HD <= 32 ? ex2(dotv<HD>(qi, ks) - sc.x)
-                               : ex2((a.scale * LOG2E) * dotv<HD>(qi, k) - sc.x);
+            float p = HD <= 32 ? cu_ex2(dotv<HD>(qi, ks) - sc.x)
+                               : cu_ex2((a.scale * LOG2E) * dotv<HD>(qi, k) - sc.x);
             float t = PX ? dotv<HD>(ri, k) : 0.f;
             float A = dotv<HD>(gi, v);
             float dS = p * ((A - sc.z) + (sc.y - t) * (A - sc.w)), dT = -p * (A - sc.w);

@@ -32,16 +32,6 @@ constexpr int PAD = 8;   // bf16 padding of transposed tiles: rows 144 B apart, 
 constexpr float L2E = 1.4426950408889634f;
 constexpr float NEG_INF = -__builtin_huge_valf();
 
-__device__ __forceinline__ float ex2f(float x) { // 2^x; 2^-inf = 0
-#ifdef PLAB_EMU // CPU emulation (kernels/cuda/emu)
-    return exp2f(x);
-#else
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#endif
-}
-
 __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
     return *reinterpret_cast<uint32_t *>(&v);
@@ -197,7 +187,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(128) tc_fwd_kernel(
             for (int r = 0; r < 2; r++) {
                 float mn = fmaxf(m[r], quad_max(mx[r]));
                 // no visible key yet: keep everything at 0 (2^(-inf - -inf) would be NaN)
-                corr[r] = mn == NEG_INF ? 1.f : ex2f(m[r] - mn);
+                corr[r] = mn == NEG_INF ? 1.f : cu_ex2(m[r] - mn);
                 m[r] = mn;
             }
             float p[2][4], pt[2][4];
@@ -206,7 +196,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(128) tc_fwd_kernel(
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int r = e >> 1;
-                    p[hf][e] = m[r] == NEG_INF ? 0.f : ex2f(s[hf][e] - m[r]);
+                    p[hf][e] = m[r] == NEG_INF ? 0.f : cu_ex2(s[hf][e] - m[r]);
                     pt[hf][e] = PX ? p[hf][e] * tt[hf][e] : 0.f;
                 }
 #pragma unroll
@@ -323,7 +313,7 @@ __global__ void __launch_bounds__(128) tc_bwd_q_kernel(AttnArgs a, float *Tv, fl
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int r = e >> 1, j = jb + 8 * hf + 2 * u + (e & 1);
-                    float p = visible(rows[r], j, T, W) ? ex2f(s[hf][e] - lse2[r]) : 0.f;
+                    float p = visible(rows[r], j, T, W) ? cu_ex2(s[hf][e] - lse2[r]) : 0.f;
                     float Aij = A[hf][e];
                     if (PX) {
                         ds[hf][e] = p * ((Aij - Ti[r]) + (tb[r] - tt[hf][e]) * (Aij - bi[r]));
@@ -412,7 +402,7 @@ __global__ void __launch_bounds__(128) tc_bwd_kv_kernel(AttnArgs a, const float 
                 for (int e = 0; e < 4; e++) {
                     const int x = ib + 8 * hf + 2 * u + (e & 1), i = i0 + x, j = keys[e >> 1];
                     const float4 rs = sRow[x];
-                    float p = j < T && visible(i, j, T, W) ? ex2f(s[hf][e] - rs.x) : 0.f;
+                    float p = j < T && visible(i, j, T, W) ? cu_ex2(s[hf][e] - rs.x) : 0.f;
                     float Aij = A[hf][e];
                     if (PX) {
                         float t = tt[hf][e];

@@ -50,6 +50,18 @@ static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1
 
 __device__ __forceinline__ float cu_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
+// 2^x on the special-function unit (what __expf uses after its multiply by log2 e);
+// 2^-inf = 0. The attention kernels fold the softmax scale and log2 e into q once.
+__device__ __forceinline__ float cu_ex2(float x) {
+#ifdef PLAB_EMU // CPU emulation (kernels/cuda/emu)
+    return exp2f(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
