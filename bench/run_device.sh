@@ -63,6 +63,7 @@ if has profile; then
         MIXERS=$m timeout 120 "$NCU" --metrics gpu__time_duration.sum --launch-count 600 --csv \
             --print-units base "$BIN"/bench/step_bench precision=bf16 > "$OUT/ncu-$m.csv" 2>/dev/null
         python3 bench/ncu_summary.py "$OUT/ncu-$m.csv" | tee "$OUT/profile-$m.txt"
+        python3 bench/ncu_summary.py "$OUT/ncu-$m.csv" --sequence | sed -n '/launch sequence/,$p' > "$OUT/sequence-$m.txt"; rm -f "$OUT/ncu-$m.csv"
     done
 fi
 

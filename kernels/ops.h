@@ -28,13 +28,16 @@ extern "C" {
 /* Arguments of the attention cores (softmax and Parallax share one kernel:
  * r == NULL is plain softmax attention). parallax_lla.md §3.4 / §3.6.
  * q, k, v, r, o: [B, T, H, hd] with row stride `ld` elements between tokens
- * (ld >= H*hd lets the cores read straight out of a fused projection).
+ * (ld >= H*hd lets the cores read straight out of a fused projection: q, k, v
+ * and their gradients in one [N, 3d] buffer each, ld_in = ld_dqkv = 3d).
  * Saved for backward: obar [B,T,H,hd] (softmax output, Parallax only),
  * lse [B,H,T] (log-sum-exp of the scaled logits), tbar [B,H,T] (Parallax). */
 typedef struct {
     int B, T, H, hd;
-    int ld_in;        /* row stride of q, k, v, r (elements) */
-    int ld_out;       /* row stride of o, obar, dq, dk, dv, dr */
+    int ld_in;        /* row stride of q, k, v (elements) */
+    int ld_out;       /* row stride of o, obar, dout, dr */
+    int ld_r;         /* row stride of r (0: ld_in) */
+    int ld_dqkv;      /* row stride of dq, dk, dv (0: ld_out) */
     real scale;       /* on q.k only; r.k is raw (§3.2) */
     int window;       /* 0 = full causal; W keeps keys i-W+1..i */
     const real *q, *k, *v, *r;
@@ -44,6 +47,14 @@ typedef struct {
     real *dq, *dk, *dv, *dr; /* accumulate */
     real *scratch;           /* >= 2*B*H*T reals */
 } AttnArgs;
+
+/* a copy with the defaulted strides filled in (what every backend reads) */
+static inline AttnArgs attn_strides(const AttnArgs *a) {
+    AttnArgs s = *a;
+    if (!s.ld_r) s.ld_r = s.ld_in;
+    if (!s.ld_dqkv) s.ld_dqkv = s.ld_out;
+    return s;
+}
 
 /* Optimizer hyper-parameters, stored in backend memory, refreshed every step. */
 typedef struct {

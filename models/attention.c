@@ -82,6 +82,12 @@ typedef struct {
     real *kf, *rf, *rho, *den, *resid; /* feature-mapped k, r; solved probe; [N*H] row scalars */
     real *rsq, *rsk, *rsr; /* [N*H] */
     real *dq, *dk, *dv, *dr, *dtmp, *dgl, *dob;
+    /* fused projection: q, k, v (and dq, dk, dv) side by side in one [N, 3d]
+     * buffer, made by one matmul with W_Q, W_K, W_V stacked (they are adjacent
+     * parameters): one launch and one bias pass instead of three, and one each
+     * in the backward. ld = 3d there, d otherwise. */
+    real *qkv, *dqkv;
+    int ld;
     int last_B, last_T;
 } Attn;
 
@@ -206,6 +212,21 @@ static void *attn_create(const Config *cfg, const ModelDims *dims, ParamBuilder 
     return a;
 }
 
+/* q, k, v from one matmul: the plain attention core (it reads strided rows),
+ * no per-head norm or feature map (those run on packed rows), and W_Q, W_K, W_V
+ * (and their biases) adjacent in the parameter vector, in that order */
+static int fusable(const Attn *a) {
+    size_t dd = (size_t)a->dims.d * a->dims.d, d = (size_t)a->dims.d;
+    if (a->route != ROUTE_ATTN || !a->uses_q || !a->uses_k || a->qk_norm ||
+        a->fmap != FAM_FMAP_IDENTITY)
+        return 0;
+    if (a->P[S_WK] != a->P[S_WQ] + dd || a->P[S_WV] != a->P[S_WK] + dd) return 0;
+    if (a->G[S_WK] != a->G[S_WQ] + dd || a->G[S_WV] != a->G[S_WK] + dd) return 0;
+    if (!a->qkv_bias) return 1;
+    return a->P[S_BK] == a->P[S_BQ] + d && a->P[S_BV] == a->P[S_BK] + d &&
+           a->G[S_BK] == a->G[S_BQ] + d && a->G[S_BV] == a->G[S_BK] + d;
+}
+
 static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *params,
                       real *grads) {
     Attn *a = self;
@@ -217,18 +238,27 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
     }
     size_t N = (size_t)a->dims.B * a->dims.T, d = (size_t)a->dims.d, H = (size_t)a->H;
     size_t nd = sizeof(real) * N * d, nh = sizeof(real) * N * H;
-    a->v = ops->alloc(nd);
-    if (a->uses_k) {
-        a->kl = ops->alloc(nd);
-        a->k = a->qk_norm ? ops->alloc(nd) : a->kl;
-    } else a->k = a->v; /* read at scale 0 only */
-    if (a->uses_q) {
-        a->ql = ops->alloc(nd);
-        a->q = a->qk_norm ? ops->alloc(nd) : a->ql;
+    a->ld = (int)d;
+    if (fusable(a)) {
+        a->ld = 3 * (int)d;
+        a->qkv = ops->alloc(3 * nd), a->dqkv = ops->alloc(3 * nd);
+        a->ql = a->q = a->qkv, a->kl = a->k = a->qkv + d, a->v = a->qkv + 2 * d;
+        a->dq = a->dqkv, a->dk = a->dqkv + d, a->dv = a->dqkv + 2 * d;
+    } else {
+        a->v = ops->alloc(nd);
+        if (a->uses_k) {
+            a->kl = ops->alloc(nd);
+            a->k = a->qk_norm ? ops->alloc(nd) : a->kl;
+        } else a->k = a->v; /* read at scale 0 only */
+        if (a->uses_q) {
+            a->ql = ops->alloc(nd);
+            a->q = a->qk_norm ? ops->alloc(nd) : a->ql;
+        }
+        a->dq = ops->alloc(nd), a->dk = ops->alloc(nd), a->dv = ops->alloc(nd);
     }
     a->o = ops->alloc(nd), a->lse = ops->alloc(nh);
     a->rsq = ops->alloc(nh), a->rsk = ops->alloc(nh);
-    a->dq = ops->alloc(nd), a->dk = ops->alloc(nd), a->dv = ops->alloc(nd), a->dtmp = ops->alloc(nd);
+    a->dtmp = ops->alloc(nd);
     a->dob = ops->alloc(nd);
     if (a->learned) {
         a->rl = ops->alloc(nd), a->obar = ops->alloc(nd), a->tbar = ops->alloc(nh);
@@ -251,8 +281,8 @@ static real attn_scale(const Attn *a) {
 }
 
 static AttnArgs attn_args(const Attn *a, int B, int T) {
-    AttnArgs args = {.B = B, .T = T, .H = a->H, .hd = a->hd, .ld_in = a->dims.d,
-                     .ld_out = a->dims.d, .scale = attn_scale(a),
+    AttnArgs args = {.B = B, .T = T, .H = a->H, .hd = a->hd, .ld_in = a->ld,
+                     .ld_out = a->dims.d, .ld_r = a->dims.d, .ld_dqkv = a->ld, .scale = attn_scale(a),
                      .window = a->window, .q = a->uses_q ? a->q : a->k, .k = a->k, .v = a->v,
                      .r = a->learned ? a->r : NULL, .o = a->o, .obar = a->obar, .lse = a->lse,
                      .tbar = a->tbar};
@@ -275,11 +305,16 @@ static FamArgs fam_args(const Attn *a, int B, int T) {
     return f;
 }
 
-static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int B, int T) {
-    Attn *a = self;
-    int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
+/* q, k, v from x, each roped (and normed) as configured */
+static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T) {
+    int d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
-    a->last_B = B, a->last_T = T;
+    if (a->qkv) {
+        /* rows [q | k | v]; RoPE turns q and k as 2H heads of one row */
+        linear_forward(ops, a->qkv, x, P[S_WQ], P[S_BQ], N, d, 3 * d);
+        if (a->rot) ops->rope_forward(a->qkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
+        return;
+    }
     if (a->uses_q) linear_forward(ops, a->ql, x, P[S_WQ], P[S_BQ], N, d, d);
     if (a->uses_k) linear_forward(ops, a->kl, x, P[S_WK], P[S_BK], N, d, d);
     linear_forward(ops, a->v, x, P[S_WV], P[S_BV], N, d, d);
@@ -291,6 +326,14 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
         if (a->uses_q) ops->rope_forward(a->q, N, T, H, hd, d, a->rot, a->rope_base);
         if (a->uses_k) ops->rope_forward(a->k, N, T, H, hd, d, a->rot, a->rope_base);
     }
+}
+
+static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int B, int T) {
+    Attn *a = self;
+    int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
+    real **P = a->P;
+    a->last_B = B, a->last_T = T;
+    qkv_forward(a, ops, x, N, T);
     if (a->learned) {
         linear_forward(ops, a->rl, x, P[S_WR], NULL, N, d, d);
         if (a->probe_norm) ops->rmsnorm_forward(a->rn_out, a->rsr, a->rl, P[S_RN], N * H, hd, a->eps);
@@ -322,6 +365,37 @@ static void fmap_back(Attn *a, const Ops *ops, real *g, const real *x, int N, si
     ops->copy(g, a->dtmp, nd);
 }
 
+/* the gradients dq, dk, dv (of the roped, normed q, k) back to x and the weights */
+static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int N, int T) {
+    int d = a->dims.d, H = a->H, hd = a->hd;
+    size_t nd = sizeof(real) * (size_t)N * d;
+    real **P = a->P, **G = a->G;
+    if (a->dqkv) {
+        if (a->rot) ops->rope_backward(a->dqkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
+        linear_backward(ops, dx, G[S_WQ], G[S_BQ], a->dqkv, x, P[S_WQ], N, d, 3 * d);
+        return;
+    }
+    if (a->rot) {
+        if (a->uses_q) ops->rope_backward(a->dq, N, T, H, hd, d, a->rot, a->rope_base);
+        if (a->uses_k) ops->rope_backward(a->dk, N, T, H, hd, d, a->rot, a->rope_base);
+    }
+    if (a->qk_norm) {
+        if (a->uses_q) {
+            ops->zero(a->dtmp, nd);
+            ops->rmsnorm_backward(a->dtmp, G[S_QN], a->dq, a->ql, P[S_QN], a->rsq, N * H, hd);
+            ops->copy(a->dq, a->dtmp, nd);
+        }
+        if (a->uses_k) {
+            ops->zero(a->dtmp, nd);
+            ops->rmsnorm_backward(a->dtmp, G[S_KN], a->dk, a->kl, P[S_KN], a->rsk, N * H, hd);
+            ops->copy(a->dk, a->dtmp, nd);
+        }
+    }
+    if (a->uses_q) linear_backward(ops, dx, G[S_WQ], G[S_BQ], a->dq, x, P[S_WQ], N, d, d);
+    if (a->uses_k) linear_backward(ops, dx, G[S_WK], G[S_BK], a->dk, x, P[S_WK], N, d, d);
+    linear_backward(ops, dx, G[S_WV], G[S_BV], a->dv, x, P[S_WV], N, d, d);
+}
+
 static void attn_backward(void *self, const Ops *ops, const real *x, const real *dy, real *dx,
                           int B, int T) {
     Attn *a = self;
@@ -330,7 +404,8 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
     size_t nd = sizeof(real) * (size_t)N * d;
     ops->zero(a->dob, nd);
     linear_backward(ops, a->dob, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
-    ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
+    if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
+    else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
     if (a->learned) ops->zero(a->dr, nd);
     if (a->route == ROUTE_ATTN) {
         AttnArgs args = attn_args(a, B, T);
@@ -366,25 +441,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         }
         linear_backward(ops, dx, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);
     }
-    if (a->rot) {
-        if (a->uses_q) ops->rope_backward(a->dq, N, T, H, hd, d, a->rot, a->rope_base);
-        if (a->uses_k) ops->rope_backward(a->dk, N, T, H, hd, d, a->rot, a->rope_base);
-    }
-    if (a->qk_norm) {
-        if (a->uses_q) {
-            ops->zero(a->dtmp, nd);
-            ops->rmsnorm_backward(a->dtmp, G[S_QN], a->dq, a->ql, P[S_QN], a->rsq, N * H, hd);
-            ops->copy(a->dq, a->dtmp, nd);
-        }
-        if (a->uses_k) {
-            ops->zero(a->dtmp, nd);
-            ops->rmsnorm_backward(a->dtmp, G[S_KN], a->dk, a->kl, P[S_KN], a->rsk, N * H, hd);
-            ops->copy(a->dk, a->dtmp, nd);
-        }
-    }
-    if (a->uses_q) linear_backward(ops, dx, G[S_WQ], G[S_BQ], a->dq, x, P[S_WQ], N, d, d);
-    if (a->uses_k) linear_backward(ops, dx, G[S_WK], G[S_BK], a->dk, x, P[S_WK], N, d, d);
-    linear_backward(ops, dx, G[S_WV], G[S_BV], a->dv, x, P[S_WV], N, d, d);
+    qkv_backward(a, ops, x, dx, N, T);
 }
 
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and
@@ -411,9 +468,10 @@ static int attn_diagnostics(void *self, const Ops *ops, const char **names, doub
 
 static void attn_destroy(void *self, const Ops *ops) {
     Attn *a = self;
+    if (a->qkv) a->ql = a->kl = a->v = a->dq = a->dk = a->dv = NULL; /* inside qkv, dqkv */
     real *bufs[] = {a->ql, a->kl, a->v,   a->o,   a->lse, a->rsq, a->rsk, a->dq,  a->dk,
                     a->dv, a->dtmp, a->dob, a->rl, a->obar, a->tbar, a->rsr, a->dr, a->gl,
-                    a->dgl, a->den, a->resid, a->rho, a->kf, a->rf};
+                    a->dgl, a->den, a->resid, a->rho, a->kf, a->rf, a->qkv, a->dqkv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) ops->release(bufs[i]);
     if (a->qk_norm) {

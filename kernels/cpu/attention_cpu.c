@@ -25,7 +25,8 @@ static int row_start(const AttnArgs *a, int i) {
     return a->window > 0 && i - a->window + 1 > 0 ? i - a->window + 1 : 0;
 }
 
-void cpu_attention_forward(const AttnArgs *a) {
+void cpu_attention_forward(const AttnArgs *args) {
+    const AttnArgs s = attn_strides(args), *a = &s;
     const int B = a->B, T = a->T, H = a->H, hd = a->hd;
 #pragma omp parallel
     {
@@ -35,7 +36,7 @@ void cpu_attention_forward(const AttnArgs *a) {
             for (int h = 0; h < H; h++)
                 for (int i = 0; i < T; i++) {
                     const real *qi = AT(a->q, a->ld_in, b, i, T, h, hd);
-                    const real *ri = a->r ? AT(a->r, a->ld_in, b, i, T, h, hd) : NULL;
+                    const real *ri = a->r ? AT(a->r, a->ld_r, b, i, T, h, hd) : NULL;
                     int lo = row_start(a, i);
                     real m = -INFINITY;
                     for (int j = lo; j <= i; j++) {
@@ -72,18 +73,19 @@ void cpu_attention_forward(const AttnArgs *a) {
     }
 }
 
-void cpu_attention_backward(const AttnArgs *a) {
+void cpu_attention_backward(const AttnArgs *args) {
+    const AttnArgs s = attn_strides(args), *a = &s;
     const int B = a->B, T = a->T, H = a->H, hd = a->hd;
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
             for (int i = 0; i < T; i++) {
                 const real *qi = AT(a->q, a->ld_in, b, i, T, h, hd);
-                const real *ri = a->r ? AT(a->r, a->ld_in, b, i, T, h, hd) : NULL;
+                const real *ri = a->r ? AT(a->r, a->ld_r, b, i, T, h, hd) : NULL;
                 const real *gi = AT(a->dout, a->ld_out, b, i, T, h, hd);
                 const real *oi = AT(a->o, a->ld_out, b, i, T, h, hd);
                 const real *obi = a->r ? AT(a->obar, a->ld_out, b, i, T, h, hd) : oi;
-                real *dqi = AT(a->dq, a->ld_out, b, i, T, h, hd);
+                real *dqi = AT(a->dq, a->ld_dqkv, b, i, T, h, hd);
                 real *dri = a->r ? AT(a->dr, a->ld_out, b, i, T, h, hd) : NULL;
                 real lse = a->lse[((size_t)b * H + h) * T + i];
                 real tbar = a->r ? a->tbar[((size_t)b * H + h) * T + i] : 0;
@@ -97,8 +99,8 @@ void cpu_attention_backward(const AttnArgs *a) {
                     real dS = p * ((A - Ti) + (tbar - t) * (A - bi));
                     real dT = -p * (A - bi);
                     real w = p * (1 + tbar - t);
-                    real *dkj = AT(a->dk, a->ld_out, b, j, T, h, hd);
-                    real *dvj = AT(a->dv, a->ld_out, b, j, T, h, hd);
+                    real *dkj = AT(a->dk, a->ld_dqkv, b, j, T, h, hd);
+                    real *dvj = AT(a->dv, a->ld_dqkv, b, j, T, h, hd);
                     for (int c = 0; c < hd; c++) {
                         dqi[c] += a->scale * dS * kj[c];
                         dkj[c] += a->scale * dS * qi[c];

@@ -58,7 +58,7 @@ template <int HD, bool PX> __global__ void attn_fwd_kernel(AttnArgs a, int TK) {
 #pragma unroll
     for (int c = 0; c < HD; c++) {
         q[c] = live ? qs * ROW(a.q, a.ld_in, b, i, T, h)[c] : 0.f;
-        r[c] = PX && live ? ROW(a.r, a.ld_in, b, i, T, h)[c] : 0.f;
+        r[c] = PX && live ? ROW(a.r, a.ld_r, b, i, T, h)[c] : 0.f;
     }
     // one pass, online: running max m; d1, st = sum e t, ov = sum e v, otv = sum e t v
     // are rescaled by exp(m_old - m_new) whenever the max grows
@@ -123,7 +123,7 @@ template <int HD, bool PX> __global__ void attn_bwd_q_kernel(AttnArgs a, int TK,
 #pragma unroll
     for (int c = 0; c < HD; c++) {
         q[c] = live ? ROW(a.q, a.ld_in, b, i, T, h)[c] : 0.f;
-        r[c] = PX && live ? ROW(a.r, a.ld_in, b, i, T, h)[c] : 0.f;
+        r[c] = PX && live ? ROW(a.r, a.ld_r, b, i, T, h)[c] : 0.f;
         g[c] = live ? ROW(a.dout, a.ld_out, b, i, T, h)[c] : 0.f;
         float oc = live ? ROW(a.o, a.ld_out, b, i, T, h)[c] : 0.f;
         float obc = PX && live ? ROW(a.obar, a.ld_out, b, i, T, h)[c] : oc;
@@ -158,7 +158,7 @@ template <int HD, bool PX> __global__ void attn_bwd_q_kernel(AttnArgs a, int TK,
         }
     }
     if (!live) return;
-    float *dqo = ROW(a.dq, a.ld_out, b, i, T, h);
+    float *dqo = ROW(a.dq, a.ld_dqkv, b, i, T, h);
 #pragma unroll
     for (int c = 0; c < HD; c++) dqo[c] += dq[c];
     if (PX) {
@@ -193,7 +193,7 @@ __global__ void attn_bwd_kv_kernel(AttnArgs a, int TK, const float *Tv, const fl
         __syncthreads();
         load_tile<HD>(sQ, a.q, a.ld_in, b, h, r0, T, TK);
         load_tile<HD>(sG, a.dout, a.ld_out, b, h, r0, T, TK);
-        if (PX) load_tile<HD>(sR, a.r, a.ld_in, b, h, r0, T, TK);
+        if (PX) load_tile<HD>(sR, a.r, a.ld_r, b, h, r0, T, TK);
         for (int x = threadIdx.x; x < TK; x += blockDim.x) {
             int t = r0 + x;
             sS[x] = t < T ? make_float4(a.lse[sb + t] * LOG2E, PX ? a.tbar[sb + t] : 0.f, Tv[sb + t], bv[sb + t])
@@ -226,7 +226,7 @@ __global__ void attn_bwd_kv_kernel(AttnArgs a, int TK, const float *Tv, const fl
         }
     }
     if (!live) return;
-    float *dko = ROW(a.dk, a.ld_out, b, j, T, h), *dvo = ROW(a.dv, a.ld_out, b, j, T, h);
+    float *dko = ROW(a.dk, a.ld_dqkv, b, j, T, h), *dvo = ROW(a.dv, a.ld_dqkv, b, j, T, h);
 #pragma unroll
     for (int c = 0; c < HD; c++) dko[c] += dk[c], dvo[c] += dv[c];
 }
@@ -275,12 +275,14 @@ static void check_args(const AttnArgs *a, bool back) {
     (void)back;
 }
 
-static void attention_forward(const AttnArgs *a) {
+static void attention_forward(const AttnArgs *args) {
+    const AttnArgs s = attn_strides(args), *a = &s;
     check_args(a, false);
     if (a->T == 0 || a->B == 0) return;
     pick<false>(a->hd, a->r != nullptr)(a);
 }
-static void attention_backward(const AttnArgs *a) {
+static void attention_backward(const AttnArgs *args) {
+    const AttnArgs s = attn_strides(args), *a = &s;
     check_args(a, true);
     if (a->T == 0 || a->B == 0) return;
     pick<true>(a->hd, a->r != nullptr)(a);

@@ -151,7 +151,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(128) tc_fwd_kernel(
     const int rows[2] = {q0 + g, q0 + g + 8};
     uint32_t qa[HD / 8][2], ra[HD / 8][2];
     load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E); // scores in log2 units
-    if (PX) load_afrag<HD>(ra, a.r, a.ld_in, b, T, h, q0, 1.f);
+    if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
     float m[2] = {NEG_INF, NEG_INF}, d[2] = {0.f, 0.f}, st[2] = {0.f, 0.f};
     float ov[HD / 8][4], otv[HD / 8][4];
 #pragma unroll
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(128) tc_bwd_q_kernel(AttnArgs a, float *Tv, fl
     const size_t sb = ((size_t)b * H + h) * T;
     uint32_t qa[HD / 8][2], ra[HD / 8][2], ga[HD / 8][2];
     load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E);
-    if (PX) load_afrag<HD>(ra, a.r, a.ld_in, b, T, h, q0, 1.f);
+    if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
     load_afrag<HD>(ga, a.dout, a.ld_out, b, T, h, q0, 1.f);
     // row scalars in fp32: each lane sums its dims 8c+2u, 8c+2u+1, then the quad
     float Ti[2], bi[2], lse2[2], tb[2];
@@ -336,7 +336,7 @@ __global__ void __launch_bounds__(128) tc_bwd_q_kernel(AttnArgs a, float *Tv, fl
     for (int r = 0; r < 2; r++) {
         const int i = rows[r];
         if (i >= T) continue;
-        float *dqo = row_ptr(a.dq, a.ld_out, b, i, T, h, HD);
+        float *dqo = row_ptr(a.dq, a.ld_dqkv, b, i, T, h, HD);
         float *dro = PX ? row_ptr(a.dr, a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
@@ -381,7 +381,7 @@ __global__ void __launch_bounds__(128) tc_bwd_kv_kernel(AttnArgs a, const float 
         load_chunk<HD>(sQs, nullptr, a.q, a.ld_in, b, T, h, i0, a.scale * L2E);
         load_chunk<HD>(nullptr, sQt, a.q, a.ld_in, b, T, h, i0, 1.f);
         load_chunk<HD>(sG, sGt, a.dout, a.ld_out, b, T, h, i0, 1.f);
-        if (PX) load_chunk<HD>(sR, sRt, a.r, a.ld_in, b, T, h, i0, 1.f);
+        if (PX) load_chunk<HD>(sR, sRt, a.r, a.ld_r, b, T, h, i0, 1.f);
         for (int x = threadIdx.x; x < KC; x += blockDim.x) {
             int i = i0 + x;
             sRow[x] = i < T ? make_float4(a.lse[sb + i] * L2E, PX ? a.tbar[sb + i] : 0.f, Tv[sb + i],
@@ -430,8 +430,8 @@ __global__ void __launch_bounds__(128) tc_bwd_kv_kernel(AttnArgs a, const float 
     for (int r = 0; r < 2; r++) {
         const int j = keys[r];
         if (j >= T) continue;
-        float *dko = row_ptr(a.dk, a.ld_out, b, j, T, h, HD);
-        float *dvo = row_ptr(a.dv, a.ld_out, b, j, T, h, HD);
+        float *dko = row_ptr(a.dk, a.ld_dqkv, b, j, T, h, HD);
+        float *dvo = row_ptr(a.dv, a.ld_dqkv, b, j, T, h, HD);
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
 #pragma unroll
@@ -475,6 +475,7 @@ int cu_attention_tc(const AttnArgs *a, int backward) {
     default: return 0;
     }
 #undef CASE
-    if (a->T > 0 && a->B > 0) fn(a);
+    const AttnArgs s = attn_strides(a);
+    if (a->T > 0 && a->B > 0) fn(&s);
     return 1;
 }
