@@ -47,7 +47,7 @@ CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/cuda/%.o)
 NVFLAGS  := -O3 -std=c++17 -gencode=arch=compute_$(CUDA_ARCH:sm_%=%),code=$(CUDA_ARCH) \
             -Xcompiler -fPIC -lineinfo
 CFLAGS   += -DPLAB_HAVE_CUDA
-CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -lrt -lstdc++
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart_static -lrt -lstdc++
 endif
 
 PLAB := plab

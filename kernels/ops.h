@@ -86,6 +86,13 @@ typedef struct Ops {
     /* C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C; A is [M,K] or (transA) [K,M]. */
     void (*matmul)(real *C, const real *A, const real *B, int M, int N, int K, int transA,
                    int transB, real alpha, real beta);
+    /* Optional fusions of the linear layer (NULL, or returning 0 when they did
+     * nothing: then layers.h runs matmul and the bias ops):
+     * y[N,out] = x[N,in] W[out,in]^T + b (writes);  dW += dy^T x and db += colsum dy */
+    int (*linear_bias_forward)(real *y, const real *x, const real *W, const real *b, int N, int in,
+                               int out);
+    int (*linear_weight_backward)(real *dW, real *db, const real *dy, const real *x, int N, int in,
+                                  int out);
     /* the same for `batch` matrices spaced by sA, sB, sC elements */
     void (*matmul_strided)(real *C, const real *A, const real *B, int M, int N, int K,
                            int transA, int transB, real alpha, real beta, int batch, long sA,
@@ -102,6 +109,10 @@ typedef struct Ops {
     /* out[N,C] = x * rstd * w (w may be NULL), rstd[N] = 1/sqrt(mean(x^2)+eps) (writes) */
     void (*rmsnorm_forward)(real *out, real *rstd, const real *x, const real *w, int N, int C,
                             real eps);
+    /* the residual add and the norm that reads its result, in one pass:
+     * out = x + y, then (norm_out given) rmsnorm_forward(norm_out, rstd, out, w) (writes) */
+    void (*residual_rmsnorm_forward)(real *out, const real *x, const real *y, real *norm_out,
+                                     real *rstd, const real *w, int N, int C, real eps);
     /* dx[N,C] += ..., dw[C] += ... (dw may be NULL when w is NULL) */
     void (*rmsnorm_backward)(real *dx, real *dw, const real *dout, const real *x, const real *w,
                              const real *rstd, int N, int C);

@@ -234,34 +234,59 @@ void model_set_batch(Model *m, const int *tokens, const int *targets, int B) {
     m->ops->to_device(m->inv_count, &inv, sizeof inv);
 }
 
+/* The norm that reads residual state s (the next sublayer's, or the final one):
+ * its output, rstd and weight; 0 when none reads it here (the identity MLP of
+ * model.mlp=none, or the autoencoder, whose decoder comes first). */
+static int norm_after(Model *m, int s, real **out, real **rstd, const real **w) {
+    const ModelDims *D = &m->dims;
+    if (s == 2 * D->layers) {
+        *out = m->fin, *rstd = m->fin_rstd, *w = P(m, m->p_final_norm);
+        return !m->ae;
+    }
+    *out = m->ln[s], *rstd = m->rstd[s], *w = P(m, m->p_norm[s]);
+    return s % 2 == 0 || D->mlp_width > 0;
+}
+
+/* res[s] = res[s-1] + y, and the norm after it in the same pass */
+static void residual(Model *m, int s, const real *y, int N) {
+    real *out, *rstd;
+    const real *w;
+    int norm = norm_after(m, s, &out, &rstd, &w);
+    m->ops->residual_rmsnorm_forward(m->res[s], m->res[s - 1], y, norm ? out : NULL, rstd, w, N,
+                                     m->dims.d, m->dims.norm_eps);
+}
+
 void model_forward(Model *m, int B, int with_loss) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
     int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
     size_t nd = sizeof(real) * (size_t)N * d;
+    real *nout, *rstd;
+    const real *w;
     ops->embedding_forward(m->res[0], m->tokens, P(m, m->p_embed), N, d);
+    if (norm_after(m, 0, &nout, &rstd, &w)) ops->rmsnorm_forward(nout, rstd, m->res[0], w, N, d, D->norm_eps);
     for (int l = 0; l < L; l++) {
         /* mixer sublayer */
-        ops->rmsnorm_forward(m->ln[2 * l], m->rstd[2 * l], m->res[2 * l], P(m, m->p_norm[2 * l]), N,
-                             d, D->norm_eps);
         m->kind->forward(m->mixers[l], ops, m->ln[2 * l], m->tmp, B, D->T);
-        ops->copy(m->res[2 * l + 1], m->res[2 * l], nd);
-        ops->axpy(m->res[2 * l + 1], m->tmp, 1, (long)N * d);
+        residual(m, 2 * l + 1, m->tmp, N);
         /* MLP sublayer (identity when model.mlp=none) */
-        ops->copy(m->res[2 * l + 2], m->res[2 * l + 1], nd);
-        if (!F) continue;
+        if (!F) {
+            ops->copy(m->res[2 * l + 2], m->res[2 * l + 1], nd);
+            if (norm_after(m, 2 * l + 2, &nout, &rstd, &w))
+                ops->rmsnorm_forward(nout, rstd, m->res[2 * l + 2], w, N, d, D->norm_eps);
+            continue;
+        }
         Mlp *p = &m->mlps[l];
-        ops->rmsnorm_forward(m->ln[2 * l + 1], m->rstd[2 * l + 1], m->res[2 * l + 1],
-                             P(m, m->p_norm[2 * l + 1]), N, d, D->norm_eps);
         linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, F);
         linear_forward(ops, p->b, m->ln[2 * l + 1], P(m, p->w3), NULL, N, d, F);
         ops->swiglu_forward(p->h, p->a, p->b, (long)N * F);
         linear_forward(ops, m->tmp, p->h, P(m, p->w2), NULL, N, F, d);
-        ops->axpy(m->res[2 * l + 2], m->tmp, 1, (long)N * d);
+        residual(m, 2 * l + 2, m->tmp, N);
     }
     /* autoencoder: the final norm and head unembed the decoder output (mad.md §4.2) */
-    const real *top = m->ae ? ae_forward(m->ae, ops, m->res[2 * L], B, D->T) : m->res[2 * L];
-    ops->rmsnorm_forward(m->fin, m->fin_rstd, top, P(m, m->p_final_norm), N, d, D->norm_eps);
+    if (m->ae)
+        ops->rmsnorm_forward(m->fin, m->fin_rstd, ae_forward(m->ae, ops, m->res[2 * L], B, D->T),
+                             P(m, m->p_final_norm), N, d, D->norm_eps);
     linear_forward(ops, m->logits, m->fin, P(m, m->p_head_w), P(m, m->p_head_b), N, d, D->V);
     if (with_loss)
         ops->crossentropy(m->loss, m->dlogits, m->logits, m->targets, m->inv_count, N, D->V);

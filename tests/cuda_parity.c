@@ -53,6 +53,48 @@ static void test_matmul(void **s) {
     gsl_rng_free(r);
 }
 
+/* the linear layer with its bias inside the matmul (cuBLASLt epilogues) against
+ * the CPU's matmul and bias ops; an op that returns 0 ran nothing (no cuBLASLt
+ * kernel for the shape) and says so */
+static void linear_case(const Ops *g, double bound, int N, int in, int out, gsl_rng *r) {
+    size_t nx = (size_t)N * in, ny = (size_t)N * out, nw = (size_t)out * in;
+    real *x = randv(r, nx, 1), *W = randv(r, nw, 1), *b = randv(r, out, 1), *y = randv(r, ny, 1);
+    real *dy = randv(r, ny, 1), *dW = randv(r, nw, 1), *db = randv(r, out, 1);
+    real *gx = up(g, x, sizeof(real) * nx), *gW = up(g, W, sizeof(real) * nw);
+    real *gb = up(g, b, sizeof(real) * out), *gy = up(g, y, sizeof(real) * ny);
+    real *gdy = up(g, dy, sizeof(real) * ny), *gdW = up(g, dW, sizeof(real) * nw);
+    real *gdb = up(g, db, sizeof(real) * out);
+    printf("  linear N=%d in=%d out=%d\n", N, in, out);
+    CPU->matmul(y, x, W, N, out, in, 0, 1, 1, 0);
+    CPU->add_bias(y, b, N, out);
+    if (g->linear_bias_forward(gy, gx, gW, gb, N, in, out)) cmp("bias epilogue", y, gy, ny, bound);
+    else printf("    bias epilogue: no cuBLASLt kernel for this shape (unfused ops run)\n");
+    CPU->matmul(dW, dy, x, out, in, N, 1, 0, 1, 1);
+    CPU->bias_backward(db, dy, N, out);
+    if (g->linear_weight_backward(gdW, gdb, gdy, gx, N, in, out)) {
+        cmp("dW (bgrad epilogue)", dW, gdW, nw, bound);
+        cmp("db (bgrad epilogue)", db, gdb, out, bound);
+    } else printf("    bgrad epilogue: no cuBLASLt kernel for this shape (unfused ops run)\n");
+    real *bufs[] = {gx, gW, gb, gy, gdy, gdW, gdb};
+    for (int i = 0; i < 7; i++) g->release(bufs[i]);
+    free(x), free(W), free(b), free(y), free(dy), free(dW), free(db);
+}
+
+static void test_linear_fused(void **s) {
+    (void)s;
+    NEED_GPU();
+    if (!GPU->linear_bias_forward) {
+        printf("  this CUDA build has no cuBLASLt fusions (the CPU emulation): nothing to compare\n");
+        return;
+    }
+    gsl_rng *r = test_rng(11);
+    linear_case(GPU, 1e-5, 1000, 128, 384, r);
+    linear_case(GPU, 1e-5, 77, 24, 40, r);
+    linear_case(GPU16, 2 * BF16_EPS, 1000, 128, 384, r);
+    linear_case(GPU16, 2 * BF16_EPS, 512, 128, 16, r);
+    gsl_rng_free(r);
+}
+
 static void test_vector_ops(void **s) {
     (void)s;
     NEED_GPU();
@@ -107,8 +149,17 @@ static void test_rmsnorm(void **s) {
             GPU->rmsnorm_backward(gdx, with_w ? gdw : NULL, gdout, gx, GW, grs, N, C);
             cmp("dx", dx, gdx, n, 1e-5);
             cmp("dw", dw, gdw, C, 1e-5);
-            real *b[] = {gx, gw, gout, grs, gdout, gdx, gdw};
-            for (int i = 0; i < 7; i++) GPU->release(b[i]);
+            /* the residual add with the norm after it (and without) */
+            real *y = randv(r, n, 1), *res = randv(r, n, 1), *gy = up(GPU, y, sizeof(real) * n);
+            real *gres = up(GPU, res, sizeof(real) * n);
+            CPU->residual_rmsnorm_forward(res, x, y, with_w ? out : NULL, rs, W, N, C, (real)1e-5);
+            GPU->residual_rmsnorm_forward(gres, gx, gy, with_w ? gout : NULL, grs, GW, N, C,
+                                          (real)1e-5);
+            cmp("residual add", res, gres, n, 1e-6);
+            if (with_w) cmp("residual norm", out, gout, n, 1e-6), cmp("residual rstd", rs, grs, N, 1e-6);
+            real *b[] = {gx, gw, gout, grs, gdout, gdx, gdw, gy, gres};
+            for (int i = 0; i < 9; i++) GPU->release(b[i]);
+            free(y), free(res);
             free(x), free(w), free(out), free(rs), free(dout), free(dx), free(dw);
         }
     gsl_rng_free(r);
@@ -408,7 +459,8 @@ static void test_models_bf16(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matmul),          cmocka_unit_test(test_vector_ops),
+        cmocka_unit_test(test_matmul),          cmocka_unit_test(test_linear_fused),
+        cmocka_unit_test(test_vector_ops),
         cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_embedding_swiglu_gate),
         cmocka_unit_test(test_rope),            cmocka_unit_test(test_conv),            cmocka_unit_test(test_crossentropy_predict),
         cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),        cmocka_unit_test(test_attention_tensor_cores),

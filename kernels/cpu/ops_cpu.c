@@ -88,6 +88,14 @@ static void cpu_rmsnorm_forward(real *out, real *rstd, const real *x, const real
     }
 }
 
+static void cpu_residual_rmsnorm_forward(real *out, const real *x, const real *y, real *norm_out,
+                                         real *rstd, const real *w, int N, int C, real eps) {
+    long n = (long)N * C;
+#pragma omp parallel for
+    for (long i = 0; i < n; i++) out[i] = x[i] + y[i];
+    if (norm_out) cpu_rmsnorm_forward(norm_out, rstd, out, w, N, C, eps);
+}
+
 /* y = x r w, r = (mean x^2 + eps)^(-1/2): dx = r (w dy) - r^3/C x sum(w dy x); dw = sum dy x r */
 static void cpu_rmsnorm_backward(real *dx, real *dw, const real *dout, const real *x, const real *w,
                                  const real *rstd, int N, int C) {
@@ -308,6 +316,7 @@ static const Ops cpu_ops = {
     .sumsq = cpu_sumsq,
     .scale_rsqrt = cpu_scale_rsqrt,
     .rmsnorm_forward = cpu_rmsnorm_forward,
+    .residual_rmsnorm_forward = cpu_residual_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .embedding_forward = cpu_embedding_forward,
     .embedding_backward = cpu_embedding_backward,

@@ -67,13 +67,14 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// exits with a message if a device-side check failed (call after a sync)
-
 // out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);
+// out[c] += sum_s part[s, c], s in order
+void cu_colsum_final(float *out, const float *part, int S, int C);
 
 // per op group (each .cu file fills its part of the table)
 void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
+void cu_fill_linear(Ops *o, int precision);
 void cu_fill_layers(Ops *o);
 void cu_fill_loss(Ops *o);
 void cu_fill_attention(Ops *o, int precision);

@@ -1,6 +1,8 @@
 // Dense algebra: cuBLAS matmuls (row-major through the column-major API) and
 // the small vector ops. Row-major C[M,N] is column-major C^T[N,M], so
 // C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T with A and B swapped.
+#include <cstdint>
+
 #include "cuda_common.cuh"
 
 static cublasComputeType_t compute_type[3] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -60,6 +62,35 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
         part[(size_t)s * C + c] = t;
     }
 }
+// the same with float4 loads (C % 4 == 0, 16-byte aligned rows): 4 columns a thread
+__global__ void colsum_part4_kernel(float *part, const float *a, const float *b, const float *r,
+                                    int N, int C, int rows_per_chunk) {
+    __shared__ float4 acc[8][33];
+    int c4 = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, C4 = C / 4;
+    int n0 = s * rows_per_chunk, n1 = min(N, n0 + rows_per_chunk);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (c4 < C4)
+        for (int n = n0 + threadIdx.y; n < n1; n += 8) {
+            size_t i = (size_t)n * C4 + c4;
+            float4 x = reinterpret_cast<const float4 *>(a)[i];
+            if (b) {
+                float4 y = reinterpret_cast<const float4 *>(b)[i];
+                x.x *= y.x, x.y *= y.y, x.z *= y.z, x.w *= y.w;
+            }
+            float m = r ? r[n] : 1.f;
+            v.x += x.x * m, v.y += x.y * m, v.z += x.z * m, v.w += x.w * m;
+        }
+    acc[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && c4 < C4) {
+        float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int k = 0; k < 8; k++) {
+            float4 u = acc[k][threadIdx.x];
+            t.x += u.x, t.y += u.y, t.z += u.z, t.w += u.w;
+        }
+        reinterpret_cast<float4 *>(part + (size_t)s * C)[c4] = t;
+    }
+}
 __global__ void colsum_final_kernel(float *out, const float *part, int S, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
@@ -67,17 +98,24 @@ __global__ void colsum_final_kernel(float *out, const float *part, int S, int C)
     for (int s = 0; s < S; s++) t += part[(size_t)s * C + c];
     out[c] += t;
 }
+void cu_colsum_final(float *out, const float *part, int S, int C) {
+    colsum_final_kernel<<<cu_blocks(C, 128), 128, 0, cu.stream>>>(out, part, S, C);
+    CKL();
+}
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C) {
     if (N == 0 || C == 0) return;
     int S = (N + 255) / 256;
     S = S > 256 ? 256 : S;
     int rows = (N + S - 1) / S;
     float *part = cu_scratch((size_t)S * C);
-    colsum_part_kernel<<<dim3(cu_blocks(C, 32), S), dim3(32, 8), 0, cu.stream>>>(part, a, b, r, N, C,
-                                                                                 rows);
+    if (C % 4 == 0 && ((uintptr_t)a | (uintptr_t)b) % 16 == 0)
+        colsum_part4_kernel<<<dim3(cu_blocks(C / 4, 32), S), dim3(32, 8), 0, cu.stream>>>(
+            part, a, b, r, N, C, rows);
+    else
+        colsum_part_kernel<<<dim3(cu_blocks(C, 32), S), dim3(32, 8), 0, cu.stream>>>(part, a, b, r,
+                                                                                     N, C, rows);
     CKL();
-    colsum_final_kernel<<<cu_blocks(C, 128), 128, 0, cu.stream>>>(out, part, S, C);
-    CKL();
+    cu_colsum_final(out, part, S, C);
 }
 
 // db[C] += sum_n dy[n,C]

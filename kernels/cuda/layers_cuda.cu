@@ -38,6 +38,51 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
     CKL();
 }
 
+// out = x + y and its norm in one pass: a warp per row, the row kept in registers
+template <int K> // C <= 32 K
+__global__ void residual_rmsnorm_kernel(float *out, const float *x, const float *y, float *nout,
+                                        float *rstd, const float *w, int N, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    float v[K], ss = 0;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = lane + 32 * k;
+        v[k] = c < C ? x[o + c] + y[o + c] : 0.f;
+        if (c < C) out[o + c] = v[k];
+        ss += v[k] * v[k];
+    }
+    if (!nout) return;
+    ss = warp_sum(ss);
+    float r = (float)(1.0 / sqrt((double)(ss / C + eps)));
+    if (lane == 0) rstd[row] = r;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = lane + 32 * k;
+        if (c < C) nout[o + c] = v[k] * r * (w ? w[c] : 1.f);
+    }
+}
+__global__ void add_kernel(float *out, const float *x, const float *y, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) out[i] = x[i] + y[i];
+}
+static void residual_rmsnorm_forward(float *out, const float *x, const float *y, float *nout,
+                                     float *rstd, const float *w, int N, int C, float eps) {
+    if (C > 16 && C <= 128)
+        residual_rmsnorm_kernel<4><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+    else if (C > 16 && C <= 256)
+        residual_rmsnorm_kernel<8><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+    else {
+        long n = (long)N * C;
+        add_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(out, x, y, n);
+        CKL();
+        if (nout) rmsnorm_forward(nout, rstd, out, w, N, C, eps);
+        return;
+    }
+    CKL();
+}
+
 // dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
 __global__ void rmsnorm_bwd_kernel(float *dx, const float *dout, const float *x, const float *w,
                                    const float *rstd, int N, int C) {
@@ -60,8 +105,61 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
     for (int c = 0; c < C; c++)
         dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
 }
+// The weight gradient fused into the warp-per-row backward: a block of 8 warps
+// takes NB_ROWS rows; each lane keeps its columns' partial sums of dy x r in
+// registers, the 8 warps are combined in warp order and the block writes one row
+// of partials, which cu_colsum_final adds in block order (no atomics).
+constexpr int NB_ROWS = 64;
+template <int K> // K = columns per lane (C <= 32 K)
+__global__ void __launch_bounds__(256) rmsnorm_bwd_dw_kernel(float *dx, float *part,
+                                                            const float *dout, const float *x,
+                                                            const float *w, const float *rstd,
+                                                            int N, int C) {
+    __shared__ float acc[8][32 * K];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float dw[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) dw[k] = 0.f;
+    int r0 = blockIdx.x * NB_ROWS, r1 = min(N, r0 + NB_ROWS);
+    for (int row = r0 + warp; row < r1; row += 8) {
+        size_t o = (size_t)row * C;
+        float r = rstd[row], dot = 0, g[K], xv[K];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            int c = lane + 32 * k;
+            g[k] = c < C ? dout[o + c] : 0.f, xv[k] = c < C ? x[o + c] : 0.f;
+            dot += (c < C && w ? w[c] : 1.f) * g[k] * xv[k];
+            dw[k] += g[k] * xv[k] * r;
+        }
+        dot = warp_sum(dot);
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            int c = lane + 32 * k;
+            if (c < C) dx[o + c] += r * (w ? w[c] : 1.f) * g[k] - r * r * r / C * xv[k] * dot;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) acc[warp][lane + 32 * k] = dw[k];
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float t = 0;
+        for (int v = 0; v < 8; v++) t += acc[v][c];
+        part[(size_t)blockIdx.x * C + c] = t;
+    }
+}
+
 static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                              const float *w, const float *rstd, int N, int C) {
+    if (dw && C > 16 && C <= 256) {
+        int S = (N + NB_ROWS - 1) / NB_ROWS;
+        float *part = cu_scratch((size_t)S * C);
+        if (C <= 128)
+            rmsnorm_bwd_dw_kernel<4><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
+        else rmsnorm_bwd_dw_kernel<8><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
+        CKL();
+        cu_colsum_final(dw, part, S, C);
+        return;
+    }
     if (C <= 16) rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
     else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
     CKL();
@@ -353,6 +451,7 @@ static void conv_backward(float *dx, float *dw, float *db, const float *dy, cons
 
 void cu_fill_layers(Ops *o) {
     o->rmsnorm_forward = rmsnorm_forward;
+    o->residual_rmsnorm_forward = residual_rmsnorm_forward;
     o->rmsnorm_backward = rmsnorm_backward;
     o->embedding_forward = embedding_forward;
     o->embedding_backward = embedding_backward;

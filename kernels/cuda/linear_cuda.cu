@@ -1,0 +1,132 @@
+// The linear layer's bias inside its matmuls (cuBLASLt epilogues), so that no
+// separate pass reads and writes the activations for it:
+//   forward   y = x W^T + b          epilogue BIAS (b added as y is stored)
+//   backward  dW += dy^T x, db += colsum dy   epilogue BGRADB (the column sums of dy
+//             taken while the matmul reads it)
+// Row-major y[N,out] is column-major y^T[out,N], as in dense_cuda.cu. Where cuBLASLt
+// has no kernel for a shape (its heuristic returns none) the ops return 0 and
+// layers.h runs the unfused matmul and bias ops. The CPU emulation has no cuBLASLt:
+// there these ops stay NULL.
+#include "cuda_common.cuh"
+
+#ifndef PLAB_EMU
+#include <cublasLt.h>
+
+#define CKLT(call)                                                                         \
+    do {                                                                                   \
+        cublasStatus_t s_ = (call);                                                        \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
+            cu_die(__FILE__, __LINE__, #call, cublasGetStatusString(s_));                  \
+    } while (0)
+
+namespace {
+
+constexpr size_t WS = 32u << 20; // cu.blas_ws: the same stream runs cuBLAS and cuBLASLt in turn
+
+cublasLtHandle_t lt;
+
+// one planned matmul per shape: descriptors and the algorithm the heuristic chose
+struct Plan {
+    int m, n, k, ta, tb, ep, prec;
+    bool ok; // false: cuBLASLt has no kernel, use the unfused ops
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+Plan plans[64];
+int nplans;
+
+const cublasComputeType_t compute[3] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32,
+                                        CUBLAS_COMPUTE_32F_FAST_16BF};
+
+// column-major D[m,n] = op_a(A) op_b(B), A stored [m,k] (or [k,m] when ta), B [k,n] (or [n,k])
+Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec, const void *bias) {
+    for (int i = 0; i < nplans; i++) {
+        Plan *p = &plans[i];
+        if (p->m == m && p->n == n && p->k == k && p->ta == ta && p->tb == tb && p->ep == (int)ep &&
+            p->prec == prec)
+            return p;
+    }
+    if (nplans == (int)(sizeof plans / sizeof plans[0])) return nullptr;
+    if (!lt) CKLT(cublasLtCreate(&lt));
+    Plan *p = &plans[nplans++];
+    *p = Plan{m, n, k, ta, tb, (int)ep, prec, false, {}, {}, {}, {}, {}};
+    CKLT(cublasLtMatmulDescCreate(&p->op, compute[prec], CUDA_R_32F));
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    CKLT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, ta ? k : m, ta ? m : k, ta ? k : m));
+    CKLT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, tb ? n : k, tb ? k : n, tb ? n : k));
+    CKLT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, m));
+    cublasLtMatmulPreference_t pref;
+    CKLT(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = WS;
+    CKLT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                              sizeof ws));
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->a, p->b, p->c, p->c, pref, 1,
+                                                      &res, &found);
+    CKLT(cublasLtMatmulPreferenceDestroy(pref));
+    p->ok = s == CUBLAS_STATUS_SUCCESS && found > 0;
+    if (p->ok) p->algo = res.algo;
+    return p;
+}
+
+void run(Plan *p, const void *bias, float *D, const float *A, const float *B, float beta) {
+    const float alpha = 1.f;
+    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                        sizeof bias));
+    CKLT(cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->c, D, p->c, &p->algo,
+                        cu.blas_ws, WS, cu.stream));
+}
+
+__global__ void add_vec_kernel(float *y, const float *x, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] += x[i];
+}
+
+// y[N,out] = x[N,in] W[out,in]^T + b[out] (writes)
+template <int P>
+int linear_bias_forward(float *y, const float *x, const float *W, const float *b, int N, int in,
+                        int out) {
+    if (N == 0 || out == 0) return 0;
+    Plan *p = plan(out, N, in, 1, 0, CUBLASLT_EPILOGUE_BIAS, P, b);
+    if (!p || !p->ok) return 0;
+    run(p, b, y, W, x, 0.f);
+    return 1;
+}
+
+// dW[out,in] += dy[N,out]^T x[N,in]; db[out] += sum_n dy[n,:]. The epilogue writes the
+// column sums, so they land in scratch and are added to db.
+template <int P>
+int linear_weight_backward(float *dW, float *db, const float *dy, const float *x, int N, int in,
+                           int out) {
+    if (N == 0 || out == 0) return 0;
+    float *col = cu_scratch((size_t)out);
+    Plan *p = plan(in, out, N, 0, 1, CUBLASLT_EPILOGUE_BGRADB, P, col);
+    if (!p || !p->ok) return 0;
+    run(p, col, dW, x, dy, 1.f);
+    add_vec_kernel<<<cu_blocks(out, 256), 256, 0, cu.stream>>>(db, col, out);
+    CKL();
+    return 1;
+}
+
+} // namespace
+
+void cu_fill_linear(Ops *o, int p) {
+    o->linear_bias_forward = p == 0   ? linear_bias_forward<0>
+                             : p == 1 ? linear_bias_forward<1>
+                                      : linear_bias_forward<2>;
+    o->linear_weight_backward = p == 0   ? linear_weight_backward<0>
+                                : p == 1 ? linear_weight_backward<1>
+                                         : linear_weight_backward<2>;
+}
+#else
+void cu_fill_linear(Ops *o, int p) {
+    (void)p;
+    o->linear_bias_forward = nullptr, o->linear_weight_backward = nullptr;
+}
+#endif
