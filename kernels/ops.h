@@ -86,13 +86,10 @@ typedef struct Ops {
     /* C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C; A is [M,K] or (transA) [K,M]. */
     void (*matmul)(real *C, const real *A, const real *B, int M, int N, int K, int transA,
                    int transB, real alpha, real beta);
-    /* Optional fusions of the linear layer (NULL, or returning 0 when they did
-     * nothing: then layers.h runs matmul and the bias ops):
-     * y[N,out] = x[N,in] W[out,in]^T + b (writes);  dW += dy^T x and db += colsum dy */
+    /* Optional: y[N,out] = x[N,in] W[out,in]^T + b in one pass (writes); NULL, or
+     * returning 0 when it did nothing: then layers.h runs matmul and add_bias */
     int (*linear_bias_forward)(real *y, const real *x, const real *W, const real *b, int N, int in,
                                int out);
-    int (*linear_weight_backward)(real *dW, real *db, const real *dy, const real *x, int N, int in,
-                                  int out);
     /* the same for `batch` matrices spaced by sA, sB, sC elements */
     void (*matmul_strided)(real *C, const real *A, const real *B, int M, int N, int K,
                            int transA, int transB, real alpha, real beta, int batch, long sA,
@@ -121,11 +118,12 @@ typedef struct Ops {
     /* dtable[V,C] += scatter of dout by token */
     void (*embedding_backward)(real *dtable, const real *dout, const int *tokens, int N, int C,
                                int V);
-    /* h = silu(a) * b, all [n] (writes) */
-    void (*swiglu_forward)(real *h, const real *a, const real *b, long n);
-    /* da, db (writes) from dh */
+    /* h = silu(a) * b (writes); h [N,F] packed, a and b rows ld apart (ld = 2F when
+     * they sit side by side in one matmul's output) */
+    void (*swiglu_forward)(real *h, const real *a, const real *b, int N, int F, int ld);
+    /* da, db (writes, rows ld apart like a, b) from dh [N,F] */
     void (*swiglu_backward)(real *da, real *db, const real *dh, const real *a, const real *b,
-                            long n);
+                            int N, int F, int ld);
     /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
     void (*gelu_forward)(real *y, const real *x, long n);
     /* dx = dy (Phi(x) + x phi(x)) (writes) */

@@ -16,8 +16,6 @@ static inline void linear_forward(const Ops *ops, real *y, const real *x, const 
 static inline void linear_backward(const Ops *ops, real *dx, real *dW, real *db, const real *dy,
                                    const real *x, const real *W, int N, int in, int out) {
     if (dx) ops->matmul(dx, dy, W, N, in, out, 0, 0, 1, 1);
-    if (db && ops->linear_weight_backward && ops->linear_weight_backward(dW, db, dy, x, N, in, out))
-        return;
     ops->matmul(dW, dy, x, out, in, N, 1, 0, 1, 1);
     if (db) ops->bias_backward(db, dy, N, out);
 }

@@ -133,7 +133,7 @@ static void mamba_forward(void *self, const Ops *ops, const real *x, real *out, 
     linear_forward(ops, m->dtr, m->dl, P[S_WDT], NULL, N, R, di);
     sc->softplus_forward(m->delta, m->dtr, P[S_BDT], N, di);
     sc->selective_scan_forward(m->y, m->xc, m->delta, P[S_ALOG], m->Bm, m->Cm, P[S_D], B, T, di, Ns);
-    ops->swiglu_forward(m->yg, m->z, m->y, (long)N * di); /* y * silu(z) */
+    ops->swiglu_forward(m->yg, m->z, m->y, N, di, di); /* y * silu(z) */
     linear_forward(ops, out, m->yg, P[S_WOUT], NULL, N, di, d);
 }
 
@@ -146,7 +146,7 @@ static void mamba_backward(void *self, const Ops *ops, const real *x, const real
     size_t sz = sizeof(real), nd = sz * (size_t)N * di, ns = sz * (size_t)N * Ns;
     ops->zero(m->dyg, nd);
     linear_backward(ops, m->dyg, G[S_WOUT], NULL, dout, m->yg, P[S_WOUT], N, di, d);
-    ops->swiglu_backward(m->dz, m->dy, m->dyg, m->z, m->y, (long)N * di);
+    ops->swiglu_backward(m->dz, m->dy, m->dyg, m->z, m->y, N, di, di);
     ops->zero(m->dxc, nd), ops->zero(m->ddelta, nd), ops->zero(m->dBm, ns), ops->zero(m->dCm, ns);
     sc->selective_scan_backward(m->dxc, m->ddelta, G[S_ALOG], m->dBm, m->dCm, G[S_D], m->dy, m->xc,
                                 m->delta, P[S_ALOG], m->Bm, m->Cm, P[S_D], B, T, di, Ns);

@@ -127,7 +127,7 @@ static void mamba2_forward(void *self, const Ops *ops, const real *x, real *out,
     sc->softplus_forward(m->dt, m->dtr, P[S_BDT], N, m->H);
     SsdArgs a = mamba2_args(m, B, T);
     sc->ssd_forward(&a);
-    ops->swiglu_forward(m->g, m->z, m->y, (long)N * di); /* y * silu(z) */
+    ops->swiglu_forward(m->g, m->z, m->y, N, di, di); /* y * silu(z) */
     ops->rmsnorm_forward(m->gn, m->rstd, m->g, P[S_NW], N * m->G, di / m->G, m->eps);
     linear_forward(ops, out, m->gn, P[S_WOUT], NULL, N, di, d);
 }
@@ -144,7 +144,7 @@ static void mamba2_backward(void *self, const Ops *ops, const real *x, const rea
     linear_backward(ops, m->dgn, G[S_WOUT], NULL, dout, m->gn, P[S_WOUT], N, di, d);
     ops->zero(m->dg, nd);
     ops->rmsnorm_backward(m->dg, G[S_NW], m->dgn, m->g, P[S_NW], m->rstd, N * m->G, di / m->G);
-    ops->swiglu_backward(m->dz, m->dy, m->dg, m->z, m->y, (long)N * di);
+    ops->swiglu_backward(m->dz, m->dy, m->dg, m->z, m->y, N, di, di);
     ops->zero(m->dxc, nd), ops->zero(m->dBc, nbc), ops->zero(m->dCc, nbc), ops->zero(m->ddt, nh);
     SsdArgs a = mamba2_args(m, B, T);
     a.dy = m->dy, a.dx = m->dxc, a.ddt = m->ddt, a.dA_log = G[S_ALOG], a.dBm = m->dBc,

@@ -43,6 +43,9 @@ int pb_linear(ParamBuilder *pb, const ModelDims *dims, const char *name, int out
 typedef struct {
     int w1, w3, w2; /* gate [F,d], up [F,d], down [d,F] */
     real *a, *b, *h, *da, *db, *dh;
+    /* row stride of a, b (da, db): 2F when W1 and W3 are adjacent parameters and one
+     * matmul writes a and b side by side (one launch instead of two, each way) */
+    int ld;
 } Mlp;
 
 struct Model {
@@ -150,8 +153,15 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
     for (int l = 0; F && l < L; l++) {
         Mlp *p = &m->mlps[l];
         size_t nf = sizeof(real) * N * F;
-        p->a = ops->alloc(nf), p->b = ops->alloc(nf), p->h = ops->alloc(nf);
-        p->da = ops->alloc(nf), p->db = ops->alloc(nf), p->dh = ops->alloc(nf);
+        p->ld = m->pb.specs[p->w3].offset == m->pb.specs[p->w1].offset + (size_t)F * d ? 2 * F : F;
+        if (p->ld == 2 * F) {
+            p->a = ops->alloc(2 * nf), p->b = p->a + F;
+            p->da = ops->alloc(2 * nf), p->db = p->da + F;
+        } else {
+            p->a = ops->alloc(nf), p->b = ops->alloc(nf);
+            p->da = ops->alloc(nf), p->db = ops->alloc(nf);
+        }
+        p->h = ops->alloc(nf), p->dh = ops->alloc(nf);
     }
     m->tmp = ops->alloc(nd);
     m->fin = ops->alloc(nd);
@@ -178,8 +188,10 @@ void model_free(Model *m) {
         m->kind->destroy(m->mixers[l], ops);
         if (m->dims.mlp_width) {
             Mlp *p = &m->mlps[l];
-            real *b[] = {p->a, p->b, p->h, p->da, p->db, p->dh};
-            for (int i = 0; i < 6; i++) ops->release(b[i]);
+            int sep = p->ld != 2 * m->dims.mlp_width; /* else b, db live inside a, da */
+            real *b[] = {p->a, p->h, p->da, p->dh, sep ? p->b : NULL, sep ? p->db : NULL};
+            for (int i = 0; i < 6; i++)
+                if (b[i]) ops->release(b[i]);
         }
     }
     for (int i = 0; i < 2 * L + 1; i++) ops->release(m->res[i]);
@@ -277,9 +289,13 @@ void model_forward(Model *m, int B, int with_loss) {
             continue;
         }
         Mlp *p = &m->mlps[l];
-        linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, F);
-        linear_forward(ops, p->b, m->ln[2 * l + 1], P(m, p->w3), NULL, N, d, F);
-        ops->swiglu_forward(p->h, p->a, p->b, (long)N * F);
+        if (p->ld == 2 * F) {
+            linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, 2 * F);
+        } else {
+            linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, F);
+            linear_forward(ops, p->b, m->ln[2 * l + 1], P(m, p->w3), NULL, N, d, F);
+        }
+        ops->swiglu_forward(p->h, p->a, p->b, N, F, p->ld);
         linear_forward(ops, m->tmp, p->h, P(m, p->w2), NULL, N, F, d);
         residual(m, 2 * l + 2, m->tmp, N);
     }
@@ -313,12 +329,17 @@ void model_backward(Model *m, int B) {
             size_t nf = sizeof(real) * (size_t)N * F;
             ops->zero(p->dh, nf);
             linear_backward(ops, p->dh, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
-            ops->swiglu_backward(p->da, p->db, p->dh, p->a, p->b, (long)N * F);
+            ops->swiglu_backward(p->da, p->db, p->dh, p->a, p->b, N, F, p->ld);
             ops->zero(m->dln, nd);
-            linear_backward(ops, m->dln, G(m, p->w1), NULL, p->da, m->ln[2 * l + 1], P(m, p->w1),
-                            N, d, F);
-            linear_backward(ops, m->dln, G(m, p->w3), NULL, p->db, m->ln[2 * l + 1], P(m, p->w3),
-                            N, d, F);
+            if (p->ld == 2 * F) {
+                linear_backward(ops, m->dln, G(m, p->w1), NULL, p->da, m->ln[2 * l + 1],
+                                P(m, p->w1), N, d, 2 * F);
+            } else {
+                linear_backward(ops, m->dln, G(m, p->w1), NULL, p->da, m->ln[2 * l + 1],
+                                P(m, p->w1), N, d, F);
+                linear_backward(ops, m->dln, G(m, p->w3), NULL, p->db, m->ln[2 * l + 1],
+                                P(m, p->w3), N, d, F);
+            }
             ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l + 1]), m->dln, m->res[2 * l + 1],
                                   P(m, m->p_norm[2 * l + 1]), m->rstd[2 * l + 1], N, d);
         }

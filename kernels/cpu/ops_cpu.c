@@ -136,18 +136,23 @@ static void cpu_embedding_backward(real *dtable, const real *dout, const int *to
 
 static inline real sigm(real x) { return (real)(1.0 / (1.0 + exp(-(double)x))); }
 
-static void cpu_swiglu_forward(real *h, const real *a, const real *b, long n) {
+static void cpu_swiglu_forward(real *h, const real *a, const real *b, int N, int F, int ld) {
 #pragma omp parallel for
-    for (long i = 0; i < n; i++) h[i] = a[i] * sigm(a[i]) * b[i];
+    for (int n = 0; n < N; n++)
+        for (int f = 0; f < F; f++) {
+            size_t j = (size_t)n * ld + f;
+            h[(size_t)n * F + f] = a[j] * sigm(a[j]) * b[j];
+        }
 }
 
 static void cpu_swiglu_backward(real *da, real *db, const real *dh, const real *a, const real *b,
-                                long n) {
+                                int N, int F, int ld) {
 #pragma omp parallel for
-    for (long i = 0; i < n; i++) {
-        real s = sigm(a[i]);
-        db[i] = dh[i] * a[i] * s;
-        da[i] = dh[i] * b[i] * s * (1 + a[i] * (1 - s));
+    for (long i = 0; i < (long)N * F; i++) {
+        size_t j = (size_t)(i / F) * ld + i % F;
+        real s = sigm(a[j]);
+        db[j] = dh[i] * a[j] * s;
+        da[j] = dh[i] * b[j] * s * (1 + a[j] * (1 - s));
     }
 }
 

@@ -105,61 +105,8 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
     for (int c = 0; c < C; c++)
         dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
 }
-// The weight gradient fused into the warp-per-row backward: a block of 8 warps
-// takes NB_ROWS rows; each lane keeps its columns' partial sums of dy x r in
-// registers, the 8 warps are combined in warp order and the block writes one row
-// of partials, which cu_colsum_final adds in block order (no atomics).
-constexpr int NB_ROWS = 64;
-template <int K> // K = columns per lane (C <= 32 K)
-__global__ void __launch_bounds__(256) rmsnorm_bwd_dw_kernel(float *dx, float *part,
-                                                            const float *dout, const float *x,
-                                                            const float *w, const float *rstd,
-                                                            int N, int C) {
-    __shared__ float acc[8][32 * K];
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float dw[K];
-#pragma unroll
-    for (int k = 0; k < K; k++) dw[k] = 0.f;
-    int r0 = blockIdx.x * NB_ROWS, r1 = min(N, r0 + NB_ROWS);
-    for (int row = r0 + warp; row < r1; row += 8) {
-        size_t o = (size_t)row * C;
-        float r = rstd[row], dot = 0, g[K], xv[K];
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            int c = lane + 32 * k;
-            g[k] = c < C ? dout[o + c] : 0.f, xv[k] = c < C ? x[o + c] : 0.f;
-            dot += (c < C && w ? w[c] : 1.f) * g[k] * xv[k];
-            dw[k] += g[k] * xv[k] * r;
-        }
-        dot = warp_sum(dot);
-#pragma unroll
-        for (int k = 0; k < K; k++) {
-            int c = lane + 32 * k;
-            if (c < C) dx[o + c] += r * (w ? w[c] : 1.f) * g[k] - r * r * r / C * xv[k] * dot;
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < K; k++) acc[warp][lane + 32 * k] = dw[k];
-    __syncthreads();
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float t = 0;
-        for (int v = 0; v < 8; v++) t += acc[v][c];
-        part[(size_t)blockIdx.x * C + c] = t;
-    }
-}
-
 static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                              const float *w, const float *rstd, int N, int C) {
-    if (dw && C > 16 && C <= 256) {
-        int S = (N + NB_ROWS - 1) / NB_ROWS;
-        float *part = cu_scratch((size_t)S * C);
-        if (C <= 128)
-            rmsnorm_bwd_dw_kernel<4><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
-        else rmsnorm_bwd_dw_kernel<8><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
-        CKL();
-        cu_colsum_final(dw, part, S, C);
-        return;
-    }
     if (C <= 16) rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
     else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
     CKL();
@@ -223,25 +170,31 @@ static void gelu_backward(float *dx, const float *dy, const float *x, long n) {
 
 // ---- SwiGLU ----------------------------------------------------------------------
 
-__global__ void swiglu_fwd_kernel(float *h, const float *a, const float *b, long n) {
+// h [N,F] packed; a, b (da, db) rows ld apart (ld = 2F: side by side in one matmul's output)
+__global__ void swiglu_fwd_kernel(float *h, const float *a, const float *b, int F, int ld, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) h[i] = a[i] * cu_sigmoid(a[i]) * b[i];
+    if (i >= n) return;
+    size_t j = (size_t)(i / F) * ld + i % F;
+    h[i] = a[j] * cu_sigmoid(a[j]) * b[j];
 }
-static void swiglu_forward(float *h, const float *a, const float *b, long n) {
-    swiglu_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(h, a, b, n);
+static void swiglu_forward(float *h, const float *a, const float *b, int N, int F, int ld) {
+    long n = (long)N * F;
+    swiglu_fwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(h, a, b, F, ld, n);
     CKL();
 }
 __global__ void swiglu_bwd_kernel(float *da, float *db, const float *dh, const float *a,
-                                  const float *b, long n) {
+                                  const float *b, int F, int ld, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float s = cu_sigmoid(a[i]);
-    db[i] = dh[i] * a[i] * s;
-    da[i] = dh[i] * b[i] * s * (1.f + a[i] * (1.f - s));
+    size_t j = (size_t)(i / F) * ld + i % F;
+    float s = cu_sigmoid(a[j]);
+    db[j] = dh[i] * a[j] * s;
+    da[j] = dh[i] * b[j] * s * (1.f + a[j] * (1.f - s));
 }
 static void swiglu_backward(float *da, float *db, const float *dh, const float *a, const float *b,
-                            long n) {
-    swiglu_bwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(da, db, dh, a, b, n);
+                            int N, int F, int ld) {
+    long n = (long)N * F;
+    swiglu_bwd_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(da, db, dh, a, b, F, ld, n);
     CKL();
 }
 

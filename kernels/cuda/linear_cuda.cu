@@ -1,8 +1,8 @@
-// The linear layer's bias inside its matmuls (cuBLASLt epilogues), so that no
-// separate pass reads and writes the activations for it:
-//   forward   y = x W^T + b          epilogue BIAS (b added as y is stored)
-//   backward  dW += dy^T x, db += colsum dy   epilogue BGRADB (the column sums of dy
-//             taken while the matmul reads it)
+// The linear layer's bias inside its matmul (cuBLASLt epilogue BIAS: b is added as
+// y is stored), so that no separate pass reads and writes the activations for it.
+// (The bias gradient stays a column sum: cuBLASLt's BGRADB epilogue ran as a separate
+// kernel at MAD's shapes, slower than dense_cuda.cu's column sums, measured on an
+// H100 on 2026-11-23.)
 // Row-major y[N,out] is column-major y^T[out,N], as in dense_cuda.cu. Where cuBLASLt
 // has no kernel for a shape (its heuristic returns none) the ops return 0 and
 // layers.h runs the unfused matmul and bias ops. The CPU emulation has no cuBLASLt:
@@ -83,11 +83,6 @@ void run(Plan *p, const void *bias, float *D, const float *A, const float *B, fl
                         cu.blas_ws, WS, cu.stream));
 }
 
-__global__ void add_vec_kernel(float *y, const float *x, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] += x[i];
-}
-
 // y[N,out] = x[N,in] W[out,in]^T + b[out] (writes)
 template <int P>
 int linear_bias_forward(float *y, const float *x, const float *W, const float *b, int N, int in,
@@ -99,34 +94,16 @@ int linear_bias_forward(float *y, const float *x, const float *W, const float *b
     return 1;
 }
 
-// dW[out,in] += dy[N,out]^T x[N,in]; db[out] += sum_n dy[n,:]. The epilogue writes the
-// column sums, so they land in scratch and are added to db.
-template <int P>
-int linear_weight_backward(float *dW, float *db, const float *dy, const float *x, int N, int in,
-                           int out) {
-    if (N == 0 || out == 0) return 0;
-    float *col = cu_scratch((size_t)out);
-    Plan *p = plan(in, out, N, 0, 1, CUBLASLT_EPILOGUE_BGRADB, P, col);
-    if (!p || !p->ok) return 0;
-    run(p, col, dW, x, dy, 1.f);
-    add_vec_kernel<<<cu_blocks(out, 256), 256, 0, cu.stream>>>(db, col, out);
-    CKL();
-    return 1;
-}
-
 } // namespace
 
 void cu_fill_linear(Ops *o, int p) {
     o->linear_bias_forward = p == 0   ? linear_bias_forward<0>
                              : p == 1 ? linear_bias_forward<1>
                                       : linear_bias_forward<2>;
-    o->linear_weight_backward = p == 0   ? linear_weight_backward<0>
-                                : p == 1 ? linear_weight_backward<1>
-                                         : linear_weight_backward<2>;
 }
 #else
 void cu_fill_linear(Ops *o, int p) {
     (void)p;
-    o->linear_bias_forward = nullptr, o->linear_weight_backward = nullptr;
+    o->linear_bias_forward = nullptr;
 }
 #endif
