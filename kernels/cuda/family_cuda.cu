@@ -26,6 +26,9 @@
 //                block in a fixed order.
 //   recurrent    a block per (b,h), one thread per state row/column, sequential
 //                over t (forward: S_t, z_t; backward: reverse sweep downdating S).
+//   linear attn  (bandwidth inf, no intercept, given probe, not normalised, hd <= 32)
+//                the quadratic form by its own kernel: a block per (job, b, h), a
+//                thread per row, partner rows tiled through shared memory (below).
 //   feature map  element-wise.
 // CAP is the head dim rounded up to 4, 8, ..., 128; the padded elements are
 // zero in every vector and contribute nothing. Larger head dims are refused.
@@ -788,6 +791,161 @@ template <int CAP> static void linrec_launch(const FamArgs *a, bool back) {
     CKL();
 }
 
+// ---- linear attention, quadratic form (parallax_lla.md §3.3, last row) -----------------
+// The no-intercept member at bandwidth inf with a given probe and no normalisation
+// (linear_attention): p_ij = 1/n so a_ij = n p_ij = 1, rho_i = r_i, and per (b, h),
+// with J(i) the keys row i sees (causal, window W: i-W+1..i),
+//   o_i  = sum_{j in J(i)} (r_i.k_j) v_j              O  = tril(R K^T) V
+//   dr_i += sum_{j in J(i)} (g_i.v_j) k_j             dR = tril(G V^T) K
+//   dk_j += sum_{i: j in J(i)} (g_i.v_j) r_i          dK = tril(G V^T)^T R
+//   dv_j += sum_{i: j in J(i)} (r_i.k_j) g_i          dV = tril(R K^T)^T G
+// This is the CPU fam_forward / fam_backward no-intercept branch with t_j = rho.k_j,
+// A_j = g.v_j, L unused (normalize off) and no logit term (scale 0: ds is never used,
+// dq and dlog_bw are left as they are). The CPU's a_j = n p_j is 1 up to a rounding
+// (1/n times n, exp(-lse) times n); here it is exactly 1.
+//
+// All four are one job: out_i (=, += the sum, or += term by term) sum_{m in M(i)} (x_i.P_m) Q_m
+// over own rows i and partner rows m, M(i) = J(i) (row side: o, dr) or {m : i in J(m)} (key
+// side: dk, dv). A block of NT threads per (job, b, h), one own row per thread (x_i and the
+// sum in registers), own rows in chunks of NT, partner rows staged through shared memory in
+// tiles of NT (own rows and results too, so global loads and stores are coalesced). All
+// lanes of a warp walk the warp's partner range in increasing m together (same shared row:
+// broadcast) and skip the m outside their own M(i): each sum in the CPU's order (row side:
+// increasing j into a zero sum, then stored / added; key side: onto the old dk / dv in
+// increasing i). Feature maps run before the op (attention.c), so k and r are taken as given.
+// Work per pair: 2 hd FMAs per job, one job for the forward, three for the backward,
+// against the general path's several passes per row with a butterfly per key.
+
+enum { LA_WRITE = 0, LA_ADD = 1, LA_ACC = 2 }; // out = sum; out += sum; out += each term
+
+struct LaJob {
+    const float *x, *P, *Q; // own rows; partner rows dotted with x; partner rows summed
+    float *out;
+    int ldx, ldp, ldq, ldo;
+    int keys; // 0: partners m in J(i) (m <= i); 1: the rows m >= i whose window holds i
+    int mode; // LA_*
+};
+struct LaJobs {
+    LaJob j[3];
+};
+
+// first and last partner of own row i (both non-decreasing in i)
+FAM_HDI int la_plo(const LaJob &jb, int W, int i) {
+    return jb.keys ? i : W > 0 && i - W + 1 > 0 ? i - W + 1 : 0;
+}
+FAM_HDI int la_phi(const LaJob &jb, int W, int T, int i) {
+    return !jb.keys ? i : W > 0 && i + W - 1 < T - 1 ? i + W - 1 : T - 1;
+}
+
+// s[NT][CAP] = rows t0.. of head h of x (zero past T and hd): consecutive threads read
+// consecutive elements
+template <int CAP, int NT>
+__device__ __forceinline__ void la_load(float *s, const float *x, int ld, int b, int h, int T,
+                                        int hd, int t0) {
+    for (int e = threadIdx.x; e < NT * CAP; e += NT) {
+        const int t = t0 + e / CAP, c = e % CAP;
+        s[e] = t < T && c < hd ? FROW(x, ld, b, t, T, h, hd)[c] : 0.f;
+    }
+}
+template <int CAP, int NT>
+__device__ __forceinline__ void la_store(float *x, const float *s, int ld, int b, int h, int T,
+                                         int hd, int t0, bool add) {
+    for (int e = threadIdx.x; e < NT * CAP; e += NT) {
+        const int t = t0 + e / CAP, c = e % CAP;
+        if (t < T && c < hd) {
+            float *p = FROW(x, ld, b, t, T, h, hd) + c;
+            *p = add ? *p + s[e] : s[e];
+        }
+    }
+}
+
+// grid (jobs, B*H); fwd: the forward's job, which also writes rho (= r) and the row
+// scalars as fwd_row does (lse = log n at scale 0, den 1, cg_resid 0)
+template <int CAP, int NT>
+__global__ void __launch_bounds__(NT) la_kernel(FamArgs a, LaJobs jobs, int fwd) {
+    __shared__ __align__(16) float sx[NT * CAP], sp[NT * CAP], sq[NT * CAP];
+    const LaJob jb = blockIdx.x == 0 ? jobs.j[0] : blockIdx.x == 1 ? jobs.j[1] : jobs.j[2];
+    const int T = a.T, hd = a.hd, W = a.window, b = blockIdx.y / a.H, h = blockIdx.y % a.H;
+    const int tid = threadIdx.x;
+    for (int i0 = 0; i0 < T; i0 += NT) { // a chunk of own rows, one per thread
+        const int i = i0 + tid, ilast = min(i0 + NT, T) - 1;
+        __syncthreads(); // the previous chunk is done with the tiles
+        la_load<CAP, NT>(sx, jb.x, jb.ldx, b, h, T, hd, i0);
+        if (jb.mode == LA_ACC) la_load<CAP, NT>(sp, jb.out, jb.ldo, b, h, T, hd, i0);
+        __syncthreads();
+        if (fwd && a.rho) la_store<CAP, NT>(a.rho, sx, a.ld_out, b, h, T, hd, i0, false);
+        float x[CAP], acc[CAP];
+#pragma unroll
+        for (int c = 0; c < CAP; c++) {
+            x[c] = sx[tid * CAP + c];
+            acc[c] = jb.mode == LA_ACC ? sp[tid * CAP + c] : 0.f;
+        }
+        // partners: of the chunk (tiles, block-uniform), of the warp (loop, warp-uniform),
+        // of this row (the lanes outside it sit the step out)
+        const int w0 = i0 + (tid & ~31), w1 = min(w0 + 31, T - 1);
+        const int mlo_w = w0 < T ? la_plo(jb, W, w0) : 0, mhi_w = w0 < T ? la_phi(jb, W, T, w1) : -1;
+        const int mlo = i < T ? la_plo(jb, W, i) : 0, mhi = i < T ? la_phi(jb, W, T, i) : -1;
+        const int mhi_c = la_phi(jb, W, T, ilast);
+        for (int m0 = la_plo(jb, W, i0); m0 <= mhi_c; m0 += NT) {
+            __syncthreads(); // sp / sq free
+            la_load<CAP, NT>(sp, jb.P, jb.ldp, b, h, T, hd, m0);
+            la_load<CAP, NT>(sq, jb.Q, jb.ldq, b, h, T, hd, m0);
+            __syncthreads();
+            const int ma = max(m0, mlo_w), mb = min(m0 + NT - 1, mhi_w);
+            for (int m = ma; m <= mb; m++) {
+                if (m < mlo || m > mhi) continue;
+                const float *pm = sp + (m - m0) * CAP, *qm = sq + (m - m0) * CAP;
+                float s = 0.f; // x_i.P_m in the CPU's element order
+#pragma unroll
+                for (int c = 0; c < CAP; c++) s += x[c] * pm[c];
+#pragma unroll
+                for (int c = 0; c < CAP; c++) acc[c] += s * qm[c];
+            }
+        }
+        __syncthreads(); // everyone is done reading sx (x) and the tiles
+#pragma unroll
+        for (int c = 0; c < CAP; c++) sx[tid * CAP + c] = acc[c];
+        __syncthreads();
+        la_store<CAP, NT>(jb.out, sx, jb.ldo, b, h, T, hd, i0, jb.mode == LA_ADD);
+        if (fwd && i < T) {
+            const size_t si = ((size_t)b * a.H + h) * T + i;
+            if (a.lse) a.lse[si] = (float)log((double)(i - la_plo(jb, W, i) + 1)); // m = 0, om = n
+            if (a.den) a.den[si] = 1.f;
+            if (a.cg_resid) a.cg_resid[si] = 0.f;
+        }
+    }
+}
+
+// the member this path computes (family_forward / family_backward route it here)
+static bool la_quadratic(const FamArgs *a) {
+    return a->scale == 0 && !a->log_bw && !a->affine && a->probe == FAM_PROBE_GIVEN &&
+           !a->normalize && a->hd <= 32;
+}
+
+template <int CAP> static void la_launch(const FamArgs *a, bool back) {
+    constexpr int NT = CAP <= 16 ? 128 : 64; // 3 tiles of NT x CAP floats: 12 / 24 KB at CAP 8 / 32
+    LaJobs J;
+    int n = 0;
+    if (!back) J.j[n++] = LaJob{a->r, a->k, a->v, a->o, a->ld_in, a->ld_in, a->ld_in, a->ld_out, 0, LA_WRITE};
+    else {
+        if (a->dr)
+            J.j[n++] = LaJob{a->dout, a->v, a->k, a->dr, a->ld_out, a->ld_in, a->ld_in, a->ld_out, 0, LA_ADD};
+        J.j[n++] = LaJob{a->v, a->dout, a->r, a->dk, a->ld_in, a->ld_out, a->ld_in, a->ld_out, 1, LA_ACC};
+        J.j[n++] = LaJob{a->k, a->r, a->dout, a->dv, a->ld_in, a->ld_in, a->ld_out, a->ld_out, 1, LA_ACC};
+    }
+    for (int x = n; x < 3; x++) J.j[x] = J.j[0];
+    // the jobs of one (b, h) are neighbours in the launch order: they share its rows in L2
+    la_kernel<CAP, NT><<<dim3(n, a->B * a->H), NT, 0, cu.stream>>>(*a, J, back ? 0 : 1);
+    CKL();
+}
+
+static void la_dispatch(const FamArgs *a, bool back) {
+    if (a->hd <= 4) la_launch<4>(a, back);
+    else if (a->hd <= 8) la_launch<8>(a, back);
+    else if (a->hd <= 16) la_launch<16>(a, back);
+    else la_launch<32>(a, back);
+}
+
 // ---- dispatch --------------------------------------------------------------------------
 
 static int cap_of(int hd) {
@@ -823,6 +981,10 @@ static void check_args(const FamArgs *a, const char *what) {
 static void family_forward(const FamArgs *a) {
     check_args(a, "family forward");
     if (a->B == 0 || a->T == 0) return;
+    if (la_quadratic(a)) { // linear attention: its own kernel
+        la_dispatch(a, false);
+        return;
+    }
 #define F(C) fwd_launch<C>(a)
     FAM_SWITCH(a->hd, F)
 #undef F
@@ -831,6 +993,10 @@ static void family_forward(const FamArgs *a) {
 static void family_backward(const FamArgs *a) {
     check_args(a, "family backward");
     if (a->B == 0 || a->T == 0) return;
+    if (la_quadratic(a)) {
+        la_dispatch(a, true);
+        return;
+    }
 #define F(C) bwd_launch<C>(a)
     FAM_SWITCH(a->hd, F)
 #undef F
