@@ -161,6 +161,7 @@ static void test_ssd(void **s) {
         ssd_case(2, 29, 3, 5, 1, 24, chunk, bound, r);   /* odd P and N (32 lanes, 8 idle) */
         ssd_case(32, 24, 4, 64, 1, 64, chunk, bound, r); /* MAD's head: blocks walk 2 tiles */
         ssd_case(64, 20, 8, 16, 2, 32, chunk, bound, r); /* G = 2 with several tiles a block */
+        ssd_case(2, 70, 2, 64, 1, 64, chunk, bound, r);  /* MAD's head past two 32-token restarts */
     }
     gsl_rng_free(r);
 }
