@@ -69,8 +69,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);
-// out[c] += sum_s part[s, c], s in order
-void cu_colsum_final(float *out, const float *part, int S, int C);
 
 // per op group (each .cu file fills its part of the table)
 void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16

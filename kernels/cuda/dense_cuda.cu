@@ -37,85 +37,75 @@ static void add_bias(float *y, const float *b, int N, int C) {
     CKL();
 }
 
-// Column sums out[c] += sum_n a[n,c] (* b[n,c]) (* r[n]) in a fixed order, no atomics:
-// stage 1: block (column tile of 32, row chunk s) writes partial[s, c], its 8 row
-// lanes combined in lane order; stage 2: one thread per column adds the chunks in order.
+// Column sums out[c] += sum_n a[n,c] (* b[n,c]) (* r[n]) in a fixed order, no atomics.
+// The data is read as a [R, W] view: W = C, or for narrow rows (C dividing 128, as the
+// per-head norms' C = head dim) the flat array folded into rows of W = 128, where
+// view column w holds original column w % C and element i belongs to row i / C.
+// stage 1: block (32 x VW columns, chunk s of 64 view rows) writes part[s, w], its 8
+//          row lanes combined in lane order (VW = 4: float4 loads);
+// stage 2: a warp per output column c adds part[s, c + kC] over s and k, lane-strided,
+//          then a fixed shuffle tree.
+constexpr int COLSUM_ROWS = 64; // view rows per chunk: enough blocks at C = 128
+template <int VW>
 __global__ void colsum_part_kernel(float *part, const float *a, const float *b, const float *r,
-                                   int N, int C, int rows_per_chunk) {
-    __shared__ float acc[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y;
-    int n0 = s * rows_per_chunk, n1 = min(N, n0 + rows_per_chunk);
-    float v = 0;
-    if (c < C)
+                                   int R, int W, int C) {
+    __shared__ float acc[8][32 * VW + 1];
+    int w0 = (blockIdx.x * 32 + threadIdx.x) * VW, s = blockIdx.y;
+    int n0 = s * COLSUM_ROWS, n1 = min(R, n0 + COLSUM_ROWS);
+    float v[VW] = {};
+    if (w0 < W)
         for (int n = n0 + threadIdx.y; n < n1; n += 8) {
-            size_t i = (size_t)n * C + c;
-            float x = a[i];
-            if (b) x *= b[i];
-            if (r) x *= r[n];
-            v += x;
-        }
-    acc[threadIdx.y][threadIdx.x] = v;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        float t = 0;
-        for (int k = 0; k < 8; k++) t += acc[k][threadIdx.x];
-        part[(size_t)s * C + c] = t;
-    }
-}
-// the same with float4 loads (C % 4 == 0, 16-byte aligned rows): 4 columns a thread
-__global__ void colsum_part4_kernel(float *part, const float *a, const float *b, const float *r,
-                                    int N, int C, int rows_per_chunk) {
-    __shared__ float4 acc[8][33];
-    int c4 = blockIdx.x * 32 + threadIdx.x, s = blockIdx.y, C4 = C / 4;
-    int n0 = s * rows_per_chunk, n1 = min(N, n0 + rows_per_chunk);
-    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (c4 < C4)
-        for (int n = n0 + threadIdx.y; n < n1; n += 8) {
-            size_t i = (size_t)n * C4 + c4;
-            float4 x = reinterpret_cast<const float4 *>(a)[i];
-            if (b) {
-                float4 y = reinterpret_cast<const float4 *>(b)[i];
-                x.x *= y.x, x.y *= y.y, x.z *= y.z, x.w *= y.w;
+            size_t i = (size_t)n * W + w0;
+            float x[VW], y[VW];
+            if (VW == 4) {
+                *reinterpret_cast<float4 *>(x) = *reinterpret_cast<const float4 *>(a + i);
+                if (b) *reinterpret_cast<float4 *>(y) = *reinterpret_cast<const float4 *>(b + i);
+            } else {
+                x[0] = a[i];
+                if (b) y[0] = b[i];
             }
-            float m = r ? r[n] : 1.f;
-            v.x += x.x * m, v.y += x.y * m, v.z += x.z * m, v.w += x.w * m;
+            float m = r ? r[i / C] : 1.f; // C % VW == 0: the VW elements share their row
+#pragma unroll
+            for (int e = 0; e < VW; e++) v[e] += (b ? x[e] * y[e] : x[e]) * m;
         }
-    acc[threadIdx.y][threadIdx.x] = v;
+#pragma unroll
+    for (int e = 0; e < VW; e++) acc[threadIdx.y][threadIdx.x * VW + e] = v[e];
     __syncthreads();
-    if (threadIdx.y == 0 && c4 < C4) {
-        float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
-        for (int k = 0; k < 8; k++) {
-            float4 u = acc[k][threadIdx.x];
-            t.x += u.x, t.y += u.y, t.z += u.z, t.w += u.w;
+    if (threadIdx.y == 0)
+#pragma unroll
+        for (int e = 0; e < VW; e++) {
+            int w = w0 + e;
+            if (w >= W) break;
+            float t = 0;
+            for (int k = 0; k < 8; k++) t += acc[k][threadIdx.x * VW + e];
+            part[(size_t)s * W + w] = t;
         }
-        reinterpret_cast<float4 *>(part + (size_t)s * C)[c4] = t;
-    }
 }
-__global__ void colsum_final_kernel(float *out, const float *part, int S, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+// out[c] += sum over s < S and k < W / C of part[s, c + kC]
+__global__ void colsum_final_kernel(float *out, const float *part, int S, int W, int C) {
+    int c = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (c >= C) return;
+    int K = W / C;
     float t = 0;
-    for (int s = 0; s < S; s++) t += part[(size_t)s * C + c];
-    out[c] += t;
-}
-void cu_colsum_final(float *out, const float *part, int S, int C) {
-    colsum_final_kernel<<<cu_blocks(C, 128), 128, 0, cu.stream>>>(out, part, S, C);
-    CKL();
+    for (int idx = lane; idx < S * K; idx += 32) t += part[(size_t)(idx / K) * W + c + (idx % K) * C];
+    t = warp_sum(t);
+    if (lane == 0) out[c] += t;
 }
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C) {
     if (N == 0 || C == 0) return;
-    int S = (N + 255) / 256;
-    S = S > 256 ? 256 : S;
-    int rows = (N + S - 1) / S;
-    float *part = cu_scratch((size_t)S * C);
+    int W = C, R = N;
+    if (C < 128 && 128 % C == 0 && (long)N * C % 128 == 0) W = 128, R = (int)((long)N * C / 128);
+    int S = (R + COLSUM_ROWS - 1) / COLSUM_ROWS;
+    float *part = cu_scratch((size_t)S * W);
     if (C % 4 == 0 && ((uintptr_t)a | (uintptr_t)b) % 16 == 0)
-        colsum_part4_kernel<<<dim3(cu_blocks(C / 4, 32), S), dim3(32, 8), 0, cu.stream>>>(
-            part, a, b, r, N, C, rows);
+        colsum_part_kernel<4><<<dim3(cu_blocks(W, 128), S), dim3(32, 8), 0, cu.stream>>>(
+            part, a, b, r, R, W, C);
     else
-        colsum_part_kernel<<<dim3(cu_blocks(C, 32), S), dim3(32, 8), 0, cu.stream>>>(part, a, b, r,
-                                                                                     N, C, rows);
+        colsum_part_kernel<1><<<dim3(cu_blocks(W, 32), S), dim3(32, 8), 0, cu.stream>>>(
+            part, a, b, r, R, W, C);
     CKL();
-    cu_colsum_final(out, part, S, C);
+    colsum_final_kernel<<<cu_blocks(C, 8), 256, 0, cu.stream>>>(out, part, S, W, C);
+    CKL();
 }
 
 // db[C] += sum_n dy[n,C]
