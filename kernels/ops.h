@@ -124,6 +124,16 @@ typedef struct Ops {
     /* da, db (writes, rows ld apart like a, b) from dh [N,F] */
     void (*swiglu_backward)(real *da, real *db, const real *dh, const real *a, const real *b,
                             int N, int F, int ld);
+    /* Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
+     * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
+     * (mlp_save_bytes(N, d, F) bytes, backend-private) between forward and backward.
+     * Forward writes y; backward writes dx and adds into dW13, dW2. NULL: the model
+     * composes matmul and swiglu. */
+    size_t (*mlp_save_bytes)(int N, int d, int F);
+    void (*mlp_forward)(real *y, const real *x, const real *W13, const real *W2, void *save, int N,
+                        int d, int F);
+    void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, void *save, int N, int d,
+                         int F);
     /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
     void (*gelu_forward)(real *y, const real *x, long n);
     /* dx = dy (Phi(x) + x phi(x)) (writes) */

@@ -402,8 +402,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
     int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P, **G = a->G;
     size_t nd = sizeof(real) * (size_t)N * d;
-    ops->zero(a->dob, nd);
-    linear_backward(ops, a->dob, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
+    linear_backward_beta(ops, a->dob, 0, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
     if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
     else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
     if (a->learned) ops->zero(a->dr, nd);

@@ -12,12 +12,18 @@ static inline void linear_forward(const Ops *ops, real *y, const real *x, const 
     if (b) ops->add_bias(y, b, N, out);
 }
 
-/* dx += dy W; dW += dy^T x; db += colsum dy. dx may be NULL. */
-static inline void linear_backward(const Ops *ops, real *dx, real *dW, real *db, const real *dy,
-                                   const real *x, const real *W, int N, int in, int out) {
-    if (dx) ops->matmul(dx, dy, W, N, in, out, 0, 0, 1, 1);
+/* dx += dy W (dx_beta 1) or dx = dy W (0: no zeroing pass first); dW += dy^T x;
+ * db += colsum dy. dx may be NULL. */
+static inline void linear_backward_beta(const Ops *ops, real *dx, real dx_beta, real *dW, real *db,
+                                        const real *dy, const real *x, const real *W, int N, int in,
+                                        int out) {
+    if (dx) ops->matmul(dx, dy, W, N, in, out, 0, 0, 1, dx_beta);
     ops->matmul(dW, dy, x, out, in, N, 1, 0, 1, 1);
     if (db) ops->bias_backward(db, dy, N, out);
+}
+static inline void linear_backward(const Ops *ops, real *dx, real *dW, real *db, const real *dy,
+                                   const real *x, const real *W, int N, int in, int out) {
+    linear_backward_beta(ops, dx, 1, dW, db, dy, x, W, N, in, out);
 }
 
 #endif

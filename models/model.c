@@ -46,6 +46,7 @@ typedef struct {
     /* row stride of a, b (da, db): 2F when W1 and W3 are adjacent parameters and one
      * matmul writes a and b side by side (one launch instead of two, each way) */
     int ld;
+    void *save; /* the backend's whole-MLP op (ops->mlp_forward) in use: its saved state */
 } Mlp;
 
 struct Model {
@@ -154,6 +155,10 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
         Mlp *p = &m->mlps[l];
         size_t nf = sizeof(real) * N * F;
         p->ld = m->pb.specs[p->w3].offset == m->pb.specs[p->w1].offset + (size_t)F * d ? 2 * F : F;
+        if (p->ld == 2 * F && ops->mlp_forward) {
+            p->save = ops->alloc(ops->mlp_save_bytes((int)N, d, F));
+            continue;
+        }
         if (p->ld == 2 * F) {
             p->a = ops->alloc(2 * nf), p->b = p->a + F;
             p->da = ops->alloc(2 * nf), p->db = p->da + F;
@@ -189,8 +194,8 @@ void model_free(Model *m) {
         if (m->dims.mlp_width) {
             Mlp *p = &m->mlps[l];
             int sep = p->ld != 2 * m->dims.mlp_width; /* else b, db live inside a, da */
-            real *b[] = {p->a, p->h, p->da, p->dh, sep ? p->b : NULL, sep ? p->db : NULL};
-            for (int i = 0; i < 6; i++)
+            void *b[] = {p->a, p->h, p->da, p->dh, sep ? p->b : NULL, sep ? p->db : NULL, p->save};
+            for (int i = 0; i < 7; i++)
                 if (b[i]) ops->release(b[i]);
         }
     }
@@ -268,6 +273,46 @@ static void residual(Model *m, int s, const real *y, int N) {
                                      m->dims.d, m->dims.norm_eps);
 }
 
+/* tmp = SwiGLU MLP of ln[2l+1]: the backend's whole-MLP op, or matmuls and swiglu */
+static void mlp_forward(Model *m, int l, int N) {
+    const Ops *ops = m->ops;
+    int d = m->dims.d, F = m->dims.mlp_width;
+    Mlp *p = &m->mlps[l];
+    const real *x = m->ln[2 * l + 1];
+    if (p->save) {
+        ops->mlp_forward(m->tmp, x, P(m, p->w1), P(m, p->w2), p->save, N, d, F);
+        return;
+    }
+    if (p->ld == 2 * F) {
+        linear_forward(ops, p->a, x, P(m, p->w1), NULL, N, d, 2 * F);
+    } else {
+        linear_forward(ops, p->a, x, P(m, p->w1), NULL, N, d, F);
+        linear_forward(ops, p->b, x, P(m, p->w3), NULL, N, d, F);
+    }
+    ops->swiglu_forward(p->h, p->a, p->b, N, F, p->ld);
+    linear_forward(ops, m->tmp, p->h, P(m, p->w2), NULL, N, F, d);
+}
+
+/* dln = gradient of the MLP input from dres; the MLP's weight gradients */
+static void mlp_backward(Model *m, int l, int N) {
+    const Ops *ops = m->ops;
+    int d = m->dims.d, F = m->dims.mlp_width;
+    Mlp *p = &m->mlps[l];
+    const real *x = m->ln[2 * l + 1];
+    if (p->save) {
+        ops->mlp_backward(m->dln, G(m, p->w1), G(m, p->w2), m->dres, p->save, N, d, F);
+        return;
+    }
+    linear_backward_beta(ops, p->dh, 0, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
+    ops->swiglu_backward(p->da, p->db, p->dh, p->a, p->b, N, F, p->ld);
+    if (p->ld == 2 * F) {
+        linear_backward_beta(ops, m->dln, 0, G(m, p->w1), NULL, p->da, x, P(m, p->w1), N, d, 2 * F);
+    } else {
+        linear_backward_beta(ops, m->dln, 0, G(m, p->w1), NULL, p->da, x, P(m, p->w1), N, d, F);
+        linear_backward(ops, m->dln, G(m, p->w3), NULL, p->db, x, P(m, p->w3), N, d, F);
+    }
+}
+
 void model_forward(Model *m, int B, int with_loss) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
@@ -288,15 +333,7 @@ void model_forward(Model *m, int B, int with_loss) {
                 ops->rmsnorm_forward(nout, rstd, m->res[2 * l + 2], w, N, d, D->norm_eps);
             continue;
         }
-        Mlp *p = &m->mlps[l];
-        if (p->ld == 2 * F) {
-            linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, 2 * F);
-        } else {
-            linear_forward(ops, p->a, m->ln[2 * l + 1], P(m, p->w1), NULL, N, d, F);
-            linear_forward(ops, p->b, m->ln[2 * l + 1], P(m, p->w3), NULL, N, d, F);
-        }
-        ops->swiglu_forward(p->h, p->a, p->b, N, F, p->ld);
-        linear_forward(ops, m->tmp, p->h, P(m, p->w2), NULL, N, F, d);
+        mlp_forward(m, l, N);
         residual(m, 2 * l + 2, m->tmp, N);
     }
     /* autoencoder: the final norm and head unembed the decoder output (mad.md §4.2) */
@@ -313,9 +350,8 @@ void model_backward(Model *m, int B) {
     const ModelDims *D = &m->dims;
     int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
     size_t nd = sizeof(real) * (size_t)N * d;
-    ops->zero(m->dln, nd);
-    linear_backward(ops, m->dln, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits, m->fin,
-                    P(m, m->p_head_w), N, d, D->V);
+    linear_backward_beta(ops, m->dln, 0, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits, m->fin,
+                         P(m, m->p_head_w), N, d, D->V);
     ops->zero(m->dres, nd);
     if (m->ae)
         ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm), m->fin_rstd,
@@ -325,21 +361,7 @@ void model_backward(Model *m, int B) {
                               P(m, m->p_final_norm), m->fin_rstd, N, d);
     for (int l = L - 1; l >= 0; l--) {
         if (F) {
-            Mlp *p = &m->mlps[l];
-            size_t nf = sizeof(real) * (size_t)N * F;
-            ops->zero(p->dh, nf);
-            linear_backward(ops, p->dh, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
-            ops->swiglu_backward(p->da, p->db, p->dh, p->a, p->b, N, F, p->ld);
-            ops->zero(m->dln, nd);
-            if (p->ld == 2 * F) {
-                linear_backward(ops, m->dln, G(m, p->w1), NULL, p->da, m->ln[2 * l + 1],
-                                P(m, p->w1), N, d, 2 * F);
-            } else {
-                linear_backward(ops, m->dln, G(m, p->w1), NULL, p->da, m->ln[2 * l + 1],
-                                P(m, p->w1), N, d, F);
-                linear_backward(ops, m->dln, G(m, p->w3), NULL, p->db, m->ln[2 * l + 1],
-                                P(m, p->w3), N, d, F);
-            }
+            mlp_backward(m, l, N);
             ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l + 1]), m->dln, m->res[2 * l + 1],
                                   P(m, m->p_norm[2 * l + 1]), m->rstd[2 * l + 1], N, d);
         }

@@ -86,6 +86,70 @@ static void test_linear_fused(void **s) {
     gsl_rng_free(r);
 }
 
+/* bf16 rounding (to nearest even) of every element, the CPU side of the bf16 MLP */
+static real *bf16_round(real *x, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float f = (float)x[i];
+        unsigned u;
+        memcpy(&u, &f, 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+        memcpy(&f, &u, 4);
+        x[i] = f;
+    }
+    return x;
+}
+
+/* The bf16 table's whole-MLP op (hidden activations stored in bf16) against the CPU's
+ * fp32 ops on the same bf16-rounded operands and intermediates */
+static void test_mlp_bf16(void **s) {
+    (void)s;
+    NEED_GPU();
+    if (!GPU16->mlp_forward) {
+        printf("  this CUDA build has no bf16 MLP op (the CPU emulation): nothing to compare\n");
+        return;
+    }
+    gsl_rng *r = test_rng(12);
+    int N = 300, d = 32, F = 48;
+    size_t nx = (size_t)N * d, nab = (size_t)N * 2 * F, nh = (size_t)N * F;
+    real *x = randv(r, nx, 1), *W13 = randv(r, 2 * F * d, 0.3), *W2 = randv(r, (size_t)d * F, 0.3);
+    real *dy = randv(r, nx, 1), *dW13 = randv(r, 2 * F * d, 1), *dW2 = randv(r, (size_t)d * F, 1);
+    real *gx = up(GPU16, x, sizeof(real) * nx), *gW13 = up(GPU16, W13, sizeof(real) * 2 * F * d);
+    real *gW2 = up(GPU16, W2, sizeof(real) * d * F), *gdy = up(GPU16, dy, sizeof(real) * nx);
+    real *gdW13 = up(GPU16, dW13, sizeof(real) * 2 * F * d), *gdW2 = up(GPU16, dW2, sizeof(real) * d * F);
+    real *gy = GPU16->alloc(sizeof(real) * nx), *gdx = GPU16->alloc(sizeof(real) * nx);
+    void *save = GPU16->alloc(GPU16->mlp_save_bytes(N, d, F));
+    GPU16->mlp_forward(gy, gx, gW13, gW2, save, N, d, F);
+    GPU16->mlp_backward(gdx, gdW13, gdW2, gdy, save, N, d, F);
+    /* CPU: the same steps in fp32 on rounded values */
+    real *xb = bf16_round(host_copy(x, nx), nx), *w13 = bf16_round(host_copy(W13, 2 * F * d), 2 * F * d);
+    real *w2 = bf16_round(host_copy(W2, (size_t)d * F), (size_t)d * F);
+    real *ab = malloc(sizeof(real) * nab), *h = malloc(sizeof(real) * nh), *y = malloc(sizeof(real) * nx);
+    CPU->matmul(ab, xb, w13, N, 2 * F, d, 0, 1, 1, 0);
+    bf16_round(ab, nab);
+    CPU->swiglu_forward(h, ab, ab + F, N, F, 2 * F);
+    bf16_round(h, nh);
+    CPU->matmul(y, h, w2, N, d, F, 0, 1, 1, 0);
+    printf("  bf16 MLP N=%d d=%d F=%d\n", N, d, F);
+    cmp("forward y", y, gy, nx, 4 * BF16_EPS);
+    real *dyb = bf16_round(host_copy(dy, nx), nx), *dh = malloc(sizeof(real) * nh);
+    real *dab = malloc(sizeof(real) * nab), *dx = malloc(sizeof(real) * nx);
+    CPU->matmul(dh, dyb, w2, N, F, d, 0, 0, 1, 0);
+    bf16_round(dh, nh);
+    CPU->matmul(dW2, dyb, h, d, F, N, 1, 0, 1, 1);
+    CPU->swiglu_backward(dab, dab + F, dh, ab, ab + F, N, F, 2 * F);
+    bf16_round(dab, nab);
+    CPU->matmul(dx, dab, w13, N, d, 2 * F, 0, 0, 1, 0);
+    CPU->matmul(dW13, dab, xb, 2 * F, d, N, 1, 0, 1, 1);
+    cmp("backward dx", dx, gdx, nx, 4 * BF16_EPS);
+    cmp("backward dW13 (added)", dW13, gdW13, 2 * F * d, 4 * BF16_EPS);
+    cmp("backward dW2 (added)", dW2, gdW2, (size_t)d * F, 4 * BF16_EPS);
+    void *bufs[] = {gx, gW13, gW2, gdy, gdW13, gdW2, gy, gdx, save};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) GPU16->release(bufs[i]);
+    real *hb[] = {x, W13, W2, dy, dW13, dW2, xb, w13, w2, ab, h, y, dyb, dh, dab, dx};
+    for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
+    gsl_rng_free(r);
+}
+
 static void test_vector_ops(void **s) {
     (void)s;
     NEED_GPU();
@@ -454,6 +518,7 @@ static void test_models_bf16(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_linear_fused),
+        cmocka_unit_test(test_mlp_bf16),
         cmocka_unit_test(test_vector_ops),
         cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_embedding_swiglu_gate),
         cmocka_unit_test(test_rope),            cmocka_unit_test(test_conv),            cmocka_unit_test(test_crossentropy_predict),

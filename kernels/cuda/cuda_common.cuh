@@ -73,6 +73,7 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
 // per op group (each .cu file fills its part of the table)
 void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
 void cu_fill_linear(Ops *o, int precision);
+void cu_fill_mlp(Ops *o, int precision);
 void cu_fill_layers(Ops *o);
 void cu_fill_loss(Ops *o);
 void cu_fill_attention(Ops *o, int precision);

@@ -1,0 +1,117 @@
+// The SwiGLU MLP for precision=bf16 with its hidden activations stored in bf16, as
+// PyTorch's bf16 autocast stores a linear layer's output (MAD-Lab's mixed precision):
+// the [N, 2F] gate/up projection, the [N, F] product and their gradients are the
+// largest tensors of a MAD step, and at fp32 the MLP's matmuls and SwiGLU passes are
+// bound by moving them. Matmuls take bf16 operands and accumulate in fp32 (cuBLAS
+// COMPUTE_32F); the MLP's output, the weight gradients and dx stay fp32.
+//   forward   xb = bf16(x), ab = xb W13^T (bf16), h = silu(a) b (bf16), y = h W2^T (fp32)
+//   backward  dyb = bf16(dy), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
+//             dx = dab W13 (fp32, written), dW13 += dab^T xb
+// W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
+// rows. The CPU emulation has no bf16 matmul: there the op stays NULL and the model
+// composes the fp32 ops.
+#include <cuda_bf16.h>
+
+#include "cuda_common.cuh"
+
+#ifndef PLAB_EMU
+namespace {
+
+typedef __nv_bfloat16 bf16;
+
+// the forward's saved tensors, in one buffer per layer (element offsets)
+struct Save {
+    bf16 *xb, *ab, *h, *w13, *w2;
+};
+Save layout(void *p, int N, int d, int F) {
+    bf16 *b = (bf16 *)p;
+    Save s;
+    s.xb = b, b += (size_t)N * d;
+    s.ab = b, b += (size_t)N * 2 * F;
+    s.h = b, b += (size_t)N * F;
+    s.w13 = b, b += (size_t)2 * F * d;
+    s.w2 = b;
+    return s;
+}
+size_t save_bytes(int N, int d, int F) {
+    return sizeof(bf16) * ((size_t)N * d + (size_t)N * 3 * F + (size_t)3 * F * d);
+}
+
+__global__ void to_bf16_kernel(bf16 *y, const float *x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+void to_bf16(bf16 *y, const float *x, long n) {
+    to_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, x, n);
+    CKL();
+}
+
+// row-major C[M,N] = op(A) op(B) (+ beta C), A and B bf16, C bf16 or fp32 (as dense_cuda.cu)
+void gemm(void *C, cudaDataType ct, const bf16 *A, const bf16 *B, int M, int N, int K, int tA,
+          int tB, float beta) {
+    const float alpha = 1.f;
+    CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                     K, &alpha, B, CUDA_R_16BF, tB ? K : N, A, CUDA_R_16BF, tA ? M : K, &beta, C,
+                     ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// h = silu(a) b in fp32 from bf16 a, b (rows 2F apart), rounded once to bf16
+__global__ void swiglu_fwd_bf16_kernel(bf16 *h, const bf16 *ab, int F, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    size_t j = (size_t)(i / F) * 2 * F + i % F;
+    float a = __bfloat162float(ab[j]), b = __bfloat162float(ab[j + F]);
+    h[i] = __float2bfloat16_rn(a * cu_sigmoid(a) * b);
+}
+__global__ void swiglu_bwd_bf16_kernel(bf16 *dab, const bf16 *dh, const bf16 *ab, int F, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    size_t j = (size_t)(i / F) * 2 * F + i % F;
+    float a = __bfloat162float(ab[j]), b = __bfloat162float(ab[j + F]), g = __bfloat162float(dh[i]);
+    float s = cu_sigmoid(a);
+    dab[j] = __float2bfloat16_rn(g * b * s * (1.f + a * (1.f - s)));
+    dab[j + F] = __float2bfloat16_rn(g * a * s);
+}
+
+void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
+                 int d, int F) {
+    Save s = layout(save, N, d, F);
+    long nh = (long)N * F;
+    to_bf16(s.xb, x, (long)N * d);
+    to_bf16(s.w13, W13, 2L * F * d);
+    to_bf16(s.w2, W2, (long)d * F);
+    gemm(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
+    swiglu_fwd_bf16_kernel<<<cu_blocks(nh, 256), 256, 0, cu.stream>>>(s.h, s.ab, F, nh);
+    CKL();
+    gemm(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
+}
+
+void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *save, int N, int d,
+                  int F) {
+    Save s = layout(save, N, d, F);
+    long nh = (long)N * F;
+    // scratch: dyb [N,d], dh [N,F], dab [N,2F] in bf16
+    bf16 *dyb = (bf16 *)cu_scratch(((size_t)N * d + (size_t)N * 3 * F + 1) / 2);
+    bf16 *dh = dyb + (size_t)N * d, *dab = dh + (size_t)N * F;
+    to_bf16(dyb, dy, (long)N * d);
+    gemm(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
+    gemm(dW2, CUDA_R_32F, dyb, s.h, d, F, N, 1, 0, 1.f);
+    swiglu_bwd_bf16_kernel<<<cu_blocks(nh, 256), 256, 0, cu.stream>>>(dab, dh, s.ab, F, nh);
+    CKL();
+    gemm(dx, CUDA_R_32F, dab, s.w13, N, d, 2 * F, 0, 0, 0.f);
+    gemm(dW13, CUDA_R_32F, dab, s.xb, 2 * F, d, N, 1, 0, 1.f);
+}
+
+} // namespace
+
+void cu_fill_mlp(Ops *o, int p) {
+    o->mlp_save_bytes = p == 2 ? save_bytes : nullptr;
+    o->mlp_forward = p == 2 ? mlp_forward : nullptr;
+    o->mlp_backward = p == 2 ? mlp_backward : nullptr;
+}
+#else
+void cu_fill_mlp(Ops *o, int p) {
+    (void)p;
+    o->mlp_save_bytes = nullptr, o->mlp_forward = nullptr, o->mlp_backward = nullptr;
+}
+#endif
