@@ -84,19 +84,31 @@ void softplus_backward(float *dx, float *dbias, const float *dout, const float *
 
 // ---- Mamba-1 selective scan (§4.2, §4.4) ------------------------------------------------
 
+// Layout: one thread per state (b, channel, n). The L = min(pow2 >= N, 32) lanes of a
+// channel hold J = pow2 / L states each (N <= 128) and sum over n with xor shuffles (each
+// lane gets the same bits). A block holds CH = 256 / L channels of one batch row.
+//
+// Mamba-1 always passes ldd = Dc, dp = 1, G = 1 (cpg = Dc), but they stay runtime fields
+// (the code of b69bd78): with them ptxas (13.0, sm_90a) gives scan_bwd_kernel<1> (N <= 4,
+// MAD) 128 registers, 2 blocks of 256 an SM; with the strides folded to Dc, N (93fc50e) it
+// took 196, 1 block an SM: at MAD 512 blocks ran in 4 waves of 132 instead of 2.
 struct ScanGeom {
-    int B, T, Dc, N;    // batch, tokens, channels, states per channel
-    int L, J, CH;       // lanes per channel, states per lane, channels per block
-    int nsub;           // channel tiles (of CH)
-    int spb, ntile;     // backward: tiles per block, blocks per batch row
-    int nch;            // backward: chunks of K = 16 / J tokens
+    int B, T, Dc, N; // batch, tokens, channels, states per channel
+    int ldd;         // entries of delta per token
+    int dp;          // channels per delta/A/D entry
+    int G, cpg;      // groups of B/C, channels per group
+    int L, J, CH;    // lanes per channel, states per lane, channels per block
+    int nsub;        // channel tiles (of CH) per group
+    int spb, ntile;  // backward: tiles per block, blocks per (b, group)
+    int nch;         // backward: chunks of K = 16 / J tokens
 };
 
 struct ScanPtrs {
     const float *x, *delta, *A_log, *Bm, *Cm, *D, *dy;
-    float *y, *dx, *ddelta;
+    float *y, *dx;
+    float *ddelta;  // += per channel
     float *ck;      // checkpoints: state before each chunk, per block and thread
-    float *bc_part; // [B, ntile, T, 2, N]: dBm, dCm summed over the channels of one block
+    float *bc_part; // [B, G, ntile, T, 2, N]: dBm, dCm summed over the channels of one block
     float *dA_part; // [B, Dc, N]
     float *dD_part; // [B, Dc]
 };
@@ -107,10 +119,18 @@ __device__ __forceinline__ float group_sum(float v, int L) {
     return v;
 }
 
+// A[c, n] = -exp(A_log), A_log [Dc, N]
+__device__ __forceinline__ float decay(const float *A_log, int c, int n, const ScanGeom &g) {
+    return -expf(A_log[(size_t)c * g.N + n]);
+}
+
+// B/C row of token r for channel c
+__device__ __forceinline__ size_t bc_row(const ScanGeom &g, size_t r, int c) {
+    return (r * g.G + c / g.cpg) * (size_t)g.N;
+}
+
 // Forward (§4.2): h_t = exp(dl_t A) h_{t-1} + dl_t B_t x_t; y_t = sum_n C_t h_t + D x_t.
-// One thread per state (b, channel, n): the L = min(pow2 >= N, 32) lanes of a channel hold
-// J = pow2 / L states each and sum over n with xor shuffles. A block holds CH = 256 / L
-// channels of one batch row. grid (ceil(Dc/CH), B); writes y.
+// grid (ceil(Dc/CH), B); writes y.
 template <int J>
 __global__ void __launch_bounds__(SCAN_THREADS) scan_fwd_kernel(ScanGeom g, ScanPtrs p) {
     const int L = g.L, lane = threadIdx.x % L, b = blockIdx.y;
@@ -120,19 +140,20 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_fwd_kernel(ScanGeom g, Scan
 #pragma unroll
     for (int j = 0; j < J; j++) {
         int n = lane + j * L;
-        A[j] = ok && n < g.N ? -expf(p.A_log[(size_t)c * g.N + n]) : 0.f;
+        A[j] = ok && n < g.N ? decay(p.A_log, c, n, g) : 0.f;
         h[j] = 0.f;
     }
-    const float Dd = ok ? p.D[c] : 0.f;
+    const float Dd = ok ? p.D[c / g.dp] : 0.f;
     for (int t = 0; t < g.T; t++) {
         size_t r = (size_t)b * g.T + t;
-        float dl = ok ? p.delta[r * g.Dc + c] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+        float dl = ok ? p.delta[r * g.ldd + c / g.dp] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+        size_t row = ok ? bc_row(g, r, c) : 0;
         float acc = 0.f;
 #pragma unroll
         for (int j = 0; j < J; j++) {
             int n = lane + j * L;
             bool on = ok && n < g.N;
-            float bn = on ? p.Bm[r * g.N + n] : 0.f, cn = on ? p.Cm[r * g.N + n] : 0.f;
+            float bn = on ? p.Bm[row + n] : 0.f, cn = on ? p.Cm[row + n] : 0.f;
             h[j] = expf(dl * A[j]) * h[j] + dl * bn * xv;
             acc += cn * h[j];
         }
@@ -144,29 +165,30 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_fwd_kernel(ScanGeom g, Scan
 // Backward (§4.4): dh_t = a_{t+1} dh_{t+1} + dy_t C_t walked in reverse, with the states
 // recomputed: a forward pass keeps the state before every chunk of K tokens (ck), then
 // the chunks are walked backwards, each recomputing its K states into registers.
-// grid (ntile, B): a block takes tiles s0..s1-1 in turn. Per chunk the block sums its
-// channels' dB, dC terms in shared memory (channel order) and adds them to its own slice
-// of bc_part; dA, dD go to per-(b, channel) partials; dx, ddelta are accumulated directly.
+// grid (G * ntile, B): a block takes tiles s0..s1-1 of its group in turn. Per chunk the
+// block sums its channels' dB, dC terms in shared memory (channel order) and adds them
+// to its own slice of bc_part; dA, dD go to per-(b, channel) partials. dx (and, Mamba-1,
+// ddelta) are per channel and accumulated directly.
 template <int J>
 __global__ void __launch_bounds__(SCAN_THREADS) scan_bwd_kernel(ScanGeom g, ScanPtrs p) {
     constexpr int K = 16 / J;                     // K*J registers hold a chunk's states
     __shared__ float red[K][2][SCAN_THREADS * J]; // [k][dB|dC][ch*NP + n]
     const int L = g.L, NP = L * J, lane = threadIdx.x % L, ch = threadIdx.x / L;
-    const int b = blockIdx.y, tile = blockIdx.x;
+    const int b = blockIdx.y, grp = blockIdx.x / g.ntile, tile = blockIdx.x % g.ntile;
     const int s0 = tile * g.spb, s1 = min(g.nsub, s0 + g.spb);
     float *ck = p.ck + (size_t)(blockIdx.y * gridDim.x + blockIdx.x) * g.nch * SCAN_THREADS * J;
-    float *part = p.bc_part + ((size_t)b * g.ntile + tile) * g.T * 2 * g.N;
+    float *part = p.bc_part + ((size_t)(b * g.G + grp) * g.ntile + tile) * g.T * 2 * g.N;
     for (int s = s0; s < s1; s++) { // uniform over the block
-        const int c = s * g.CH + ch;
-        const bool ok = c < g.Dc;
+        const int cg = s * g.CH + ch, c = grp * g.cpg + cg;
+        const bool ok = cg < g.cpg;
         float A[J], h[J];
 #pragma unroll
         for (int j = 0; j < J; j++) {
             int n = lane + j * L;
-            A[j] = ok && n < g.N ? -expf(p.A_log[(size_t)c * g.N + n]) : 0.f;
+            A[j] = ok && n < g.N ? decay(p.A_log, c, n, g) : 0.f;
             h[j] = 0.f;
         }
-        const float Dd = ok ? p.D[c] : 0.f;
+        const float Dd = ok ? p.D[c / g.dp] : 0.f;
         // pass 1: the state before each chunk
         for (int ci = 0; ci < g.nch; ci++) {
 #pragma unroll
@@ -174,11 +196,12 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_bwd_kernel(ScanGeom g, Scan
             int t1 = min(g.T, (ci + 1) * K);
             for (int t = ci * K; t < t1; t++) {
                 size_t r = (size_t)b * g.T + t;
-                float dl = ok ? p.delta[r * g.Dc + c] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+                float dl = ok ? p.delta[r * g.ldd + c / g.dp] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+                size_t row = ok ? bc_row(g, r, c) : 0;
 #pragma unroll
                 for (int j = 0; j < J; j++) {
                     int n = lane + j * L;
-                    float bn = ok && n < g.N ? p.Bm[r * g.N + n] : 0.f;
+                    float bn = ok && n < g.N ? p.Bm[row + n] : 0.f;
                     h[j] = expf(dl * A[j]) * h[j] + dl * bn * xv;
                 }
             }
@@ -196,11 +219,12 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_bwd_kernel(ScanGeom g, Scan
             for (int k = 0; k < K; k++) { // states h_{t0+k}
                 if (k < Lc) {
                     size_t r = (size_t)b * g.T + t0 + k;
-                    float dl = ok ? p.delta[r * g.Dc + c] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+                    float dl = ok ? p.delta[r * g.ldd + c / g.dp] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+                    size_t row = ok ? bc_row(g, r, c) : 0;
 #pragma unroll
                     for (int j = 0; j < J; j++) {
                         int n = lane + j * L;
-                        float bn = ok && n < g.N ? p.Bm[r * g.N + n] : 0.f;
+                        float bn = ok && n < g.N ? p.Bm[row + n] : 0.f;
                         hs[k][j] = expf(dl * A[j]) * (k ? hs[k - 1][j] : h0[j]) + dl * bn * xv;
                     }
                 }
@@ -209,13 +233,14 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_bwd_kernel(ScanGeom g, Scan
             for (int k = K - 1; k >= 0; k--) {
                 if (k < Lc) { // uniform over the block: the shuffles below see every lane
                     size_t r = (size_t)b * g.T + t0 + k;
-                    float dl = ok ? p.delta[r * g.Dc + c] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
+                    float dl = ok ? p.delta[r * g.ldd + c / g.dp] : 0.f, xv = ok ? p.x[r * g.Dc + c] : 0.f;
                     float gy = ok ? p.dy[r * g.Dc + c] : 0.f, dxv = 0.f, ddl = 0.f;
+                    size_t row = ok ? bc_row(g, r, c) : 0;
 #pragma unroll
                     for (int j = 0; j < J; j++) {
                         int n = lane + j * L;
                         bool on = ok && n < g.N;
-                        float bn = on ? p.Bm[r * g.N + n] : 0.f, cn = on ? p.Cm[r * g.N + n] : 0.f;
+                        float bn = on ? p.Bm[row + n] : 0.f, cn = on ? p.Cm[row + n] : 0.f;
                         float hp = k ? hs[k - 1][j] : h0[j], a = expf(dl * A[j]);
                         dh[j] += gy * cn;
                         red[k][0][ch * NP + n] = dh[j] * dl * xv;  // dB_t[n] term
@@ -256,16 +281,18 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_bwd_kernel(ScanGeom g, Scan
     }
 }
 
-// dBm, dCm [B, T, N] += the ntile block partials of row b, in tile order
-__global__ void scan_bc_final_kernel(float *dBm, float *dCm, const float *part, int B, int T, int N,
-                                     int ntile) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x; // (b*T + t)*2N + w*N + n
+// dBm, dCm [B, T, G, N] += the ntile block partials of (b, group), in tile order
+__global__ void scan_bc_final_kernel(float *dBm, float *dCm, const float *part, int B, int T, int G,
+                                     int N, int ntile) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x; // ((b*G + grp)*T + t)*2N + w*N + n
     long n2 = 2L * N;
-    if (i >= (long)B * T * n2) return;
-    int wn = (int)(i % n2), t = (int)((i / n2) % T), b = (int)(i / (n2 * T)), w = wn / N, n = wn % N;
+    if (i >= (long)B * G * T * n2) return;
+    int wn = (int)(i % n2), t = (int)((i / n2) % T);
+    long bg = i / (n2 * T);
+    int b = (int)(bg / G), grp = (int)(bg % G), w = wn / N, n = wn % N;
     float v = 0.f;
-    for (int k = 0; k < ntile; k++) v += part[(((size_t)b * ntile + k) * T + t) * n2 + wn];
-    size_t o = ((size_t)b * T + t) * N + n;
+    for (int k = 0; k < ntile; k++) v += part[((bg * ntile + k) * T + t) * n2 + wn];
+    size_t o = (((size_t)b * T + t) * G + grp) * N + n;
     if (w == 0) dBm[o] += v;
     else dCm[o] += v;
 }
@@ -286,7 +313,6 @@ __global__ void scan_param_kernel(float *out, const float *part, const float *al
     }
     if (threadIdx.x == 0) out[o] = alog ? out[o] - sh[0] * expf(alog[o]) : out[o] + sh[0];
 }
-
 void state_size_check(int N) {
     if (N < 1 || N > SCAN_MAX_N) {
         static char why[160];
@@ -296,17 +322,18 @@ void state_size_check(int N) {
     }
 }
 
-ScanGeom scan_geom(int B, int T, int Dc, int N) {
+// geometry of a scan over Dc channels; ldd/dp/G describe the sharing (see ScanGeom)
+ScanGeom scan_geom(int B, int T, int Dc, int N, int ldd, int dp, int G) {
     state_size_check(N);
     ScanGeom g;
-    g.B = B, g.T = T, g.Dc = Dc, g.N = N;
+    g.B = B, g.T = T, g.Dc = Dc, g.N = N, g.ldd = ldd, g.dp = dp, g.G = G, g.cpg = Dc / G;
     int np = 1;
     while (np < N) np <<= 1;
     g.L = np < 32 ? np : 32;
     g.J = np / g.L;
     g.CH = SCAN_THREADS / g.L;
-    g.nsub = cdiv(Dc, g.CH);
-    int want = cdiv(SCAN_BLOCKS_TARGET, B);
+    g.nsub = cdiv(g.cpg, g.CH);
+    int want = cdiv(SCAN_BLOCKS_TARGET, (long)B * G);
     want = want < 1 ? 1 : want > g.nsub ? g.nsub : want;
     g.spb = cdiv(g.nsub, want);
     g.ntile = cdiv(g.nsub, g.spb); // every block gets at least one tile
@@ -314,13 +341,14 @@ ScanGeom scan_geom(int B, int T, int Dc, int N) {
     return g;
 }
 
+// x, delta, y: [B, T, Dc]; Bm, Cm: [B, T, N]; A_log [Dc, N]; D [Dc]
 void sscan_forward(float *y, const float *x, const float *delta, const float *A_log,
                    const float *Bm, const float *Cm, const float *D, int B, int T, int Dc, int N) {
-    ScanGeom g = scan_geom(B, T, Dc, N);
-    if ((long)B * T * Dc == 0) return;
+    ScanGeom g = scan_geom(B, T, Dc, N, Dc, 1, 1);
+    if ((long)g.B * g.T * g.Dc == 0) return;
     ScanPtrs p = {};
     p.x = x, p.delta = delta, p.A_log = A_log, p.Bm = Bm, p.Cm = Cm, p.D = D, p.y = y;
-    dim3 grid(cdiv(Dc, g.CH), B);
+    dim3 grid(cdiv(g.Dc, g.CH), g.B);
     switch (g.J) {
     case 1: scan_fwd_kernel<1><<<grid, SCAN_THREADS, 0, cu.stream>>>(g, p); break;
     case 2: scan_fwd_kernel<2><<<grid, SCAN_THREADS, 0, cu.stream>>>(g, p); break;
@@ -329,35 +357,36 @@ void sscan_forward(float *y, const float *x, const float *delta, const float *A_
     CKL();
 }
 
-// One scratch allocation, carved: ck, bc_part, dA_part, dD_part; then the fixed-order
-// reductions: dBm, dCm over block partials, dA_log[d,n] and dD[d] over b.
+// One scratch allocation, carved: ck, bc_part, dA_part, dD_part. Then the fixed-order
+// reductions: dBm, dCm over block partials; dA_log[d,n] and dD[d] over b.
 void sscan_backward(float *dx, float *ddelta, float *dA_log, float *dBm, float *dCm, float *dD,
                     const float *dy, const float *x, const float *delta, const float *A_log,
                     const float *Bm, const float *Cm, const float *D, int B, int T, int Dc, int N) {
-    ScanGeom g = scan_geom(B, T, Dc, N);
-    if ((long)B * T * Dc == 0) return;
+    ScanGeom g = scan_geom(B, T, Dc, N, Dc, 1, 1);
+    if ((long)g.B * g.T * g.Dc == 0) return;
     ScanPtrs p = {};
     p.x = x, p.delta = delta, p.A_log = A_log, p.Bm = Bm, p.Cm = Cm, p.D = D, p.dy = dy;
     p.dx = dx, p.ddelta = ddelta;
-    size_t nblk = (size_t)B * g.ntile;
-    size_t n_ck = nblk * g.nch * SCAN_THREADS * g.J, n_bc = nblk * T * 2 * N;
-    size_t n_dA = (size_t)B * Dc * N;
-    float *s = cu_scratch(n_ck + n_bc + n_dA + (size_t)B * Dc);
+    size_t nblk = (size_t)g.B * g.G * g.ntile;
+    size_t n_ck = nblk * g.nch * SCAN_THREADS * g.J, n_bc = nblk * g.T * 2 * g.N;
+    size_t n_dA = (size_t)g.B * g.Dc * g.N, n_dD = (size_t)g.B * g.Dc;
+    float *s = cu_scratch(n_ck + n_bc + n_dA + n_dD);
     p.ck = s, p.bc_part = s + n_ck, p.dA_part = p.bc_part + n_bc, p.dD_part = p.dA_part + n_dA;
-    dim3 grid(g.ntile, B);
+    dim3 grid(g.G * g.ntile, g.B);
     switch (g.J) {
     case 1: scan_bwd_kernel<1><<<grid, SCAN_THREADS, 0, cu.stream>>>(g, p); break;
     case 2: scan_bwd_kernel<2><<<grid, SCAN_THREADS, 0, cu.stream>>>(g, p); break;
     default: scan_bwd_kernel<4><<<grid, SCAN_THREADS, 0, cu.stream>>>(g, p); break;
     }
     CKL();
-    long nbc = (long)B * T * 2 * N;
-    scan_bc_final_kernel<<<cu_blocks(nbc, 256), 256, 0, cu.stream>>>(dBm, dCm, p.bc_part, B, T, N,
-                                                                     g.ntile);
+    long nbc = (long)g.B * g.G * g.T * 2 * g.N;
+    scan_bc_final_kernel<<<cu_blocks(nbc, 256), 256, 0, cu.stream>>>(dBm, dCm, p.bc_part, g.B, g.T,
+                                                                     g.G, g.N, g.ntile);
     CKL();
-    scan_param_kernel<<<Dc * N, 128, 0, cu.stream>>>(dA_log, p.dA_part, A_log, B, (long)Dc * N, 1);
+    scan_param_kernel<<<g.Dc * g.N, 128, 0, cu.stream>>>(dA_log, p.dA_part, p.A_log, g.B,
+                                                         (long)g.Dc * g.N, 1);
     CKL();
-    scan_param_kernel<<<Dc, 128, 0, cu.stream>>>(dD, p.dD_part, nullptr, B, Dc, 1);
+    scan_param_kernel<<<g.Dc, 128, 0, cu.stream>>>(dD, p.dD_part, nullptr, g.B, g.Dc, 1);
     CKL();
 }
 
