@@ -183,9 +183,10 @@ static void test_rmsnorm(void **s) {
     (void)s;
     NEED_GPU();
     gsl_rng *r = test_rng(3);
-    /* {512, 8}: the weight gradient's column sum folds narrow rows into rows of 128 */
-    int shapes[4][2] = {{257, 128}, {300, 8}, {33, 70}, {512, 8}};
-    for (int k = 0; k < 4; k++)
+    /* {512, 8}: the weight gradient's column sum folds narrow rows into rows of 128;
+     * C = 4, 8, 16: the per-head norms' float4 row kernels */
+    int shapes[6][2] = {{257, 128}, {300, 8}, {33, 70}, {512, 8}, {77, 4}, {65, 16}};
+    for (int k = 0; k < 6; k++)
         for (int with_w = 0; with_w < 2; with_w++) {
             int N = shapes[k][0], C = shapes[k][1];
             size_t n = (size_t)N * C;

@@ -43,8 +43,7 @@ static void add_bias(float *y, const float *b, int N, int C) {
 // view column w holds original column w % C and element i belongs to row i / C.
 // stage 1: block (32 x VW columns, chunk s of 64 view rows) writes part[s, w], its 8
 //          row lanes combined in lane order (VW = 4: float4 loads);
-// stage 2: a warp per output column c adds part[s, c + kC] over s and k, lane-strided,
-//          then a fixed shuffle tree.
+// stage 2: a block per output column c adds part[s, c + kC] over s and k.
 constexpr int COLSUM_ROWS = 64; // view rows per chunk: enough blocks at C = 128
 template <int VW>
 __global__ void colsum_part_kernel(float *part, const float *a, const float *b, const float *r,
@@ -81,15 +80,20 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
             part[(size_t)s * W + w] = t;
         }
 }
-// out[c] += sum over s < S and k < W / C of part[s, c + kC]
+// out[c] += sum over s < S and k < W / C of part[s, c + kC]: a block per column,
+// thread-strided sums, then a fixed shared-memory tree
 __global__ void colsum_final_kernel(float *out, const float *part, int S, int W, int C) {
-    int c = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (c >= C) return;
-    int K = W / C;
-    float t = 0;
-    for (int idx = lane; idx < S * K; idx += 32) t += part[(size_t)(idx / K) * W + c + (idx % K) * C];
-    t = warp_sum(t);
-    if (lane == 0) out[c] += t;
+    __shared__ float t[256];
+    int c = blockIdx.x, K = W / C;
+    float v = 0;
+    for (int idx = threadIdx.x; idx < S * K; idx += 256) v += part[(size_t)(idx / K) * W + c + (idx % K) * C];
+    t[threadIdx.x] = v;
+    __syncthreads();
+    for (int w = 128; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) t[threadIdx.x] += t[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[c] += t[0];
 }
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C) {
     if (N == 0 || C == 0) return;
@@ -104,7 +108,7 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
         colsum_part_kernel<1><<<dim3(cu_blocks(W, 32), S), dim3(32, 8), 0, cu.stream>>>(
             part, a, b, r, R, W, C);
     CKL();
-    colsum_final_kernel<<<cu_blocks(C, 8), 256, 0, cu.stream>>>(out, part, S, W, C);
+    colsum_final_kernel<<<C, 256, 0, cu.stream>>>(out, part, S, W, C);
     CKL();
 }
 

@@ -1,6 +1,8 @@
 // Layers: RMSNorm, embedding, SwiGLU, RoPE, sigmoid gate, short causal conv. One warp per row for
 // row reductions; column reductions (dw, dtable) go through a gemv/gemm in
 // fp32 over a scratch buffer, so nothing is summed with atomics.
+#include <cstdint>
+
 #include "cuda_common.cuh"
 
 // ---- RMSNorm ---------------------------------------------------------------------
@@ -31,9 +33,57 @@ __global__ void rmsnorm_fwd_row_kernel(float *out, float *rstd, const float *x, 
     float *on = out + (size_t)row * C;
     for (int c = 0; c < C; c++) on[c] = xn[c] * r * (w ? w[c] : 1.f);
 }
+// the per-head norms (C = head dim 4, 8, 16): the row in registers through float4
+// loads and stores, the sums in the same order as rmsnorm_fwd_row_kernel
+template <int C> __device__ __forceinline__ void load_row(float (&v)[C], const float *p) {
+#pragma unroll
+    for (int c = 0; c < C; c += 4) *reinterpret_cast<float4 *>(v + c) = *reinterpret_cast<const float4 *>(p + c);
+}
+template <int C> __device__ __forceinline__ void store_row(float *p, const float (&v)[C]) {
+#pragma unroll
+    for (int c = 0; c < C; c += 4) *reinterpret_cast<float4 *>(p + c) = *reinterpret_cast<const float4 *>(v + c);
+}
+template <int C>
+__global__ void rmsnorm_fwd_rowv_kernel(float *out, float *rstd, const float *x, const float *w,
+                                        int N, float eps) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= N) return;
+    float v[C], ss = 0;
+    load_row<C>(v, x + (size_t)row * C);
+#pragma unroll
+    for (int c = 0; c < C; c++) ss += v[c] * v[c];
+    float r = (float)(1.0 / sqrt((double)(ss / C + eps)));
+    rstd[row] = r;
+#pragma unroll
+    for (int c = 0; c < C; c++) v[c] = v[c] * r * (w ? w[c] : 1.f);
+    store_row<C>(out + (size_t)row * C, v);
+}
+template <int C>
+__global__ void rmsnorm_bwd_rowv_kernel(float *dx, const float *dout, const float *x, const float *w,
+                                        const float *rstd, int N) {
+    int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    float g[C], xv[C], d[C], r = rstd[row], dot = 0;
+    load_row<C>(g, dout + o), load_row<C>(xv, x + o), load_row<C>(d, dx + o);
+#pragma unroll
+    for (int c = 0; c < C; c++) dot += (w ? w[c] : 1.f) * g[c] * xv[c];
+#pragma unroll
+    for (int c = 0; c < C; c++) d[c] += r * (w ? w[c] : 1.f) * g[c] - r * r * r / C * xv[c] * dot;
+    store_row<C>(dx + o, d);
+}
+static bool aligned16(const void *a, const void *b, const void *c) {
+    return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
+}
+
 static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                             float eps) {
-    if (C <= 16) rmsnorm_fwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
+    int nb = cu_blocks(N, 256);
+    if ((C == 4 || C == 8 || C == 16) && aligned16(out, x, nullptr)) {
+        if (C == 4) rmsnorm_fwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
+        if (C == 8) rmsnorm_fwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
+        if (C == 16) rmsnorm_fwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
+    } else if (C <= 16) rmsnorm_fwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
     else rmsnorm_fwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
     CKL();
 }
@@ -107,7 +157,12 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
 }
 static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                              const float *w, const float *rstd, int N, int C) {
-    if (C <= 16) rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
+    int nb = cu_blocks(N, 256);
+    if ((C == 4 || C == 8 || C == 16) && aligned16(dx, dout, x)) {
+        if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);
+        if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);
+        if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);
+    } else if (C <= 16) rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
     else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
     CKL();
     if (dw) cu_colsum(dw, dout, x, rstd, N, C); // dw[c] += sum_n dy x r
