@@ -16,9 +16,13 @@
 //                        checkpoint into global scratch (double); reverse recurrence
 //                        (§6.4(a), §8.4(a)) with G = dL/dS in shared memory; column
 //                        threads do the column sums, row threads the row sums
-//   mesa_forward/backward one block per (b, h); Hkk, Hkv (and the gradients Gkk, Gkv)
-//                        in shared memory; CG or Cholesky solve (§9.3) by the whole
-//                        block; implicit backward (§9.4); dlam by per-(b,h) partials
+//   mesa_forward/backward K <= MESA_KT: parallel in time (see "time-parallel path"):
+//                        states per token by an elementwise recurrence into scratch, then
+//                        one thread per token for each solve, then (backward) one warp per
+//                        (b, h) for the reverse accumulation of the state gradients.
+//                        Wider heads: one block per (b, h); Hkk, Hkv (and the gradients
+//                        Gkk, Gkv) in shared memory; CG or Cholesky solve (§9.3) by the
+//                        whole block; implicit backward (§9.4). dlam by per-(b,h) partials
 //                        reduced over b in a second kernel.
 #include "cuda_common.cuh"
 
@@ -740,6 +744,441 @@ __global__ void mesa_dlam_kernel(float *dlam, const double *part, int B, int HK)
     dlam[e] += (float)s;
 }
 
+// ---- MesaNet, time-parallel path (K <= MESA_KT: mesa_par_ok) ----------------------------------
+//
+// Every token's solve needs only its own Hkk_t (§9.2), not the previous token's solve, so
+// the sequential part is reduced to the state recurrence, which is elementwise:
+//   mesa_state_kernel    one thread per state element (b, h, [chunk,] e), sequential over t:
+//                        Hkk/Hkv_t[e] = gamma_t prev + beta_t k_i (k|v)_j, the CPU's formula,
+//                        stored per token (double) in scratch S [bh][t][K*K + K*V] (the
+//                        checkpoint layout); forward from zero over all T (writing the
+//                        checkpoints), backward from each checkpoint over its chunk, as the CPU
+//   mesa_tok_fwd_kernel  one thread per token: Hkk_t in registers, CG / Cholesky with the CPU's
+//                        loops and index order, q*, o = Hkv_t^T q*
+//   mesa_tok_bwd_kernel  one thread per token: dq* = Hkv_t dO, dq = A^{-1} dq* (§9.4)
+//   mesa_rev_kernel      one warp per (b, h), reverse in t: the accumulation of Gkk, Gkv and
+//                        the per-token gradients (§9.4), as mesa_bwd_kernel without its solves
+// Work is done in slices of (b, h) so that S stays under MESA_SCR_DOUBLES.
+
+#define MESA_KT 8                   // largest K of the time-parallel path (registers)
+#define MESA_TOK 64                 // tokens (threads) per block of the token kernels
+#define MESA_SCR_DOUBLES (1u << 25) // S per slice: 256 MB (MAD shape: one slice)
+
+// gam[tok] = gamma of token tok = bhl*T + t of the slice starting at (b, h) index bh0
+__global__ void mesa_gam_kernel(double *gam, const float *g, int bh0, int nbh, int T, int H) {
+    int tok = blockIdx.x * blockDim.x + threadIdx.x;
+    if (tok >= nbh * T) return;
+    int bh = bh0 + tok / T, t = tok % T;
+    size_t hi = ((size_t)(bh / H) * T + t) * H + bh % H;
+    gam[tok] = g ? exp((double)g[hi]) : 1;
+}
+
+// from_ckpt == 0: thread (bhl, e), t over [0, T), writes the checkpoints (state before step t);
+// from_ckpt == 1: thread (bhl, c, e), t over chunk c, starting from checkpoint c.
+__global__ void mesa_state_kernel(MesaArgs a, double *S, const double *gam, int bh0, int nbh,
+                                  int from_ckpt) {
+    const int K = a.K, V = a.V, H = a.H, T = a.T, nck = (T + DELTA_CKPT - 1) / DELTA_CKPT;
+    const int KK = K * K, SL = KK + K * V, nc = from_ckpt ? nck : 1;
+    long id = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (id >= (long)nbh * nc * SL) return;
+    const int e = (int)(id % SL), c = (int)(id / SL % nc), bhl = (int)(id / ((long)SL * nc));
+    const int bh = bh0 + bhl, b = bh / H, h = bh % H;
+    const bool kk = e < KK;
+    const int i = kk ? e / K : (e - KK) / V, j = kk ? e % K : (e - KK) % V;
+    float *ck = a.ckpt + (size_t)bh * nck * SL + e;
+    const int t0 = from_ckpt ? c * DELTA_CKPT : 0;
+    const int t1 = from_ckpt ? min(T, t0 + DELTA_CKPT) : T;
+    double s = from_ckpt ? (double)ck[(size_t)c * SL] : 0;
+    // per-step pointers (token rows of one (b, h) are H rows apart)
+    const size_t hi0 = ((size_t)b * T + t0) * H + h;
+    const float *bp = a.beta + hi0, *kp = a.k + hi0 * K + i;
+    const float *wp = kk ? a.k + hi0 * K + j : a.v + hi0 * V + j;
+    const size_t kst = (size_t)H * K, wst = kk ? kst : (size_t)H * V;
+    const double *gp = gam + (size_t)bhl * T + t0;
+    double *out = S + ((size_t)bhl * T + t0) * SL + e;
+#pragma unroll 4
+    for (int t = t0; t < t1; t++) {
+        if (!from_ckpt && t % DELTA_CKPT == 0) ck[(size_t)(t / DELTA_CKPT) * SL] = (float)s;
+        const double beta = *bp, ki = *kp, w = *wp;
+        s = *gp * s + beta * ki * w;
+        *out = s;
+        bp += H, kp += kst, wp += wst, gp++, out += SL;
+    }
+}
+
+// x = (A + Diag(lam))^{-1} b (§9.3) by one thread, A [KT*KT] in registers (entries i, j < d
+// used; overwritten by L when steps == 0), lam read from global; the loops and summation
+// orders of the CPU's mesa_solve, so each token's result is the CPU's up to FMA contraction.
+template <int KT>
+__device__ __forceinline__ void mesa_solve_thread(double *A, const float *lam, const double *bb,
+                                                  double *x, int d, int steps, double eps) {
+    if (steps == 0) {
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+#pragma unroll
+            for (int j = 0; j <= i; j++) {
+                if (i >= d) continue;
+                double s = A[i * KT + j] + (i == j ? (double)lam[i] : 0);
+#pragma unroll
+                for (int m = 0; m < j; m++) s -= A[i * KT + m] * A[j * KT + m];
+                if (i == j) A[i * KT + i] = sqrt(s > 1e-300 ? s : 1e-300);
+                else A[i * KT + j] = s / A[j * KT + j];
+            }
+#pragma unroll
+        for (int i = 0; i < KT; i++) {
+            if (i >= d) continue;
+            double s = bb[i];
+#pragma unroll
+            for (int m = 0; m < i; m++) s -= A[i * KT + m] * x[m];
+            x[i] = s / A[i * KT + i];
+        }
+#pragma unroll
+        for (int i = KT - 1; i >= 0; i--) {
+            if (i >= d) continue;
+            double s = x[i];
+#pragma unroll
+            for (int m = i + 1; m < KT; m++)
+                if (m < d) s -= A[m * KT + i] * x[m];
+            x[i] = s / A[i * KT + i];
+        }
+        return;
+    }
+    double r[KT], p[KT], z[KT], delta = 0;
+#pragma unroll
+    for (int i = 0; i < KT; i++)
+        if (i < d) x[i] = 0, r[i] = bb[i], p[i] = bb[i], delta += bb[i] * bb[i];
+    for (int it = 0; it < steps && delta > 0; it++) {
+        double pz = 0;
+#pragma unroll
+        for (int i = 0; i < KT; i++) {
+            if (i >= d) continue;
+            double s = (double)lam[i] * p[i];
+#pragma unroll
+            for (int j = 0; j < KT; j++)
+                if (j < d) s += A[i * KT + j] * p[j];
+            z[i] = s;
+            pz += p[i] * s;
+        }
+        double al = delta / (pz + eps), nd = 0;
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+            if (i < d) x[i] += al * p[i], r[i] -= al * z[i], nd += r[i] * r[i];
+        double bt = nd / (delta + eps);
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+            if (i < d) p[i] = r[i] + bt * p[i];
+        delta = nd;
+    }
+}
+
+// Stage part [off, off + n) of the states of the block's tokens into buf [MESA_TOK][n + 1]
+// (coalesced: the block's tokens are consecutive in S), then sync.
+__device__ __forceinline__ void mesa_stage(double *buf, const double *S, long tok0, long ntok,
+                                           int SL, int off, int n) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < MESA_TOK * n; e += blockDim.x) {
+        int tl = e / n, f = e % n;
+        if (tok0 + tl < ntok) buf[tl * (n + 1) + f] = S[(size_t)(tok0 + tl) * SL + off + f];
+    }
+    __syncthreads();
+}
+
+// grid ceil(nbh*T / MESA_TOK), MESA_TOK threads; shared buf [MESA_TOK][max(K*K, K*V) + 1]
+template <int KT>
+__global__ void __launch_bounds__(MESA_TOK) mesa_tok_fwd_kernel(MesaArgs a, const double *S,
+                                                                int bh0, int nbh) {
+    extern __shared__ double sm[];
+    const int K = a.K, V = a.V, H = a.H, T = a.T, KK = K * K, SL = KK + K * V;
+    const long ntok = (long)nbh * T, tok0 = (long)blockIdx.x * MESA_TOK, tok = tok0 + threadIdx.x;
+    const bool on = tok < ntok;
+    const int bh = bh0 + (int)(tok / T), t = (int)(tok % T), b = bh / H, h = bh % H;
+    const size_t hi = ((size_t)b * T + t) * H + h;
+    double A[KT * KT], qb[KT], x[KT];
+    mesa_stage(sm, S, tok0, ntok, SL, 0, KK);
+    if (on) {
+        const double *As = sm + threadIdx.x * (KK + 1);
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+#pragma unroll
+            for (int j = 0; j < KT; j++)
+                if (i < K && j < K) A[i * KT + j] = As[i * K + j];
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+            if (i < K) qb[i] = a.q[hi * K + i];
+        mesa_solve_thread<KT>(A, a.lam + (size_t)h * K, qb, x, K, a.cg_steps, a.cg_eps);
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+            if (i < K) a.qstar[hi * K + i] = (float)x[i];
+    }
+    mesa_stage(sm, S, tok0, ntok, SL, KK, K * V);
+    if (on) {
+        const double *Hkv = sm + threadIdx.x * (K * V + 1);
+        for (int j = 0; j < V; j++) { // o = Hkv^T q*
+            double s = 0;
+#pragma unroll
+            for (int i = 0; i < KT; i++)
+                if (i < K) s += Hkv[i * V + j] * x[i];
+            a.o[hi * V + j] = (float)s;
+        }
+    }
+}
+
+// grid ceil(nbh*T / MESA_TOK), MESA_TOK threads; shared as the forward. dq += dq (float),
+// DQ [tok][K] = dq (double, for the reverse pass)
+template <int KT>
+__global__ void __launch_bounds__(MESA_TOK) mesa_tok_bwd_kernel(MesaArgs a, const double *S,
+                                                                double *DQ, int bh0, int nbh) {
+    extern __shared__ double sm[];
+    const int K = a.K, V = a.V, H = a.H, T = a.T, KK = K * K, SL = KK + K * V;
+    const long ntok = (long)nbh * T, tok0 = (long)blockIdx.x * MESA_TOK, tok = tok0 + threadIdx.x;
+    const bool on = tok < ntok;
+    const int bh = bh0 + (int)(tok / T), t = (int)(tok % T), b = bh / H, h = bh % H;
+    const size_t hi = ((size_t)b * T + t) * H + h;
+    double A[KT * KT], dqs[KT], x[KT];
+    mesa_stage(sm, S, tok0, ntok, SL, KK, K * V);
+    if (on) { // dq* = Hkv_t dO
+        const double *Hkv = sm + threadIdx.x * (K * V + 1);
+#pragma unroll
+        for (int i = 0; i < KT; i++) {
+            if (i >= K) continue;
+            double s = 0;
+            for (int j = 0; j < V; j++) s += Hkv[i * V + j] * (double)a.dout[hi * V + j];
+            dqs[i] = s;
+        }
+    }
+    mesa_stage(sm, S, tok0, ntok, SL, 0, KK);
+    if (on) { // dq = (Hkk_t + Diag(lam))^{-1} dq* (A symmetric)
+        const double *As = sm + threadIdx.x * (KK + 1);
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+#pragma unroll
+            for (int j = 0; j < KT; j++)
+                if (i < K && j < K) A[i * KT + j] = As[i * K + j];
+        mesa_solve_thread<KT>(A, a.lam + (size_t)h * K, dqs, x, K, a.cg_steps, a.cg_eps);
+#pragma unroll
+        for (int i = 0; i < KT; i++)
+            if (i < K) a.dq[hi * K + i] += (float)x[i], DQ[(size_t)tok * K + i] = x[i];
+    }
+}
+
+// grid nbh (block = bhl), MESA_REV threads (one warp: its barriers are cheap, and 16+ blocks
+// fit an SM, so all (b, h) run in one wave): the reverse-time part of mesa_bwd_kernel with
+// the solves done (DQ) and the states read from S (state t-1 of a chunk's first step: its
+// checkpoint, as the CPU). A step's inputs, IN = k, q*, dq [K] | v, dO [V] | states t-1
+// [K*K + K*V] (gated only), are loaded into registers during the step before (in reverse
+// time), so the loop waits on no memory latency. shared: Gkk [K, K+1], Gkv [K, V+1], IN,
+// dlam partial, row sums, dg row sums [K], column sums [V].
+#define MESA_REV 32
+#define MESA_RPF 8 // registers of inputs per thread: IN has at most MESA_REV * MESA_RPF values
+
+// input n of IN for step t (token row hi, tok; see mesa_rev_kernel), from the step's
+// row pointers (the states t-1 from the checkpoint Pf or from S at Pd)
+struct MesaRevSrc {
+    const float *k, *qs, *v, *dO, *Pf;
+    const double *dq, *Pd;
+};
+__device__ __forceinline__ MesaRevSrc mesa_rev_src(const MesaArgs &a, const double *S,
+                                                   const double *DQ, const float *ck, int t,
+                                                   size_t hi, size_t tok) {
+    const size_t SL = (size_t)a.K * a.K + (size_t)a.K * a.V;
+    MesaRevSrc r;
+    r.k = a.k + hi * a.K, r.qs = a.qstar + hi * a.K, r.dq = DQ + tok * a.K;
+    r.v = a.v + hi * a.V, r.dO = a.dout + hi * a.V;
+    const bool pck = t % DELTA_CKPT == 0;
+    r.Pf = pck ? ck + (size_t)(t / DELTA_CKPT) * SL : nullptr;
+    r.Pd = pck ? nullptr : S + (tok - 1) * SL;
+    return r;
+}
+__device__ __forceinline__ double mesa_rev_in(const MesaRevSrc &r, int K, int V, int n) {
+    if (n < K) return r.k[n];
+    if (n < 2 * K) return r.qs[n - K];
+    if (n < 3 * K) return r.dq[n - 2 * K];
+    if (n < 3 * K + V) return r.v[n - 3 * K];
+    if (n < 3 * K + 2 * V) return r.dO[n - 3 * K - V];
+    n -= 3 * K + 2 * V;
+    return r.Pf ? (double)r.Pf[n] : r.Pd[n];
+}
+
+__global__ void __launch_bounds__(MESA_REV, 16) mesa_rev_kernel(MesaArgs a, const double *S,
+                                                            const double *DQ, const double *gam,
+                                                            double *dlam_part, int bh0) {
+    extern __shared__ double sm[];
+    const int K = a.K, V = a.V, H = a.H, T = a.T, tid = threadIdx.x, nt = blockDim.x;
+    const int ldk = K + 1, ldv = V + 1, nck = (T + DELTA_CKPT - 1) / DELTA_CKPT;
+    const int bhl = blockIdx.x, bh = bh0 + bhl, b = bh / H, h = bh % H;
+    const int KK = K * K, KV = K * V, SL = KK + KV, NI = 3 * K + 2 * V + (a.g ? SL : 0);
+    double *Gkk = sm, *Gkv = Gkk + K * ldk, *IN = Gkv + K * ldv;
+    double *kk = IN, *qs = kk + K, *dq = qs + K, *vv = dq + K, *dO = vv + V, *P = dO + V;
+    double *dl = IN + 3 * K + 2 * V + SL, *rowp = dl + K, *dgp = rowp + K, *colp = dgp + K;
+    const float *ck = a.ckpt + (size_t)bh * nck * SL;
+    for (int e = tid; e < K * ldk; e += nt) Gkk[e] = 0;
+    for (int e = tid; e < K * ldv; e += nt) Gkv[e] = 0;
+    for (int i = tid; i < K; i += nt) dl[i] = 0;
+    double pf[MESA_RPF], pg, pb; // inputs of the next step
+    {
+        const int t = T - 1;
+        const size_t hi = ((size_t)b * T + t) * H + h, tok = (size_t)bhl * T + t;
+        const MesaRevSrc src = mesa_rev_src(a, S, DQ, ck, t, hi, tok);
+#pragma unroll
+        for (int u = 0; u < MESA_RPF; u++)
+            if (tid + u * nt < NI) pf[u] = mesa_rev_in(src, K, V, tid + u * nt);
+        pg = gam[tok], pb = a.beta[hi];
+    }
+    for (int t = T - 1; t >= 0; t--) {
+        const size_t hi = ((size_t)b * T + t) * H + h, tok = (size_t)bhl * T + t;
+        const double gamma = pg, beta = pb;
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < MESA_RPF; u++)
+            if (tid + u * nt < NI) IN[tid + u * nt] = pf[u];
+        if (t > 0) { // prefetch step t-1
+            const size_t hn = hi - H, tn = tok - 1;
+            const MesaRevSrc src = mesa_rev_src(a, S, DQ, ck, t - 1, hn, tn);
+#pragma unroll
+            for (int u = 0; u < MESA_RPF; u++)
+                if (tid + u * nt < NI) pf[u] = mesa_rev_in(src, K, V, tid + u * nt);
+            pg = gam[tn], pb = a.beta[hn];
+        }
+        __syncthreads();
+        for (int i = tid; i < K; i += nt) dl[i] -= dq[i] * qs[i]; // dlam = -sum dq (.) q*
+        // Gkv_t = gamma_{t+1} Gkv_{t+1} + q* dO^T;  Gkk_t = gamma_{t+1} Gkk_{t+1} - dq q*^T
+        for (int e = tid; e < KV; e += nt) {
+            int i = e / V, j = e % V;
+            Gkv[i * ldv + j] += qs[i] * dO[j];
+        }
+        for (int e = tid; e < KK; e += nt) {
+            int i = e / K, j = e % K;
+            Gkk[i * ldk + j] -= dq[i] * qs[j];
+        }
+        __syncthreads();
+        // dv_j = beta Gkv[:,j].k;  dbeta gets Gkv[:,j].k v_j  (threads 0, 1, ...)
+        for (int j = tid; j < V; j += nt) {
+            double s = 0;
+#pragma unroll
+            for (int i = 0; i < MESA_KT; i++)
+                if (i < K) s += Gkv[i * ldv + j] * kk[i];
+            a.dv[hi * V + j] += (float)(beta * s);
+            colp[j] = s * vv[j];
+        }
+        // dk_i = beta (Gkv v + (Gkk + Gkk^T) k)_i;  dbeta gets k_i (Gkk k)_i;
+        // dgamma gets <Gkk_i, Hkk_{t-1,i}> + <Gkv_i, Hkv_{t-1,i}>  (threads nt-1, nt-2, ...:
+        // beside the column threads when K + V <= nt)
+        for (int i = nt - 1 - tid; i < K; i += nt) {
+            double s = 0, s2 = 0, rb = 0;
+            for (int j = 0; j < V; j++) s += Gkv[i * ldv + j] * vv[j];
+#pragma unroll
+            for (int j = 0; j < MESA_KT; j++)
+                if (j < K) {
+                    s2 += (Gkk[i * ldk + j] + Gkk[j * ldk + i]) * kk[j];
+                    rb += kk[i] * Gkk[i * ldk + j] * kk[j];
+                }
+            a.dk[hi * K + i] += (float)(beta * (s + s2));
+            rowp[i] = rb;
+            if (a.g) {
+                double s3 = 0;
+#pragma unroll
+                for (int j = 0; j < MESA_KT; j++)
+                    if (j < K) s3 += Gkk[i * ldk + j] * P[i * K + j];
+                for (int j = 0; j < V; j++) s3 += Gkv[i * ldv + j] * P[KK + i * V + j];
+                dgp[i] = s3;
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
+            double db = 0;
+            for (int j = 0; j < V; j++) db += colp[j];
+#pragma unroll
+            for (int i = 0; i < MESA_KT; i++)
+                if (i < K) db += rowp[i];
+            a.dbeta[hi] += (float)db;
+            if (a.g) {
+                double dgam = 0;
+#pragma unroll
+                for (int i = 0; i < MESA_KT; i++)
+                    if (i < K) dgam += dgp[i];
+                a.dg[hi] += (float)(gamma * dgam); // dg = gamma dgamma
+            }
+        }
+        for (int e = tid; e < KV; e += nt) Gkv[(e / V) * ldv + e % V] *= gamma;
+        for (int e = tid; e < KK; e += nt) Gkk[(e / K) * ldk + e % K] *= gamma;
+    }
+    __syncthreads();
+    for (int i = tid; i < K; i += nt) dlam_part[(size_t)bh * K + i] = dl[i];
+}
+
+// the time-parallel path: K within the token kernels' registers, a reverse step's inputs
+// within mesa_rev_kernel's prefetch registers (else the per-(b, h) kernels)
+static bool mesa_par_ok(const MesaArgs *a) {
+    int K = a->K, V = a->V;
+    return K <= MESA_KT && 3 * K + 2 * V + K * K + K * V <= MESA_REV * MESA_RPF;
+}
+
+// (b, h) per slice so that S [nbh][T][SL] fits MESA_SCR_DOUBLES
+static int mesa_slice(const MesaArgs *a) {
+    size_t per = (size_t)a->T * ((size_t)a->K * a->K + (size_t)a->K * a->V);
+    size_t n = MESA_SCR_DOUBLES / per;
+    int BH = a->B * a->H;
+    return n < 1 ? 1 : n > (size_t)BH ? BH : (int)n;
+}
+
+static size_t mesa_tok_smem(const MesaArgs *a) {
+    size_t K = a->K, V = a->V, n = K * K > K * V ? K * K : K * V;
+    return sizeof(double) * MESA_TOK * (n + 1);
+}
+
+static void mesa_forward_par(const MesaArgs *a) {
+    const int BH = a->B * a->H, T = a->T, SL = a->K * a->K + a->K * a->V, nsl = mesa_slice(a);
+    static size_t set = 0;
+    size_t smem = mesa_tok_smem(a);
+    smem_check((const void *)mesa_tok_fwd_kernel<MESA_KT>, smem, &set, "mesa_forward", a->K, a->V);
+    // one scratch: gamma [nsl*T], S [nsl*T*SL] (doubles)
+    double *gam = (double *)cu_scratch(2 * ((size_t)nsl * T + (size_t)nsl * T * SL));
+    double *S = gam + (size_t)nsl * T;
+    for (int bh0 = 0; bh0 < BH; bh0 += nsl) {
+        int nbh = BH - bh0 < nsl ? BH - bh0 : nsl;
+        long ntok = (long)nbh * T, nel = (long)nbh * SL;
+        mesa_gam_kernel<<<cu_blocks(ntok, 256), 256, 0, cu.stream>>>(gam, a->g, bh0, nbh, T, a->H);
+        CKL();
+        mesa_state_kernel<<<cu_blocks(nel, 128), 128, 0, cu.stream>>>(*a, S, gam, bh0, nbh, 0);
+        CKL();
+        mesa_tok_fwd_kernel<MESA_KT>
+            <<<cu_blocks(ntok, MESA_TOK), MESA_TOK, smem, cu.stream>>>(*a, S, bh0, nbh);
+        CKL();
+    }
+}
+
+static void mesa_backward_par(const MesaArgs *a) {
+    const int BH = a->B * a->H, T = a->T, K = a->K, V = a->V, SL = K * K + K * V;
+    const int nsl = mesa_slice(a);
+    const int nck = (T + DELTA_CKPT - 1) / DELTA_CKPT;
+    static size_t set = 0, set2 = 0;
+    size_t smem = mesa_tok_smem(a);
+    smem_check((const void *)mesa_tok_bwd_kernel<MESA_KT>, smem, &set, "mesa_backward", K, V);
+    size_t smem2 = sizeof(double) * ((size_t)K * (K + 1) + (size_t)K * (V + 1) + (size_t)SL +
+                                     6 * (size_t)K + 3 * (size_t)V);
+    smem_check((const void *)mesa_rev_kernel, smem2, &set2, "mesa_backward", K, V);
+    // one scratch: dlam partials [BH*K], gamma [nsl*T], S [nsl*T*SL], DQ [nsl*T*K] (doubles)
+    size_t nt = (size_t)nsl * T;
+    double *part = (double *)cu_scratch(2 * ((size_t)BH * K + nt + nt * SL + nt * K));
+    double *gam = part + (size_t)BH * K, *S = gam + nt, *DQ = S + nt * SL;
+    for (int bh0 = 0; bh0 < BH; bh0 += nsl) {
+        int nbh = BH - bh0 < nsl ? BH - bh0 : nsl;
+        long ntok = (long)nbh * T, nel = (long)nbh * nck * SL;
+        mesa_gam_kernel<<<cu_blocks(ntok, 256), 256, 0, cu.stream>>>(gam, a->g, bh0, nbh, T, a->H);
+        CKL();
+        mesa_state_kernel<<<cu_blocks(nel, 128), 128, 0, cu.stream>>>(*a, S, gam, bh0, nbh, 1);
+        CKL();
+        mesa_tok_bwd_kernel<MESA_KT>
+            <<<cu_blocks(ntok, MESA_TOK), MESA_TOK, smem, cu.stream>>>(*a, S, DQ, bh0, nbh);
+        CKL();
+        mesa_rev_kernel<<<nbh, MESA_REV, smem2, cu.stream>>>(*a, S, DQ, gam, part, bh0);
+        CKL();
+    }
+    int HK = a->H * K;
+    mesa_dlam_kernel<<<cu_blocks(HK, 128), 128, 0, cu.stream>>>(a->dlam, part, a->B, HK);
+    CKL();
+}
+
 static void mesa_check(const MesaArgs *a, const char *op) {
     if (a->K < 1 || a->V < 1 || a->cg_steps < 0) {
         char why[128];
@@ -751,6 +1190,10 @@ static void mesa_check(const MesaArgs *a, const char *op) {
 static void mesa_forward(const MesaArgs *a) {
     if (a->B <= 0 || a->H <= 0 || a->T <= 0) return;
     mesa_check(a, "mesa_forward");
+    if (mesa_par_ok(a)) { // time-parallel path
+        mesa_forward_par(a);
+        return;
+    }
     static size_t set = 0;
     size_t K = a->K, V = a->V;
     size_t smem = sizeof(double) * (K * (K + 1) + K * V + 4 * K + V + mesa_solve_smem(a->K, a->cg_steps));
@@ -762,6 +1205,10 @@ static void mesa_forward(const MesaArgs *a) {
 static void mesa_backward(const MesaArgs *a) {
     if (a->B <= 0 || a->H <= 0 || a->T <= 0) return;
     mesa_check(a, "mesa_backward");
+    if (mesa_par_ok(a)) {
+        mesa_backward_par(a);
+        return;
+    }
     static size_t set = 0;
     size_t K = a->K, V = a->V, BH = (size_t)a->B * a->H;
     size_t smem = sizeof(double) * (K * (K + 1) + K * (V + 1) + 8 * K + 3 * V +
