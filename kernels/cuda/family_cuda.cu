@@ -24,6 +24,13 @@
 //                the pair's terms from the saved scalars, and adds dk_j, dv_j.
 //                dlog_bw: per-row partials in scratch, summed per head by one
 //                block in a fixed order.
+//   tiled        head dims up to 8 (CAP 4, 8), while a block's tile fits 48 KiB: the
+//                same three row bodies with a row (key) per thread (whole vectors and
+//                Sigma in registers, no butterflies), the block's keys (pass 2: rows)
+//                staged once in shared memory and read by every row of the block
+//                ("a row (or key) per thread" below). The forward sums mu and Sigma in
+//                one pass and the LLA / no-intercept output and its normaliser in
+//                another; the backward's rhobar pass also sums Sigma.
 //   recurrent    a block per (b,h), one thread per state row/column, sequential
 //                over t (forward: S_t, z_t; backward: reverse sweep downdating S).
 //   linear attn  (bandwidth inf, no intercept, given probe, not normalised, hd <= 32)
@@ -55,6 +62,7 @@ static const int FAM_MAX_HD = 128;
 // check of its algebra against the CPU reference.
 template <int CAP, int LANES> struct Grp {
     static constexpr int L = LANES, D = CAP / LANES;
+    static constexpr int SD = LANES == 1 ? D : 1; // Sigma held whole (Sym<SD>) by a row per thread
     int l, hd;     // lane in the group, head dim
     unsigned mask; // the group's lanes in the warp
     FAM_HDI int col(int d) const { return l + L * d; }
@@ -90,6 +98,17 @@ template <class G> FAM_HDI Vec<G::D> vload(const G &g, const float *row) {
     for (int d = 0; d < G::D; d++) v.x[d] = g.ok(d) ? row[g.col(d)] : 0.f;
     return v;
 }
+// a whole row of a shared tile (16-byte aligned, zero past hd): float4 loads
+template <class G> FAM_HDI Vec<G::D> tload(const G &, const float *row) {
+    static_assert(G::L == 1 && G::D % 4 == 0, "tiles: a row per thread");
+    Vec<G::D> v;
+#pragma unroll
+    for (int d = 0; d < G::D; d += 4) {
+        const float4 f = *reinterpret_cast<const float4 *>(row + d);
+        v.x[d] = f.x, v.x[d + 1] = f.y, v.x[d + 2] = f.z, v.x[d + 3] = f.w;
+    }
+    return v;
+}
 template <class G> FAM_HDI void vstore(const G &g, float *row, const Vec<G::D> &v) {
 #pragma unroll
     for (int d = 0; d < G::D; d++)
@@ -119,9 +138,22 @@ struct RowCtx {
     int b, h, i, lo, n; // keys lo..i, n of them
     size_t si;          // the row's index in [B, H, T] scalars
     float sc;           // the head's scale
-    float sub, div;     // p_j = exp(s_j - sub) / div (forward: max, sum; backward: lse, 1)
+    float sub, rdiv;    // p_j = exp(s_j - sub) * rdiv (forward: max, 1/sum; backward: lse, 1)
     float lam;          // ridge of the row's solve
+    // where the keys are read: k_j at kb + (j - k0) * kld (global rows, or a block's
+    // tile in shared memory), v_j likewise at vb
+    const float *kb, *vb;
+    int k0, kld;
+    bool tile;  // keys in a shared tile (whole zero-padded rows)
+    int jb, je; // the keys are visited over jb..je (>= lo..i; a warp-uniform span in the
+                // tiled kernels, so that every lane reads the same shared row), skipping
+                // those outside lo..i
 };
+
+// every key j of row r in increasing order (FAM_KEYS(r, j) { body })
+#define FAM_KEYS(r, j)                                                                         \
+    for (int j = (r).jb; j <= (r).je; j++)                                                     \
+        if ((r).lo <= j && j <= (r).i)
 
 FAM_HDI float head_scale(const FamArgs &a, int h) {
     return a.log_bw ? a.scale * (float)exp(-(double)a.log_bw[h]) : a.scale;
@@ -134,7 +166,10 @@ FAM_HDI RowCtx row_ctx(const FamArgs &a, int b, int h, int i, float sc) {
     r.n = i - r.lo + 1;
     r.si = ((size_t)b * a.H + h) * a.T + i;
     r.sc = sc;
-    r.sub = 0, r.div = 1, r.lam = a.ridge;
+    r.sub = 0, r.rdiv = 1, r.lam = a.ridge;
+    r.kb = FROW(a.k, a.ld_in, b, 0, a.T, h, a.hd), r.vb = FROW(a.v, a.ld_in, b, 0, a.T, h, a.hd);
+    r.k0 = 0, r.kld = a.ld_in, r.tile = false;
+    r.jb = r.lo, r.je = i;
     return r;
 }
 
@@ -146,15 +181,34 @@ FAM_HDI float row_ridge(const FamArgs &a, size_t si, float lse) {
 
 // weight of a key from its logit s: p_j (with intercept) or a_j = n p_j (without)
 FAM_HDI float weight(const FamArgs &a, const RowCtx &r, float s) {
-    float p = expf(s - r.sub) / r.div;
+    float p = expf(s - r.sub) * r.rdiv; // the CPU divides by the sum: 1 ulp apart
     return a.affine ? p : p * (float)r.n;
 }
 
-FAM_HDI const float *krow(const FamArgs &a, const RowCtx &r, int j) {
-    return FROW(a.k, a.ld_in, r.b, j, a.T, r.h, a.hd);
+FAM_HDI const float *krow(const FamArgs &, const RowCtx &r, int j) {
+    return r.kb + (size_t)(j - r.k0) * r.kld;
 }
-FAM_HDI const float *vrow(const FamArgs &a, const RowCtx &r, int j) {
-    return FROW(a.v, a.ld_in, r.b, j, a.T, r.h, a.hd);
+FAM_HDI const float *vrow(const FamArgs &, const RowCtx &r, int j) {
+    return r.vb + (size_t)(j - r.k0) * r.kld;
+}
+
+// key j's row (k or v) from where the row reads keys
+template <class G> FAM_HDI Vec<G::D> kload(const G &g, const RowCtx &r, const float *row) {
+    if constexpr (G::L == 1)
+        if (r.tile) return tload(g, row);
+    return vload(g, row);
+}
+
+// a block's keys k0.. (and values) in shared memory, rows of kld floats (zero past
+// hd); the lanes of a warp visit the keys wlo..whi (the union of their rows' keys)
+struct KeyTile {
+    const float *k, *v;
+    int k0, kld, wlo, whi;
+};
+FAM_HDI void use_tile(RowCtx &r, const KeyTile *kt) {
+    if (!kt) return;
+    r.kb = kt->k, r.vb = kt->v, r.k0 = kt->k0, r.kld = kt->kld, r.jb = kt->wlo, r.je = kt->whi;
+    r.tile = true;
 }
 
 // z_j = k_j - q (centred on the query, intercept form) or k_j
@@ -172,8 +226,8 @@ FAM_HD void sys_apply(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G
                   const Vec<G::D> &x, Vec<G::D> &out) {
 #pragma unroll
     for (int d = 0; d < G::D; d++) out.x[d] = r.lam * x.x[d];
-    for (int j = r.lo; j <= r.i; j++) {
-        Vec<G::D> k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
+    FAM_KEYS(r, j) {
+        Vec<G::D> k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q);
         float s[2] = {r.sc != 0 ? part(q, k) : 0.f, part(x, z)};
         g.sum(s);
         float xz = weight(a, r, r.sc * s[0]) * s[1];
@@ -194,8 +248,8 @@ FAM_HD void sys_build(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G
 #pragma unroll
     for (int e = 0; e < G::L; e++) S[e] = e == g.l ? r.lam : 0.f;
     diag = g.ok(0) ? r.lam : 1.f;
-    for (int j = r.lo; j <= r.i; j++) {
-        Vec<1> k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
+    FAM_KEYS(r, j) {
+        Vec<1> k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q);
         float s[1] = {r.sc != 0 ? part(q, k) : 0.f};
         g.sum(s);
         const float wz = weight(a, r, r.sc * s[0]) * z.x[0];
@@ -214,29 +268,68 @@ FAM_HDI void sys_apply_built(const G &g, const float (&S)[G::L], const Vec<1> &x
     out.x[0] = acc;
 }
 
+// Sigma held whole by one thread (a row per thread, head dims up to 8): its upper
+// triangle, row-major. Built by the caller in a pass it makes anyway (sym_add per
+// key), so the solve itself reads no keys.
+template <int D> struct Sym {
+    float s[D * (D + 1) / 2];
+    static constexpr FAM_HDI int at(int d, int e) {
+        return d <= e ? d * D - d * (d - 1) / 2 + e - d : e * D - e * (e - 1) / 2 + d - e;
+    }
+};
+template <int D> FAM_HDI void sym_init(Sym<D> &S, float lam) {
+#pragma unroll
+    for (int d = 0; d < D; d++)
+#pragma unroll
+        for (int e = d; e < D; e++) S.s[Sym<D>::at(d, e)] = d == e ? lam : 0.f;
+}
+// S += w z z^T (the element (d, e) as sys_build's lane d: (w z_d) z_e)
+template <int D> FAM_HDI void sym_add(Sym<D> &S, float w, const Vec<D> &z) {
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        const float wz = w * z.x[d];
+#pragma unroll
+        for (int e = d; e < D; e++) S.s[Sym<D>::at(d, e)] += wz * z.x[e];
+    }
+}
+template <int D> FAM_HDI void sym_apply(const Sym<D> &S, const Vec<D> &x, Vec<D> &out) {
+#pragma unroll
+    for (int d = 0; d < D; d++) {
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < D; e++) acc += S.s[Sym<D>::at(d, e)] * x.x[e];
+        out.x[d] = acc;
+    }
+}
+
 // Solves Sigma x = rhs by CG from x0 = 0 (§2.3), as cg_solve of the CPU code:
 // at most cg_iters steps; stop once |r|^2 <= tol*max(tol, |r0|^2), on
 // non-positive curvature or a non-finite residual; optional Jacobi
 // preconditioner diag(Sigma). Returns the relative residual |r|/|rhs|.
-// Head dims up to 32 build Sigma explicitly first (sys_build); wider heads apply
-// it matrix-free, streaming the keys once per iteration.
+// A row per thread (G::L == 1) takes Sigma whole from the caller (Sw); head dims
+// up to 32 in lane groups build it explicitly first (sys_build); wider heads
+// apply it matrix-free, streaming the keys once per iteration.
 template <class G>
 FAM_HD float cg_solve(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G::D> &q,
-                  const Vec<G::D> &rhs, Vec<G::D> &x) {
-    constexpr bool built = G::D == 1;
+                  const Vec<G::D> &rhs, Vec<G::D> &x, const Sym<G::SD> *Sw = nullptr) {
+    constexpr bool whole = G::L == 1, built = !whole && G::D == 1;
     float S[built ? G::L : 1];
     Vec<G::D> res = rhs, p, Ap, zc, diag;
 #pragma unroll
     for (int d = 0; d < G::D; d++) x.x[d] = 0.f, diag.x[d] = 1.f;
-    if constexpr (built) {
+    if constexpr (whole) {
+        if (a.cg_precond)
+#pragma unroll
+            for (int d = 0; d < G::D; d++) diag.x[d] = g.ok(d) ? Sw->s[Sym<G::SD>::at(d, d)] : 1.f;
+    } else if constexpr (built) {
         float dg;
         sys_build(a, g, r, q, S, dg);
         if (a.cg_precond) diag.x[0] = dg;
     } else if (a.cg_precond) {
 #pragma unroll
         for (int d = 0; d < G::D; d++) diag.x[d] = g.ok(d) ? r.lam : 1.f; // padding stays 1
-        for (int j = r.lo; j <= r.i; j++) {
-            Vec<G::D> k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
+        FAM_KEYS(r, j) {
+            Vec<G::D> k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q);
             float s[1] = {r.sc != 0 ? part(q, k) : 0.f};
             g.sum(s);
             float w = weight(a, r, r.sc * s[0]);
@@ -246,12 +339,17 @@ FAM_HD float cg_solve(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G
     }
     float rr0 = vdot(g, res, res), rr = rr0;
     if (!(rr0 > 0) || !isfinite(rr0)) return 0.f;
+    // z = r / diag as r * (1 / diag): no division per iteration (exact without the
+    // preconditioner, diag = 1; 1 ulp from the CPU's quotient with it)
 #pragma unroll
-    for (int d = 0; d < G::D; d++) zc.x[d] = res.x[d] / diag.x[d], p.x[d] = zc.x[d];
+    for (int d = 0; d < G::D; d++) diag.x[d] = 1.f / diag.x[d];
+#pragma unroll
+    for (int d = 0; d < G::D; d++) zc.x[d] = res.x[d] * diag.x[d], p.x[d] = zc.x[d];
     float rz = vdot(g, res, zc);
     float stop = a.cg_tol * (rr0 > a.cg_tol ? rr0 : a.cg_tol);
     for (int it = 0; it < a.cg_iters; it++) {
-        if constexpr (built) sys_apply_built(g, S, p, Ap);
+        if constexpr (whole) sym_apply(*Sw, p, Ap);
+        else if constexpr (built) sys_apply_built(g, S, p, Ap);
         else sys_apply(a, g, r, q, p, Ap);
         float pAp = vdot(g, p, Ap);
         if (!(pAp > 0)) break;
@@ -261,7 +359,7 @@ FAM_HD float cg_solve(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G
         rr = vdot(g, res, res);
         if (rr <= stop || !isfinite(rr)) break;
 #pragma unroll
-        for (int d = 0; d < G::D; d++) zc.x[d] = res.x[d] / diag.x[d];
+        for (int d = 0; d < G::D; d++) zc.x[d] = res.x[d] * diag.x[d];
         float rz_new = vdot(g, res, zc), beta = rz_new / rz;
 #pragma unroll
         for (int d = 0; d < G::D; d++) p.x[d] = zc.x[d] + beta * p.x[d];
@@ -287,10 +385,12 @@ FAM_HDI int fam_mode(const FamArgs &a) {
 
 // Forward of one row (CPU fam_forward): weights, probe, per-key coefficient
 // t_j, o = sum_j t_j v_j; writes o, rho (if given a buffer), lse, den, cg_resid.
-template <class G> FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int h, int i) {
+template <class G>
+FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int h, int i, const KeyTile *kt = nullptr) {
     using V = Vec<G::D>;
     const int T = a.T, hd = a.hd;
     RowCtx r = row_ctx(a, b, h, i, head_scale(a, h));
+    use_tile(r, kt);
     const V q = vload(g, FROW(a.q, a.ld_in, b, i, T, h, hd));
     // weights (CPU row_weights: the row max m, then om = sum_j exp(s_j - m)) in one
     // online pass, om rescaled when m grows (the same m; om to rounding). At scale 0
@@ -298,24 +398,38 @@ template <class G> FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int 
     float m = 0, om = (float)r.n;
     if (r.sc != 0) {
         m = -INFINITY, om = 0;
-        for (int j = r.lo; j <= i; j++) {
-            float s[1] = {part(q, vload(g, krow(a, r, j)))};
+        FAM_KEYS(r, j) {
+            float s[1] = {part(q, kload(g, r, krow(a, r, j)))};
             g.sum(s);
             const float sj = r.sc * s[0];
             if (sj > m) om = om * expf(m - sj) + 1.f, m = sj;
             else om += expf(sj - m);
         }
     }
-    r.sub = m, r.div = om;
+    r.sub = m, r.rdiv = 1.f / om;
     const float lse = m + (float)log((double)om);
     r.lam = row_ridge(a, r.si, lse);
     V rho = vzero(g);
     float den = 1, resid = 0;
     if (a.probe == FAM_PROBE_SOLVED) {
-        if (a.affine) { // mu = sum_j p_j z_j = kbar - q (§1.3)
+        if constexpr (G::L == 1) {
+            // a row per thread: mu and Sigma in one pass (as the lane groups' two sums)
+            Sym<G::D> S;
+            sym_init(S, r.lam);
             V mu = vzero(g);
-            for (int j = r.lo; j <= i; j++) {
-                V k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
+            FAM_KEYS(r, j) {
+                V k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q);
+                float p = weight(a, r, r.sc != 0 ? r.sc * part(q, k) : 0.f);
+                if (a.affine)
+#pragma unroll
+                    for (int d = 0; d < G::D; d++) mu.x[d] += p * z.x[d];
+                sym_add(S, p, z);
+            }
+            resid = cg_solve(a, g, r, q, a.affine ? mu : q, rho, &S);
+        } else if (a.affine) { // mu = sum_j p_j z_j = kbar - q (§1.3)
+            V mu = vzero(g);
+            FAM_KEYS(r, j) {
+                V k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q);
                 float s[1] = {r.sc != 0 ? part(q, k) : 0.f};
                 g.sum(s);
                 float p = weight(a, r, r.sc * s[0]);
@@ -326,36 +440,39 @@ template <class G> FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int 
         } else resid = cg_solve(a, g, r, q, q, rho);
     } else if (a.probe == FAM_PROBE_GIVEN)
         rho = vload(g, FROW(a.r, a.ld_in, b, i, T, h, hd));
-    // per-key coefficient t_j of v_j (two passes: its normaliser first)
+    // per-key coefficient t_j of v_j. LLA and no intercept: o = sum_j c_j v_j / den
+    // with den from the same c_j (sum_j c_j), one pass; the CPU divides each c_j
+    // first (rounding apart). The Parallax form's c_j needs tbar first: two passes.
     const int mode = fam_mode(a);
-    float norm = 0; // LLA: delta; Parallax form: tbar; no intercept: sum_j a_j rho.k_j
-    if (mode != M_NI || a.normalize) {
-        for (int j = r.lo; j <= i; j++) {
-            V k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
-            float s[2] = {r.sc != 0 ? part(q, k) : 0.f, part(rho, mode == M_LLA ? z : k)};
+    float tbar = 0;
+    if (mode == M_PX) {
+        FAM_KEYS(r, j) {
+            V k = kload(g, r, krow(a, r, j));
+            float s[2] = {r.sc != 0 ? part(q, k) : 0.f, part(rho, k)};
             g.sum(s);
-            float p = weight(a, r, r.sc * s[0]);
-            norm += mode == M_LLA ? p * (1 - s[1]) : p * s[1];
+            tbar += weight(a, r, r.sc * s[0]) * s[1];
         }
-        if (mode == M_LLA) den = norm + a.delta_eps * (norm < 0 ? -1 : 1); // delta guard (§1.2)
-        else if (mode == M_NI) den = norm + a.norm_eps;
     }
     V o = vzero(g);
-    for (int j = r.lo; j <= i; j++) {
-        V k = vload(g, krow(a, r, j)), z = centre(a, g, k, q);
-        V v = vload(g, vrow(a, r, j));
+    float norm = 0; // LLA: delta; no intercept: sum_j a_j rho.k_j
+    FAM_KEYS(r, j) {
+        V k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q);
+        V v = kload(g, r, vrow(a, r, j));
         float s[2] = {r.sc != 0 ? part(q, k) : 0.f, part(rho, mode == M_LLA ? z : k)};
         g.sum(s);
         float p = weight(a, r, r.sc * s[0]), t;
-        if (mode == M_LLA) t = p * (1 - s[1]) / den;      // LLA weights l_ij (§1.2)
-        else if (mode == M_PX) t = p * (1 + norm - s[1]); // p (1 + tbar - t_j) (§3.1)
-        else {
-            t = p * s[1]; // a_j rho.k_j
-            if (a.normalize) t /= den;
-        }
+        if (mode == M_LLA) t = p * (1 - s[1]);            // LLA weights l_ij delta (§1.2)
+        else if (mode == M_PX) t = p * (1 + tbar - s[1]); // p (1 + tbar - t_j) (§3.1)
+        else t = p * s[1];                                // a_j rho.k_j
+        norm += t;
 #pragma unroll
         for (int d = 0; d < G::D; d++) o.x[d] += t * v.x[d];
     }
+    if (mode == M_LLA) den = norm + a.delta_eps * (norm < 0 ? -1 : 1); // delta guard (§1.2)
+    else if (mode == M_NI && a.normalize) den = norm + a.norm_eps;
+    if (den != 1.f)
+#pragma unroll
+        for (int d = 0; d < G::D; d++) o.x[d] /= den;
     vstore(g, FROW(a.o, a.ld_out, b, i, T, h, hd), o);
     if (a.rho) vstore(g, FROW(a.rho, a.ld_out, b, i, T, h, hd), rho);
     if (g.l == 0) {
@@ -368,7 +485,9 @@ template <class G> FAM_HD void fwd_row(const FamArgs &a, const G &g, int b, int 
 // ---- backward ------------------------------------------------------------------------
 
 // Row scalars saved by pass 1 for the key pass (scratch [B*H*T, NSCAL])
-enum { SC_L, SC_DEN, SC_TBAR, SC_BI, SC_RT, SC_S, NSCAL };
+// (SC_RDEN = 1/den: the pair terms multiply by it, one division per row, not per
+// pair; the CPU divides, rounding apart)
+enum { SC_L, SC_DEN, SC_TBAR, SC_BI, SC_RT, SC_S, SC_RDEN, NSCAL };
 
 // The scalar terms of the pair (row i, key j), docs/family.md "Backward", as
 // fam_backward of the CPU code. In: p (p_ij, or a_ij without intercept),
@@ -381,17 +500,17 @@ struct Pair {
     float w;  // dL/dw_ij (no intercept: dL/da_ij, before the S/n centring)
 };
 
-FAM_HDI Pair pair_terms(const FamArgs &a, int mode, const float *rs, int n, float p, float A,
+FAM_HDI Pair pair_terms(const FamArgs &a, int mode, const float *rs, float p, float A,
                     float t, float rz, float uz) {
     const bool solved = a.probe == FAM_PROBE_SOLVED;
     Pair c;
     if (mode == M_LLA) {
-        const float L = rs[SC_L], den = rs[SC_DEN], cj = 1 - rz;
-        c.e = p * (A - L) / den;
-        c.w = cj * (A - L) / den;
+        const float L = rs[SC_L], rden = rs[SC_RDEN], cj = 1 - rz;
+        c.e = p * (A - L) * rden;
+        c.w = cj * (A - L) * rden;
         c.w += uz - uz * rz + rs[SC_RT]; // solve terms (the last one: exact ridge mode)
         c.ck = -c.e;
-        c.cv = p * cj / den;
+        c.cv = p * cj * rden;
         c.ds = p * c.w;
     } else if (mode == M_PX) { // §3.6 explicit part
         const float L = rs[SC_L], tbar = rs[SC_TBAR], bi = rs[SC_BI];
@@ -402,27 +521,32 @@ FAM_HDI Pair pair_terms(const FamArgs &a, int mode, const float *rs, int n, floa
         c.w = solved ? uz - uz * rz + rs[SC_RT] : 0.f;
         c.ds += p * c.w;
     } else {
-        const float nd = a.normalize ? rs[SC_DEN] : 1.f, Lc = a.normalize ? rs[SC_L] : 0.f;
+        const float rnd = a.normalize ? rs[SC_RDEN] : 1.f, Lc = a.normalize ? rs[SC_L] : 0.f;
         c.e = 0;
-        c.w = t * (A - Lc) / nd;
+        c.w = t * (A - Lc) * rnd;
         if (solved) c.w += 0.f - uz * rz + 0.f;
-        c.ck = p * (A - Lc) / nd;
-        c.cv = p * t / nd;
-        c.ds = p * (c.w - rs[SC_S] / n);
+        c.ck = p * (A - Lc) * rnd;
+        c.cv = p * t * rnd;
+        c.ds = p * (c.w - rs[SC_S]);
     }
     return c;
 }
 
 // The dots of pair (i, j) in one butterfly: s = q.k (logit before scale), A =
-// g.v, t = rho.k, rz = rho.z, uz = u.z.
+// g.v, t = rho.k, rz = rho.z, uz = u.z; only those pair_terms reads for the
+// member (t: not LLA; rz: LLA or solved; uz: solved, once u is known), the others 0.
 struct PairDots {
     float s, A, t, rz, uz;
 };
 template <class G>
 FAM_HDI PairDots pair_dots(const FamArgs &a, const G &g, const RowCtx &r, const Vec<G::D> &q,
                           const Vec<G::D> &gv, const Vec<G::D> &rho, const Vec<G::D> &u,
-                          const Vec<G::D> &k, const Vec<G::D> &z, const Vec<G::D> &v) {
-    float s[5] = {r.sc != 0 ? part(q, k) : 0.f, part(gv, v), part(rho, k), part(rho, z), part(u, z)};
+                          const Vec<G::D> &k, const Vec<G::D> &z, const Vec<G::D> &v,
+                          bool with_u = true) {
+    const int mode = fam_mode(a);
+    const bool solved = a.probe == FAM_PROBE_SOLVED;
+    float s[5] = {r.sc != 0 ? part(q, k) : 0.f, part(gv, v), mode != M_LLA ? part(rho, k) : 0.f,
+                  mode == M_LLA || solved ? part(rho, z) : 0.f, with_u && solved ? part(u, z) : 0.f};
     g.sum(s);
     return PairDots{r.sc * s[0], s[1], s[2], s[3], s[4]};
 }
@@ -431,26 +555,28 @@ FAM_HDI PairDots pair_dots(const FamArgs &a, const G &g, const RowCtx &r, const 
 // (SOLVED) and the row's share of dlog_bw.
 template <class G>
 FAM_HD void bwd_row(const FamArgs &a, const G &g, int b, int h, int i, float *scal, float *us,
-                float *dlbs) {
+                float *dlbs, const KeyTile *kt = nullptr) {
     using V = Vec<G::D>;
     const int T = a.T, hd = a.hd, mode = fam_mode(a);
     const bool solved = a.probe == FAM_PROBE_SOLVED;
     RowCtx r = row_ctx(a, b, h, i, head_scale(a, h));
+    use_tile(r, kt);
     const float lse = a.lse[r.si];
-    r.sub = lse, r.div = 1, r.lam = row_ridge(a, r.si, lse);
+    r.sub = lse, r.rdiv = 1, r.lam = row_ridge(a, r.si, lse);
     const V q = vload(g, FROW(a.q, a.ld_in, b, i, T, h, hd));
     const V gv = vload(g, FROW(a.dout, a.ld_out, b, i, T, h, hd));
     const V rho = probe_row(a, g, b, h, i);
     float rs[NSCAL] = {0};
     rs[SC_DEN] = a.den ? a.den[r.si] : 1.f;
+    rs[SC_RDEN] = 1.f / rs[SC_DEN];
     rs[SC_L] = vdot(g, gv, vload(g, FROW(a.o, a.ld_out, b, i, T, h, hd)));
     V u = vzero(g);
     if (mode == M_PX) { // tbar = sum p t_j, b_i = g.obar
         V obar = vzero(g);
         float tbar = 0;
-        for (int j = r.lo; j <= i; j++) {
-            V k = vload(g, krow(a, r, j)), v = vload(g, vrow(a, r, j));
-            PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, k, v);
+        FAM_KEYS(r, j) {
+            V k = kload(g, r, krow(a, r, j)), v = kload(g, r, vrow(a, r, j));
+            PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, k, v, false);
             float p = weight(a, r, d.s);
             tbar += p * d.t;
 #pragma unroll
@@ -458,17 +584,23 @@ FAM_HD void bwd_row(const FamArgs &a, const G &g, int b, int h, int i, float *sc
         }
         rs[SC_TBAR] = tbar, rs[SC_BI] = vdot(g, gv, obar);
     }
-    // rhobar = dL/drho at fixed weights (the explicit part)
+    // rhobar = dL/drho at fixed weights (the explicit part); a row per thread sums
+    // Sigma for the adjoint solve in the same pass
     V rb = vzero(g);
-    for (int j = r.lo; j <= i; j++) {
-        V k = vload(g, krow(a, r, j)), z = centre(a, g, k, q), v = vload(g, vrow(a, r, j));
-        PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, z, v);
-        Pair c = pair_terms(a, mode, rs, r.n, weight(a, r, d.s), d.A, d.t, d.rz, 0.f);
+    Sym<G::SD> Sw;
+    if constexpr (G::L == 1) sym_init(Sw, r.lam);
+    FAM_KEYS(r, j) {
+        V k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q), v = kload(g, r, vrow(a, r, j));
+        PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, z, v, false);
+        const float p = weight(a, r, d.s);
+        Pair c = pair_terms(a, mode, rs, p, d.A, d.t, d.rz, 0.f);
 #pragma unroll
         for (int e = 0; e < G::D; e++) {
             if (mode == M_LLA) rb.x[e] -= c.e * z.x[e];
             else rb.x[e] += c.ck * k.x[e];
         }
+        if constexpr (G::L == 1)
+            if (solved) sym_add(Sw, p, z);
     }
     if (a.probe == FAM_PROBE_GIVEN) {
         float *dr = FROW(a.dr, a.ld_out, b, i, T, h, hd);
@@ -478,39 +610,49 @@ FAM_HD void bwd_row(const FamArgs &a, const G &g, int b, int h, int i, float *sc
         vstore(g, dr, acc);
     }
     if (solved) { // adjoint solve (§2.4)
-        cg_solve(a, g, r, q, rb, u);
+        cg_solve(a, g, r, q, rb, u, &Sw);
         rs[SC_RT] = a.affine && !a.ridge_frozen ? -r.lam * vdot(g, u, rho) : 0.f;
     }
     // S = sum_j a_j dL/da_j (the centring of a = n p); it enters only the logit
     // gradient ds, which is unused at scale 0
     if (mode == M_NI && r.sc != 0) {
         float S = 0;
-        for (int j = r.lo; j <= i; j++) {
-            V k = vload(g, krow(a, r, j)), v = vload(g, vrow(a, r, j));
+        FAM_KEYS(r, j) {
+            V k = kload(g, r, krow(a, r, j)), v = kload(g, r, vrow(a, r, j));
             PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, k, v);
             float p = weight(a, r, d.s);
-            S += p * pair_terms(a, mode, rs, r.n, p, d.A, d.t, d.rz, d.uz).w;
+            S += p * pair_terms(a, mode, rs, p, d.A, d.t, d.rz, d.uz).w;
         }
-        rs[SC_S] = S;
+        rs[SC_S] = S / r.n; // kept divided: pair_terms subtracts S/n per pair
     }
     // dq_i: explicit LLA part, through z_j = k_j - q (solve), through the logits
     float *dqp = FROW(a.dq, a.ld_out, b, i, T, h, hd);
     V dq = vload(g, dqp);
     float dlb = 0;
-    // the pass adds nothing without one of its three terms (linear attention, Mesa)
+    // the pass adds nothing without one of its three terms (linear attention, Mesa).
+    // The LLA and solve terms are row vectors (rho, u) times per-key scalars: their
+    // scalar sums cr, cu first, one vector update after (the CPU adds term by term,
+    // rounding apart); only the logit term sum_j ds_j k_j is a vector sum.
     const bool dq_pass = mode == M_LLA || (solved && a.affine) || r.sc != 0;
-    for (int j = r.lo; dq_pass && j <= i; j++) {
-        V k = vload(g, krow(a, r, j)), z = centre(a, g, k, q), v = vload(g, vrow(a, r, j));
-        PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, z, v);
-        float p = weight(a, r, d.s);
-        Pair c = pair_terms(a, mode, rs, r.n, p, d.A, d.t, d.rz, d.uz);
+    float cr = 0, cu = 0; // dq += cr rho - cu u + sc dsk
+    V dsk = vzero(g);
+    if (dq_pass) {
+        FAM_KEYS(r, j) {
+            V k = kload(g, r, krow(a, r, j)), z = centre(a, g, k, q), v = kload(g, r, vrow(a, r, j));
+            PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, z, v);
+            float p = weight(a, r, d.s);
+            Pair c = pair_terms(a, mode, rs, p, d.A, d.t, d.rz, d.uz);
+            if (mode == M_LLA) cr += c.e;
+            if (solved && a.affine) // -dL/dz_j = -p (u (1 - rho.z) - rho (u.z)) (§2.4)
+                cu += p * (1 - d.rz), cr += p * d.uz;
+            if (r.sc != 0) {
 #pragma unroll
-        for (int e = 0; e < G::D; e++) {
-            if (mode == M_LLA) dq.x[e] += c.e * rho.x[e];
-            if (solved && a.affine) dq.x[e] -= p * (u.x[e] - u.x[e] * d.rz - rho.x[e] * d.uz);
-            if (r.sc != 0) dq.x[e] += r.sc * c.ds * k.x[e];
+                for (int e = 0; e < G::D; e++) dsk.x[e] += c.ds * k.x[e];
+                dlb -= c.ds * d.s;
+            }
         }
-        if (r.sc != 0) dlb -= c.ds * d.s;
+#pragma unroll
+        for (int e = 0; e < G::D; e++) dq.x[e] += cr * rho.x[e] - cu * u.x[e] + r.sc * dsk.x[e];
     }
     if (solved && !a.affine) // the rhs of the solve is q
 #pragma unroll
@@ -524,9 +666,18 @@ FAM_HD void bwd_row(const FamArgs &a, const G &g, int b, int h, int i, float *sc
 }
 
 // Pass 2 for one key j: dk_j, dv_j (+=) over the rows i >= j that see it.
+// The rows' vectors and scalars come from global memory, or (a key per thread) from
+// the block's row tile: row i at rt->p + (i - i0) * ld, holding q, g, rho, u (D
+// floats each, zero past hd), lse, then the NSCAL row scalars.
+struct RowTile {
+    const float *p;
+    int i0, ld, wlo, whi; // wlo..whi: the rows the warp's lanes visit (the union of theirs)
+};
+template <int D> constexpr FAM_HDI int row_tile_ld() { return 4 * D + 1 + NSCAL; }
+
 template <class G>
 FAM_HD void bwd_key(const FamArgs &a, const G &g, int b, int h, int j, const float *scal,
-                const float *us) {
+                const float *us, const RowTile *rt = nullptr) {
     using V = Vec<G::D>;
     const int T = a.T, hd = a.hd, mode = fam_mode(a);
     const bool solved = a.probe == FAM_PROBE_SOLVED;
@@ -537,18 +688,35 @@ FAM_HD void bwd_key(const FamArgs &a, const G &g, int b, int h, int j, const flo
     V dk = vload(g, dkp), dv = vload(g, dvp);
     // row i sees key j when i - W + 1 <= j <= i
     const int ihi = a.window > 0 && j + a.window - 1 < T - 1 ? j + a.window - 1 : T - 1;
-    for (int i = j; i <= ihi; i++) {
-        RowCtx r = row_ctx(a, b, h, i, sc);
-        r.sub = a.lse[r.si], r.div = 1;
-        const float *rs = scal + r.si * NSCAL;
-        const V q = vload(g, FROW(a.q, a.ld_in, b, i, T, h, hd));
-        const V gv = vload(g, FROW(a.dout, a.ld_out, b, i, T, h, hd));
-        const V rho = probe_row(a, g, b, h, i);
-        const V u = solved ? vload(g, us + r.si * hd) : vzero(g);
+    const int ib = rt ? rt->wlo : j, ie = rt ? rt->whi : ihi;
+    for (int i = ib; i <= ie; i++) {
+        if (i < j || i > ihi) continue; // (tiles: a row of another lane's key)
+        V q, gv, rho, u;
+        const float *rs = nullptr;
+        RowCtx r;
+        r.sc = sc, r.rdiv = 1;
+        if constexpr (G::L == 1) {
+            if (rt) {
+                const float *row = rt->p + (size_t)(i - rt->i0) * rt->ld;
+                q = tload(g, row), gv = tload(g, row + G::D), rho = tload(g, row + 2 * G::D);
+                u = tload(g, row + 3 * G::D);
+                r.sub = row[4 * G::D], rs = row + 4 * G::D + 1;
+                r.n = i - (a.window > 0 && i - a.window + 1 > 0 ? i - a.window + 1 : 0) + 1;
+            }
+        }
+        if (!rt) {
+            r = row_ctx(a, b, h, i, sc);
+            r.sub = a.lse[r.si], r.rdiv = 1;
+            rs = scal + r.si * NSCAL;
+            q = vload(g, FROW(a.q, a.ld_in, b, i, T, h, hd));
+            gv = vload(g, FROW(a.dout, a.ld_out, b, i, T, h, hd));
+            rho = probe_row(a, g, b, h, i);
+            u = solved ? vload(g, us + r.si * hd) : vzero(g);
+        }
         const V z = centre(a, g, k, q);
         PairDots d = pair_dots(a, g, r, q, gv, rho, u, k, z, v);
         float p = weight(a, r, d.s);
-        Pair c = pair_terms(a, mode, rs, r.n, p, d.A, d.t, d.rz, d.uz);
+        Pair c = pair_terms(a, mode, rs, p, d.A, d.t, d.rz, d.uz);
 #pragma unroll
         for (int e = 0; e < G::D; e++) {
             dv.x[e] += c.cv * gv.x[e];
@@ -620,7 +788,125 @@ __global__ void fam_dlogbw_kernel(float *dlog_bw, const float *dlb, int B, int H
     if (threadIdx.x == 0) dlog_bw[h] += red[0];
 }
 
+// ---- a row (or key) per thread, keys (rows) tiled in shared memory --------------------
+// Head dims up to 8 (CAP 4, 8): a thread holds whole hd-vectors, Sigma included
+// (Sym<CAP>, 36 floats at CAP 8), so the per-key work has no butterflies. A block of
+// TILE_NT threads takes TILE_NT consecutive rows (keys) of one (b, h) and first copies
+// every key (row) they need into shared memory, once per block (coalesced), instead
+// of one global read per (row, key) per pass; the lanes of a warp then walk the same
+// tile rows together (broadcast reads, no bank conflicts). The same row functions
+// (fwd_row, bwd_row, bwd_key), so the same sums in the same order as the lane groups.
+// Used while a block's tile fits the default 48 KiB: T up to ~700 keys (forward,
+// row pass) / ~300 rows (key pass) at CAP 8 with full causal windows; the lane
+// groups otherwise.
+
+static const int TILE_NT = 64;
+static const size_t TILE_SMEM = 48 * 1024;
+
+FAM_HDI int key_lo(const FamArgs &a, int i) { // first key of row i
+    return a.window > 0 && i - a.window + 1 > 0 ? i - a.window + 1 : 0;
+}
+FAM_HDI int row_hi(const FamArgs &a, int j) { // last row that sees key j
+    return a.window > 0 && j + a.window - 1 < a.T - 1 ? j + a.window - 1 : a.T - 1;
+}
+// the most keys (rows) a block's TILE_NT rows (keys) need
+static int tile_span(const FamArgs *a) {
+    const long n = (long)TILE_NT + (a->window > 0 ? a->window - 1 : a->T);
+    return (int)(n < a->T ? n : a->T);
+}
+
+template <int CAP> __device__ __forceinline__ Grp<CAP, 1> row_group(int hd) {
+    Grp<CAP, 1> g;
+    g.l = 0, g.hd = hd, g.mask = 0xffffffffu;
+    return g;
+}
+
+// s[(t - t0) CAP + c] = element c of row t of head h of x, t0 <= t < t0 + n, zero past hd
+template <int CAP>
+__device__ __forceinline__ void tile_load(float *s, const float *x, int ld, int b, int h, int T,
+                                          int hd, int t0, int n) {
+    for (int e = threadIdx.x; e < n * CAP; e += blockDim.x) {
+        const int t = t0 + e / CAP, c = e % CAP;
+        s[e] = c < hd ? FROW(x, ld, b, t, T, h, hd)[c] : 0.f;
+    }
+}
+
+// loads the keys and values of the block's rows i0.. (call before the barrier)
+template <int CAP>
+__device__ __forceinline__ KeyTile key_tile(const FamArgs &a, float *sm, int b, int h, int i0) {
+    const int T = a.T, k0 = key_lo(a, i0), nk = min(i0 + TILE_NT, T) - k0;
+    float *sk = sm, *sv = sm + (size_t)nk * CAP; // nk CAP is a multiple of 4: sv stays 16-aligned
+    tile_load<CAP>(sk, a.k, a.ld_in, b, h, T, a.hd, k0, nk);
+    tile_load<CAP>(sv, a.v, a.ld_in, b, h, T, a.hd, k0, nk);
+    const int w0 = i0 + (int)(threadIdx.x & ~31u), w1 = min(w0 + 31, T - 1); // the warp's rows
+    return KeyTile{sk, sv, k0, CAP, key_lo(a, w0), w1};
+}
+
+template <int CAP> __global__ void __launch_bounds__(TILE_NT) fam_fwd_tile_kernel(FamArgs a) {
+    extern __shared__ __align__(16) float fam_fwd_sm[];
+    const int b = blockIdx.y / a.H, h = blockIdx.y % a.H, i0 = blockIdx.x * TILE_NT;
+    const KeyTile kt = key_tile<CAP>(a, fam_fwd_sm, b, h, i0);
+    __syncthreads();
+    const int i = i0 + threadIdx.x;
+    if (i < a.T) fwd_row(a, row_group<CAP>(a.hd), b, h, i, &kt);
+}
+
+template <int CAP>
+__global__ void __launch_bounds__(TILE_NT) fam_bwd_row_tile_kernel(FamArgs a, float *scal, float *us,
+                                                                   float *dlb) {
+    extern __shared__ __align__(16) float fam_brow_sm[];
+    const int b = blockIdx.y / a.H, h = blockIdx.y % a.H, i0 = blockIdx.x * TILE_NT;
+    const KeyTile kt = key_tile<CAP>(a, fam_brow_sm, b, h, i0);
+    __syncthreads();
+    const int i = i0 + threadIdx.x;
+    if (i < a.T) bwd_row(a, row_group<CAP>(a.hd), b, h, i, scal, us, dlb, &kt);
+}
+
+// keys j0.. of a block; its rows j0..row_hi(last key) in the RowTile layout
+template <int CAP>
+__global__ void __launch_bounds__(TILE_NT) fam_bwd_key_tile_kernel(FamArgs a, const float *scal,
+                                                                   const float *us) {
+    extern __shared__ __align__(16) float fam_bkey_sm[];
+    constexpr int LD = row_tile_ld<CAP>();
+    static_assert(LD % 4 == 0, "tile rows 16-byte aligned");
+    const int T = a.T, hd = a.hd, b = blockIdx.y / a.H, h = blockIdx.y % a.H;
+    const int j0 = blockIdx.x * TILE_NT, n = row_hi(a, min(j0 + TILE_NT, T) - 1) - j0 + 1;
+    for (int e = threadIdx.x; e < n * LD; e += blockDim.x) {
+        const int i = j0 + e / LD, c = e % LD, part = c / CAP, d = c % CAP;
+        const size_t si = ((size_t)b * a.H + h) * T + i;
+        float x = 0.f;
+        if (part >= 4) { // lse, then the row scalars (8 floats: 1 or 2 parts of CAP)
+            const int m = c - 4 * CAP;
+            x = m == 0 ? a.lse[si] : scal[si * NSCAL + m - 1];
+        } else if (d < hd) {
+            if (part == 0) x = FROW(a.q, a.ld_in, b, i, T, h, hd)[d];
+            else if (part == 1) x = FROW(a.dout, a.ld_out, b, i, T, h, hd)[d];
+            else if (part == 2)
+                x = a.probe == FAM_PROBE_SOLVED  ? FROW(a.rho, a.ld_out, b, i, T, h, hd)[d]
+                    : a.probe == FAM_PROBE_GIVEN ? FROW(a.r, a.ld_in, b, i, T, h, hd)[d]
+                                                 : 0.f;
+            else if (us) x = us[si * hd + d];
+        }
+        fam_bkey_sm[e] = x;
+    }
+    __syncthreads();
+    const int j = j0 + threadIdx.x;
+    if (j >= T) return;
+    const int w0 = j0 + (int)(threadIdx.x & ~31u), w1 = min(w0 + 31, T - 1); // the warp's keys
+    const RowTile rt{fam_bkey_sm, j0, LD, w0, row_hi(a, w1)};
+    bwd_key(a, row_group<CAP>(hd), b, h, j, scal, us, &rt);
+}
+
 template <int CAP> static void fwd_launch(const FamArgs *a) {
+    if constexpr (CAP <= 8) {
+        const size_t bytes = 2 * (size_t)tile_span(a) * CAP * sizeof(float);
+        if (bytes <= TILE_SMEM) {
+            dim3 grid(cu_blocks(a->T, TILE_NT), a->B * a->H);
+            fam_fwd_tile_kernel<CAP><<<grid, TILE_NT, bytes, cu.stream>>>(*a);
+            CKL();
+            return;
+        }
+    }
     dim3 grid(cu_blocks(a->T, Lanes<CAP>::PER_BLOCK), a->B * a->H);
     fam_fwd_kernel<CAP><<<grid, FAM_THREADS, 0, cu.stream>>>(*a);
     CKL();
@@ -633,10 +919,35 @@ template <int CAP> static void bwd_launch(const FamArgs *a) {
     float *scal = cu_scratch(rows * (NSCAL + 1 + (solved ? (size_t)a->hd : 0)));
     float *dlb = scal + rows * NSCAL, *us = solved ? dlb + rows : nullptr;
     dim3 grid(cu_blocks(a->T, Lanes<CAP>::PER_BLOCK), a->B * a->H);
-    fam_bwd_row_kernel<CAP><<<grid, FAM_THREADS, 0, cu.stream>>>(*a, scal, us, dlb);
-    CKL();
-    fam_bwd_key_kernel<CAP><<<grid, FAM_THREADS, 0, cu.stream>>>(*a, scal, us);
-    CKL();
+    bool row_done = false, key_done = false;
+    if constexpr (CAP <= 8) { // the two passes share only the scratch: each picks its layout
+        const dim3 gt(cu_blocks(a->T, TILE_NT), a->B * a->H);
+        const size_t rbytes = 2 * (size_t)tile_span(a) * CAP * sizeof(float);
+        const size_t kbytes = (size_t)tile_span(a) * row_tile_ld<CAP>() * sizeof(float);
+        if (rbytes <= TILE_SMEM) {
+            fam_bwd_row_tile_kernel<CAP><<<gt, TILE_NT, rbytes, cu.stream>>>(*a, scal, us, dlb);
+            CKL();
+            row_done = true;
+        }
+        if (!row_done) {
+            fam_bwd_row_kernel<CAP><<<grid, FAM_THREADS, 0, cu.stream>>>(*a, scal, us, dlb);
+            CKL();
+            row_done = true;
+        }
+        if (kbytes <= TILE_SMEM) {
+            fam_bwd_key_tile_kernel<CAP><<<gt, TILE_NT, kbytes, cu.stream>>>(*a, scal, us);
+            CKL();
+            key_done = true;
+        }
+    }
+    if (!row_done) {
+        fam_bwd_row_kernel<CAP><<<grid, FAM_THREADS, 0, cu.stream>>>(*a, scal, us, dlb);
+        CKL();
+    }
+    if (!key_done) {
+        fam_bwd_key_kernel<CAP><<<grid, FAM_THREADS, 0, cu.stream>>>(*a, scal, us);
+        CKL();
+    }
     if (a->dlog_bw) {
         fam_dlogbw_kernel<<<a->H, 256, 0, cu.stream>>>(a->dlog_bw, dlb, a->B, a->H, a->T);
         CKL();
