@@ -32,11 +32,14 @@
 
 [[noreturn]] void cu_die(const char *file, int line, const char *what, const char *why);
 
+constexpr size_t CU_BLAS_WS = 32u << 20;
+
 struct CuState {
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
-    void *blas_ws;     // cuBLAS workspace, fixed so that graph capture allocates nothing
+    void *blas_ws;     // cuBLAS (and cuBLASLt) workspace of CU_BLAS_WS bytes, fixed so that
+                       // graph capture allocates nothing
     float *scratch;    // grows on demand (never during capture): see cu_scratch
     size_t scratch_n;
 };

@@ -4,24 +4,16 @@
 // kernel at MAD's shapes, slower than dense_cuda.cu's column sums, measured on an
 // H100 on 2026-11-23.)
 // Row-major y[N,out] is column-major y^T[out,N], as in dense_cuda.cu. Where cuBLASLt
-// has no kernel for a shape (its heuristic returns none) the ops return 0 and
+// has no kernel for a shape (its heuristic returns none) the op returns 0 and
 // layers.h runs the unfused matmul and bias ops. The CPU emulation has no cuBLASLt:
-// there these ops stay NULL.
+// there the op stays NULL.
 #include "cuda_common.cuh"
 
 #ifndef PLAB_EMU
 #include <cublasLt.h>
 
-#define CKLT(call)                                                                         \
-    do {                                                                                   \
-        cublasStatus_t s_ = (call);                                                        \
-        if (s_ != CUBLAS_STATUS_SUCCESS)                                                   \
-            cu_die(__FILE__, __LINE__, #call, cublasGetStatusString(s_));                  \
-    } while (0)
-
 namespace {
 
-constexpr size_t WS = 32u << 20; // cu.blas_ws: the same stream runs cuBLAS and cuBLASLt in turn
 
 cublasLtHandle_t lt;
 
@@ -48,28 +40,28 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
             return p;
     }
     if (nplans == (int)(sizeof plans / sizeof plans[0])) return nullptr;
-    if (!lt) CKLT(cublasLtCreate(&lt));
+    if (!lt) CKB(cublasLtCreate(&lt));
     Plan *p = &plans[nplans++];
     *p = Plan{m, n, k, ta, tb, (int)ep, prec, false, {}, {}, {}, {}, {}};
-    CKLT(cublasLtMatmulDescCreate(&p->op, compute[prec], CUDA_R_32F));
+    CKB(cublasLtMatmulDescCreate(&p->op, compute[prec], CUDA_R_32F));
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    CKLT(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, ta ? k : m, ta ? m : k, ta ? k : m));
-    CKLT(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, tb ? n : k, tb ? k : n, tb ? n : k));
-    CKLT(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, m));
+    CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    CKB(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, ta ? k : m, ta ? m : k, ta ? k : m));
+    CKB(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, tb ? n : k, tb ? k : n, tb ? n : k));
+    CKB(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, m));
     cublasLtMatmulPreference_t pref;
-    CKLT(cublasLtMatmulPreferenceCreate(&pref));
-    size_t ws = WS;
-    CKLT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+    CKB(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = CU_BLAS_WS; // cu.blas_ws: one stream runs cuBLAS and cuBLASLt in turn
+    CKB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                               sizeof ws));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->a, p->b, p->c, p->c, pref, 1,
                                                       &res, &found);
-    CKLT(cublasLtMatmulPreferenceDestroy(pref));
+    CKB(cublasLtMatmulPreferenceDestroy(pref));
     p->ok = s == CUBLAS_STATUS_SUCCESS && found > 0;
     if (p->ok) p->algo = res.algo;
     return p;
@@ -77,10 +69,10 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
 
 void run(Plan *p, const void *bias, float *D, const float *A, const float *B, float beta) {
     const float alpha = 1.f;
-    CKLT(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+    CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                         sizeof bias));
-    CKLT(cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->c, D, p->c, &p->algo,
-                        cu.blas_ws, WS, cu.stream));
+    CKB(cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->c, D, p->c, &p->algo,
+                        cu.blas_ws, CU_BLAS_WS, cu.stream));
 }
 
 // y[N,out] = x[N,in] W[out,in]^T + b[out] (writes)

@@ -114,9 +114,8 @@ static int init_state(int device, char *why, size_t whylen) {
     CK(cudaStreamCreateWithFlags(&cu.stream, cudaStreamNonBlocking));
     CKB(cublasCreate(&cu.blas));
     CKB(cublasSetStream(cu.blas, cu.stream));
-    const size_t ws = 32u << 20;
-    CK(cudaMalloc(&cu.blas_ws, ws));
-    CKB(cublasSetWorkspace(cu.blas, cu.blas_ws, ws));
+    CK(cudaMalloc(&cu.blas_ws, CU_BLAS_WS));
+    CKB(cublasSetWorkspace(cu.blas, cu.blas_ws, CU_BLAS_WS));
     cu.device = device;
     return 0;
 }
