@@ -264,6 +264,14 @@ static int norm_after(Model *m, int s, real **out, real **rstd, const real **w) 
     return s % 2 == 0 || D->mlp_width > 0;
 }
 
+/* the norm after residual state s, on its own */
+static void norm_state(Model *m, int s, int N) {
+    real *out, *rstd;
+    const real *w;
+    if (norm_after(m, s, &out, &rstd, &w))
+        m->ops->rmsnorm_forward(out, rstd, m->res[s], w, N, m->dims.d, m->dims.norm_eps);
+}
+
 /* res[s] = res[s-1] + y, and the norm after it in the same pass */
 static void residual(Model *m, int s, const real *y, int N) {
     real *out, *rstd;
@@ -318,10 +326,8 @@ void model_forward(Model *m, int B, int with_loss) {
     const ModelDims *D = &m->dims;
     int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
     size_t nd = sizeof(real) * (size_t)N * d;
-    real *nout, *rstd;
-    const real *w;
     ops->embedding_forward(m->res[0], m->tokens, P(m, m->p_embed), N, d);
-    if (norm_after(m, 0, &nout, &rstd, &w)) ops->rmsnorm_forward(nout, rstd, m->res[0], w, N, d, D->norm_eps);
+    norm_state(m, 0, N);
     for (int l = 0; l < L; l++) {
         /* mixer sublayer */
         m->kind->forward(m->mixers[l], ops, m->ln[2 * l], m->tmp, B, D->T);
@@ -329,8 +335,7 @@ void model_forward(Model *m, int B, int with_loss) {
         /* MLP sublayer (identity when model.mlp=none) */
         if (!F) {
             ops->copy(m->res[2 * l + 2], m->res[2 * l + 1], nd);
-            if (norm_after(m, 2 * l + 2, &nout, &rstd, &w))
-                ops->rmsnorm_forward(nout, rstd, m->res[2 * l + 2], w, N, d, D->norm_eps);
+            norm_state(m, 2 * l + 2, N);
             continue;
         }
         mlp_forward(m, l, N);
