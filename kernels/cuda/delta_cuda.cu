@@ -883,16 +883,32 @@ __device__ __forceinline__ void mesa_stage(double *buf, const double *S, long to
     __syncthreads();
 }
 
+// this thread's token of a token kernel: tok of ntok tokens of (b, h) pairs bh0..bh0+nbh-1,
+// its head h and row hi ((b, t, h) in [B, T, H])
+struct MesaTok {
+    long ntok, tok0, tok;
+    int h;
+    size_t hi;
+};
+__device__ __forceinline__ MesaTok mesa_tok(const MesaArgs &a, int bh0, int nbh) {
+    MesaTok m;
+    m.ntok = (long)nbh * a.T, m.tok0 = (long)blockIdx.x * MESA_TOK, m.tok = m.tok0 + threadIdx.x;
+    const int bh = bh0 + (int)(m.tok / a.T), t = (int)(m.tok % a.T), b = bh / a.H;
+    m.h = bh % a.H, m.hi = ((size_t)b * a.T + t) * a.H + m.h;
+    return m;
+}
+
 // grid ceil(nbh*T / MESA_TOK), MESA_TOK threads; shared buf [MESA_TOK][max(K*K, K*V) + 1]
 template <int KT>
 __global__ void __launch_bounds__(MESA_TOK) mesa_tok_fwd_kernel(MesaArgs a, const double *S,
                                                                 int bh0, int nbh) {
     extern __shared__ double sm[];
-    const int K = a.K, V = a.V, H = a.H, T = a.T, KK = K * K, SL = KK + K * V;
-    const long ntok = (long)nbh * T, tok0 = (long)blockIdx.x * MESA_TOK, tok = tok0 + threadIdx.x;
+    const int K = a.K, V = a.V, KK = K * K, SL = KK + K * V;
+    const MesaTok mt = mesa_tok(a, bh0, nbh);
+    const long ntok = mt.ntok, tok0 = mt.tok0, tok = mt.tok;
     const bool on = tok < ntok;
-    const int bh = bh0 + (int)(tok / T), t = (int)(tok % T), b = bh / H, h = bh % H;
-    const size_t hi = ((size_t)b * T + t) * H + h;
+    const int h = mt.h;
+    const size_t hi = mt.hi;
     double A[KT * KT], qb[KT], x[KT];
     mesa_stage(sm, S, tok0, ntok, SL, 0, KK);
     if (on) {
@@ -929,11 +945,12 @@ template <int KT>
 __global__ void __launch_bounds__(MESA_TOK) mesa_tok_bwd_kernel(MesaArgs a, const double *S,
                                                                 double *DQ, int bh0, int nbh) {
     extern __shared__ double sm[];
-    const int K = a.K, V = a.V, H = a.H, T = a.T, KK = K * K, SL = KK + K * V;
-    const long ntok = (long)nbh * T, tok0 = (long)blockIdx.x * MESA_TOK, tok = tok0 + threadIdx.x;
+    const int K = a.K, V = a.V, KK = K * K, SL = KK + K * V;
+    const MesaTok mt = mesa_tok(a, bh0, nbh);
+    const long ntok = mt.ntok, tok0 = mt.tok0, tok = mt.tok;
     const bool on = tok < ntok;
-    const int bh = bh0 + (int)(tok / T), t = (int)(tok % T), b = bh / H, h = bh % H;
-    const size_t hi = ((size_t)b * T + t) * H + h;
+    const int h = mt.h;
+    const size_t hi = mt.hi;
     double A[KT * KT], dqs[KT], x[KT];
     mesa_stage(sm, S, tok0, ntok, SL, KK, K * V);
     if (on) { // dq* = Hkv_t dO
