@@ -90,8 +90,9 @@ int cmd_train(int argc, char **argv) {
         printf("diverged: %s\n", r.reason);
         return 1;
     }
-    printf("finished: %d epochs, %.1f s; test acc %.4f (MAD, at best ppl), best %.4f, "
-           "token acc %.4f, ppl %.4f\n",
-           r.epochs, r.seconds, r.test_acc, r.best_test_acc, r.test_token_acc, r.test_ppl);
+    printf("finished: %d epochs, %.1f s (set-up %.2f s, evaluation %.2f s); test acc %.4f (MAD, "
+           "at best ppl), best %.4f, token acc %.4f, ppl %.4f\n",
+           r.epochs, r.seconds, r.setup_seconds, r.eval_seconds, r.test_acc, r.best_test_acc,
+           r.test_token_acc, r.test_ppl);
     return 0;
 }

@@ -101,15 +101,7 @@ static real *bf16_round(real *x, size_t n) {
 
 /* The bf16 table's whole-MLP op (hidden activations stored in bf16) against the CPU's
  * fp32 ops on the same bf16-rounded operands and intermediates */
-static void test_mlp_bf16(void **s) {
-    (void)s;
-    NEED_GPU();
-    if (!GPU16->mlp_forward) {
-        printf("  this CUDA build has no bf16 MLP op (the CPU emulation): nothing to compare\n");
-        return;
-    }
-    gsl_rng *r = test_rng(12);
-    int N = 300, d = 32, F = 48;
+static void mlp_bf16_case(gsl_rng *r, int N, int d, int F) {
     size_t nx = (size_t)N * d, nab = (size_t)N * 2 * F, nh = (size_t)N * F;
     real *x = randv(r, nx, 1), *W13 = randv(r, 2 * F * d, 0.3), *W2 = randv(r, (size_t)d * F, 0.3);
     real *dy = randv(r, nx, 1), *dW13 = randv(r, 2 * F * d, 1), *dW2 = randv(r, (size_t)d * F, 1);
@@ -147,6 +139,17 @@ static void test_mlp_bf16(void **s) {
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) GPU16->release(bufs[i]);
     real *hb[] = {x, W13, W2, dy, dW13, dW2, xb, w13, w2, ab, h, y, dyb, dh, dab, dx};
     for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
+}
+static void test_mlp_bf16(void **s) {
+    (void)s;
+    NEED_GPU();
+    if (!GPU16->mlp_forward) {
+        printf("  this CUDA build has no bf16 MLP op (the CPU emulation): nothing to compare\n");
+        return;
+    }
+    gsl_rng *r = test_rng(12);
+    mlp_bf16_case(r, 300, 32, 48); /* F % 8 == 0: the 8-wide SwiGLU kernels */
+    mlp_bf16_case(r, 77, 24, 20);  /* the one-element kernels */
     gsl_rng_free(r);
 }
 
@@ -183,10 +186,12 @@ static void test_rmsnorm(void **s) {
     (void)s;
     NEED_GPU();
     gsl_rng *r = test_rng(3);
-    /* {512, 8}: the weight gradient's column sum folds narrow rows into rows of 128;
-     * C = 4, 8, 16: the per-head norms' float4 row kernels */
-    int shapes[6][2] = {{257, 128}, {300, 8}, {33, 70}, {512, 8}, {77, 4}, {65, 16}};
-    for (int k = 0; k < 6; k++)
+    /* {257, 128}, {333, 192}, {130, 32}: the backward with the weight gradient's partial
+     * sums inside (ragged last blocks, idle lanes, two column groups); {512, 8}: the
+     * column sum folds narrow rows into rows of 128; C = 4, 8, 16: the per-head norms'
+     * float4 row kernels */
+    int shapes[][2] = {{257, 128}, {333, 192}, {130, 32}, {300, 8}, {33, 70}, {512, 8}, {77, 4}, {65, 16}};
+    for (int k = 0; k < (int)(sizeof shapes / sizeof *shapes); k++)
         for (int with_w = 0; with_w < 2; with_w++) {
             int N = shapes[k][0], C = shapes[k][1];
             size_t n = (size_t)N * C;
@@ -423,11 +428,13 @@ static void test_optimizer_ops(void **s) {
 /* G: the fp32 table (scalar kernels, tight bounds) or the bf16 one (tensor cores for head
  * dims 8-32: bf16 operands, bounds from bf16's epsilon). The gradient buffers start
  * non-zero (they accumulate), smaller for bf16 so that they do not mask the increments. */
-static void attention_case(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
-                           gsl_rng *r) {
+/* Inputs are read from a wider row: by default H*hd + 3 (unaligned rows); with fused,
+ * the model's [N, 3d] q|k|v row (16-byte aligned: the kernels' vector loads). */
+static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
+                              int fused, gsl_rng *r) {
     const int bf = G == GPU16;
     const double fb = bf ? 3 * BF16_EPS : 1e-5, bb = bf ? 6 * BF16_EPS : 1e-5, gs = bf ? 0.1 : 1;
-    int ldi = H * hd + 3, ldo = H * hd; /* inputs read from a wider (fused) row */
+    int ldi = fused ? 3 * H * hd : H * hd + 3, ldo = H * hd;
     size_t ni = (size_t)B * T * ldi, no = (size_t)B * T * ldo, ns = (size_t)B * H * T;
     real *q = randv(r, ni, 1), *k = randv(r, ni, 1), *v = randv(r, ni, 1), *rr = randv(r, ni, 0.5);
     real *o = randv(r, no, 1), *ob = randv(r, no, 1), *lse = randv(r, ns, 1), *tb = randv(r, ns, 1);
@@ -446,8 +453,8 @@ static void attention_case(const Ops *G, int B, int T, int H, int hd, int window
     g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * no);
     g.dk = up(GPU, dk, sizeof(real) * no), g.dv = up(GPU, dv, sizeof(real) * no);
     g.dr = parallax ? up(GPU, dr, sizeof(real) * no) : NULL;
-    printf("  %s B=%d T=%d H=%d hd=%d window=%d [%s]\n", parallax ? "parallax" : "softmax", B, T,
-           H, hd, window, G->name);
+    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d [%s]\n", parallax ? "parallax" : "softmax",
+           B, T, H, hd, window, ldi, G->name);
     CPU->attention_forward(&c), G->attention_forward(&g);
     cmp("o", o, g.o, no, fb);
     cmp("lse", lse, g.lse, ns, fb);
@@ -462,6 +469,10 @@ static void attention_case(const Ops *G, int B, int T, int H, int hd, int window
         if (b[i]) GPU->release((void *)b[i]);
     free(q), free(k), free(v), free(rr), free(o), free(ob), free(lse), free(tb), free(dout);
     free(dq), free(dk), free(dv), free(dr);
+}
+static void attention_case(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
+                           gsl_rng *r) {
+    attention_case_ld(G, B, T, H, hd, window, parallax, 0, r);
 }
 
 static void test_attention(void **s) {
@@ -488,7 +499,9 @@ static void test_attention_tensor_cores(void **s) {
         attention_case(GPU16, 2, 300, 2, 8, 0, px, r);   /* several blocks and chunks */
         attention_case(GPU16, 1, 200, 2, 16, 7, px, r);  /* window inside one 16-key tile */
         attention_case(GPU16, 1, 150, 2, 32, 40, px, r); /* window across tiles */
-        attention_case(GPU16, 2, 128, 16, 8, 0, px, r);  /* MAD's shape per sequence */
+        attention_case_ld(GPU16, 2, 128, 16, 8, 0, px, 1, r); /* MAD's shape, fused rows */
+        attention_case_ld(GPU16, 1, 300, 2, 16, 0, px, 1, r); /* fused rows, several chunks */
+        attention_case_ld(GPU16, 1, 200, 2, 32, 0, px, 1, r); /* fused rows, 64-row chunks */
         attention_case(GPU16, 1, 70, 2, 64, 0, px, r);   /* no tensor-core kernel: scalar */
     }
     gsl_rng_free(r);

@@ -130,6 +130,7 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
     double best_ppl = INFINITY, loss_acc = 0, last_loss = NAN;
     long loss_n = 0, step = 0, tokens = 0;
     double t_log = now_s();
+    res.setup_seconds = t_log - t0;
     res.best_test_acc = 0;
     res.status = RUN_FINISHED;
 
@@ -189,7 +190,9 @@ RunResult train_run(const Config *cfg_in, const RunSink *sink) {
         }
         if (res.status != RUN_FINISHED) break;
         EvalAcc ev;
+        double te = now_s();
         evaluate(m, &test, B, &ev, use_graph ? &eval_graph : NULL);
+        res.eval_seconds += now_s() - te;
         double acc = eval_mad_acc(&ev), tacc = eval_token_acc(&ev), ppl = eval_ppl(&ev);
         double tl = eval_loss(&ev);
         emit(sink, step, epoch, "test_loss", tl);

@@ -29,7 +29,9 @@ typedef struct {
     double test_token_acc; /* plain token accuracy at the best-perplexity epoch */
     double test_ppl;       /* best test perplexity */
     double last_train_loss;
-    double seconds;
+    double seconds;      /* the whole run */
+    double setup_seconds; /* of which data generation, model and optimizer set-up */
+    double eval_seconds;  /* of which evaluation */
 } RunResult;
 
 /* Resolves presets (protocol, task defaults, mixer preset) and validates every

@@ -4,9 +4,12 @@
 // a thread per query row. Used for head dims 8, 16 and 32; other sizes and the fp32
 // / tf32 tables keep the scalar kernels.
 //
-// Layout: a block of 8 warps takes 128 rows (queries in the forward and the dq pass,
-// keys in the dk/dv pass) of one (batch, head); each warp owns 16 of them and
-// streams the other side through shared memory in chunks of 64, 16 at a time:
+// Layout: a block of 4 warps takes 128 rows (queries in the forward and the dq pass,
+// keys in the dk/dv pass) of one (batch, head) as eight 16-row tiles; warp w owns
+// tiles w and 7 - w, so that every warp does the same causal work (9 tile pairs of 16
+// x 16, where one warp per tile would leave the block waiting on the longest, 8 of an
+// average 4.5). Each warp streams the other side through shared memory in chunks of
+// KC rows (the whole sequence at MAD's T = 128: loaded once for both tiles), 16 at a time:
 //   16x8 score tiles   S = Q K^T        mma m16n8k8 per 8 head dims
 //   16xHD products     O += P V         mma m16n8k16, P re-packed from two score tiles
 // Fragment layouts are those of the PTX ISA ("Matrix Fragments for mma.m16n8k8 /
@@ -26,12 +29,15 @@
 
 namespace {
 
-// rows per block, 16 a warp: 128 (8 warps) is one block per (batch, head) at MAD's
-// T = 128, so each chunk of the other side is loaded once; it was 2.8% (softmax) and
-// 1.6% (Parallax) faster per training step than 64 on the H100 (2026-11-23)
+// rows per block: 128 is one block per (batch, head) at MAD's T = 128, so the other
+// side is loaded once; it was 2.8% (softmax) and 1.6% (Parallax) faster per training
+// step than 64 on the H100 (2026-11-23)
 constexpr int ROWS = 128;
-constexpr int KC = 64;   // other-side rows per shared-memory chunk
-constexpr int PAD = 8;   // bf16 padding of transposed tiles: rows 144 B apart, no bank conflicts
+constexpr int WARPS = 4, NTHREADS = 32 * WARPS; // warp w: tiles w and ROWS / 16 - 1 - w
+constexpr int PAD = 8; // bf16 padding of transposed tiles: rows 4 banks apart, no conflicts
+// other-side rows per shared-memory chunk: 128 where the block's tiles fit in 48 KB
+template <int HD> __host__ __device__ constexpr int kc() { return HD <= 16 ? 128 : 64; }
+typedef __nv_bfloat16 bf16;
 constexpr float L2E = 1.4426950408889634f;
 constexpr float NEG_INF = -__builtin_huge_valf();
 
@@ -93,16 +99,43 @@ __device__ void load_afrag(uint32_t (&a)[HD / 8][2], const float *x, int ld, int
     }
 }
 
-// rows [r0, r0+KC) of a [B,T,H,HD] tensor (times mul) into bf16 shared memory, as
-// rows (nat[KC][HD]) and/or transposed (tr[HD][KC+PAD]); rows >= T as 0
-template <int HD>
-__device__ void load_chunk(__nv_bfloat16 *nat, __nv_bfloat16 *tr, const float *x, int ld, int b,
-                           int T, int h, int r0, float mul) {
-    for (int idx = threadIdx.x; idx < KC * HD; idx += blockDim.x) {
-        int rr = idx / HD, c = idx % HD, t = r0 + rr;
-        __nv_bfloat16 v = __float2bfloat16_rn(t < T ? mul * row_ptr(x, ld, b, t, T, h, HD)[c] : 0.f);
-        if (nat) nat[rr * HD + c] = v;
-        if (tr) tr[c * (KC + PAD) + rr] = v;
+// Rows [r0, r0+KC) of a [B,T,H,HD] tensor on their way to shared memory: chunk_read
+// issues a thread's loads of 4 adjacent dims (one float4 where rows are 16-byte
+// aligned, as in the model's fused [N, 3d] rows; rows >= T as 0), chunk_write stores
+// them in bf16 as rows (nat[KC][HD], times mn) and/or transposed (tr[HD][KC+PAD],
+// times mt). Split so that a kernel issues every load of a chunk before it waits at
+// the barrier.
+template <int HD, int KC> struct Chunk {
+    static constexpr int N4 = KC * HD / 4, PER = (N4 + NTHREADS - 1) / NTHREADS;
+    float4 v[PER];
+};
+template <int HD, int KC>
+__device__ __forceinline__ void chunk_read(Chunk<HD, KC> &c, const float *x, int ld, int b, int T,
+                                           int h, int r0) {
+    const bool v4 = ((uintptr_t)x | (uintptr_t)ld * sizeof(float)) % 16 == 0; // block-uniform
+#pragma unroll
+    for (int k = 0; k < Chunk<HD, KC>::PER; k++) {
+        const int idx = threadIdx.x + k * NTHREADS, t = r0 + idx / (HD / 4);
+        const float *p = row_ptr(x, ld, b, t, T, h, HD) + 4 * (idx % (HD / 4));
+        if (idx >= Chunk<HD, KC>::N4 || t >= T) c.v[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+        else if (v4) c.v[k] = *reinterpret_cast<const float4 *>(p);
+        else c.v[k] = make_float4(p[0], p[1], p[2], p[3]);
+    }
+}
+template <int HD, int KC>
+__device__ __forceinline__ void chunk_write(const Chunk<HD, KC> &c, bf16 *nat, float mn, bf16 *tr,
+                                            float mt) {
+#pragma unroll
+    for (int k = 0; k < Chunk<HD, KC>::PER; k++) {
+        const int idx = threadIdx.x + k * NTHREADS, rr = idx / (HD / 4), c0 = 4 * (idx % (HD / 4));
+        if (idx >= Chunk<HD, KC>::N4) break;
+        const float e[4] = {c.v[k].x, c.v[k].y, c.v[k].z, c.v[k].w};
+        if (nat)
+            *reinterpret_cast<uint2 *>(nat + rr * HD + c0) =
+                make_uint2(pack2(mn * e[0], mn * e[1]), pack2(mn * e[2], mn * e[3]));
+        if (tr)
+#pragma unroll
+            for (int q = 0; q < 4; q++) tr[(c0 + q) * (KC + PAD) + rr] = __float2bfloat16_rn(mt * e[q]);
     }
 }
 
@@ -117,7 +150,7 @@ __device__ __forceinline__ void tile_abt(float d[4], const uint32_t (&a)[HD / 8]
 }
 
 // acc[n] += P (16 x 16 columns kb..kb+15) X[kb..kb+15][8n..8n+7], X transposed in tr[HD][KC+PAD]
-template <int HD>
+template <int HD, int KC>
 __device__ __forceinline__ void acc_px(float (&acc)[HD / 8][4], const uint32_t p[4],
                                        const __nv_bfloat16 *tr, int kb) {
     const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
@@ -145,111 +178,121 @@ __device__ __forceinline__ bool visible(int i, int j, int T, int W) {
 // ---- forward: one online pass per 16 keys --------------------------------------------
 // Per row: m (running max, log2 units), d (sum e), st (sum e t); per row and dim:
 // ov = sum e v, otv = sum e t v, all rescaled by 2^(m_old - m_new) when m grows.
-template <int HD, bool PX> __global__ void __launch_bounds__(2 * ROWS) tc_fwd_kernel(AttnArgs a) {
-    __shared__ __align__(16) __nv_bfloat16 sK[KC * HD];
-    __shared__ __align__(16) __nv_bfloat16 sVt[HD * (KC + PAD)];
+template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_kernel(AttnArgs a) {
+    constexpr int KC = kc<HD>();
+    __shared__ __align__(16) bf16 sK[KC * HD];
+    __shared__ __align__(16) bf16 sVt[HD * (KC + PAD)];
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int blk0 = blockIdx.x * ROWS, q0 = blk0 + warp * 16;
-    const int rows[2] = {q0 + g, q0 + g + 8};
-    uint32_t qa[HD / 8][2], ra[HD / 8][2];
-    load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E); // scores in log2 units
-    if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
-    float m[2] = {NEG_INF, NEG_INF}, d[2] = {0.f, 0.f}, st[2] = {0.f, 0.f};
-    float ov[HD / 8][4], otv[HD / 8][4];
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) ov[n][e] = otv[n][e] = 0.f;
+    const int blk0 = blockIdx.x * ROWS;
     const int jlo = W > 0 ? max(0, blk0 - W + 1) : 0, jhi = min(T - 1, blk0 + ROWS - 1);
-    for (int j0 = jlo; j0 <= jhi; j0 += KC) {
-        __syncthreads();
-        load_chunk<HD>(sK, nullptr, a.k, a.ld_in, b, T, h, j0, 1.f);
-        load_chunk<HD>(nullptr, sVt, a.v, a.ld_in, b, T, h, j0, 1.f);
-        __syncthreads();
-        for (int kb = 0; kb < KC; kb += 16) {
-            const int jb = j0 + kb; // keys jb..jb+15
-            if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue; // warp-uniform
-            float s[2][4], tt[2][4];
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
-                if (PX) tile_abt<HD>(tt[hf], ra, sK, kb + 8 * hf);
-            }
-            float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int j = jb + 8 * hf + 2 * u + (e & 1);
-                    if (!visible(rows[e >> 1], j, T, W)) s[hf][e] = NEG_INF;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], s[hf][e]);
-                }
-            float corr[2];
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                float mn = fmaxf(m[r], quad_max(mx[r]));
-                // no visible key yet: keep everything at 0 (2^(-inf - -inf) would be NaN)
-                corr[r] = mn == NEG_INF ? 1.f : cu_ex2(m[r] - mn);
-                m[r] = mn;
-            }
-            float p[2][4], pt[2][4];
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int r = e >> 1;
-                    p[hf][e] = m[r] == NEG_INF ? 0.f : cu_ex2(s[hf][e] - m[r]);
-                    pt[hf][e] = PX ? p[hf][e] * tt[hf][e] : 0.f;
-                }
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                d[r] = d[r] * corr[r] + p[0][2 * r] + p[0][2 * r + 1] + p[1][2 * r] + p[1][2 * r + 1];
-                if (PX)
-                    st[r] = st[r] * corr[r] + pt[0][2 * r] + pt[0][2 * r + 1] + pt[1][2 * r] +
-                            pt[1][2 * r + 1];
-            }
-#pragma unroll
-            for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    ov[n][e] *= corr[e >> 1];
-                    if (PX) otv[n][e] *= corr[e >> 1];
-                }
-            uint32_t pa[4];
-            pack_tiles(pa, p[0], p[1]);
-            acc_px<HD>(ov, pa, sVt, kb);
-            if (PX) {
-                pack_tiles(pa, pt[0], pt[1]);
-                acc_px<HD>(otv, pa, sVt, kb);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        d[r] = quad_sum(d[r]);
-        if (PX) st[r] = quad_sum(st[r]);
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int i = rows[r];
-        if (i >= T) continue;
-        const float inv = 1.f / d[r], tbar = st[r] * inv;
-        float *o = row_ptr(a.o, a.ld_out, b, i, T, h, HD);
-        float *ob = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : nullptr;
+    const bool once = jhi - jlo < KC; // one chunk holds the block's keys: load it for both tiles
+    for (int pass = 0; pass < 2; pass++) {
+        const int q0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
+        const int rows[2] = {q0 + g, q0 + g + 8};
+        uint32_t qa[HD / 8][2], ra[HD / 8][2];
+        load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E); // scores in log2 units
+        if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
+        float m[2] = {NEG_INF, NEG_INF}, d[2] = {0.f, 0.f}, st[2] = {0.f, 0.f};
+        float ov[HD / 8][4], otv[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int c = 8 * n + 2 * u + e;
-                float obar = ov[n][2 * r + e] * inv;
-                o[c] = PX ? obar * (1.f + tbar) - otv[n][2 * r + e] * inv : obar;
-                if (PX) ob[c] = obar;
+            for (int e = 0; e < 4; e++) ov[n][e] = otv[n][e] = 0.f;
+        for (int j0 = jlo; j0 <= jhi; j0 += KC) {
+            if (pass == 0 || !once) {
+                Chunk<HD, KC> ck, cv;
+                chunk_read(ck, a.k, a.ld_in, b, T, h, j0);
+                chunk_read(cv, a.v, a.ld_in, b, T, h, j0);
+                __syncthreads();
+                chunk_write(ck, sK, 1.f, nullptr, 0.f);
+                chunk_write(cv, nullptr, 0.f, sVt, 1.f);
+                __syncthreads();
             }
-        if (u == 0) {
-            size_t si = ((size_t)b * H + h) * T + i;
-            a.lse[si] = m[r] * (1.f / L2E) + logf(d[r]);
-            if (PX && a.tbar) a.tbar[si] = tbar;
+            for (int kb = 0; kb < KC; kb += 16) {
+                const int jb = j0 + kb; // keys jb..jb+15
+                if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue; // warp-uniform
+                float s[2][4], tt[2][4];
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
+                    if (PX) tile_abt<HD>(tt[hf], ra, sK, kb + 8 * hf);
+                }
+                float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int j = jb + 8 * hf + 2 * u + (e & 1);
+                        if (!visible(rows[e >> 1], j, T, W)) s[hf][e] = NEG_INF;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], s[hf][e]);
+                    }
+                float corr[2];
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    float mn = fmaxf(m[r], quad_max(mx[r]));
+                    // no visible key yet: keep everything at 0 (2^(-inf - -inf) would be NaN)
+                    corr[r] = mn == NEG_INF ? 1.f : cu_ex2(m[r] - mn);
+                    m[r] = mn;
+                }
+                float p[2][4], pt[2][4];
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int r = e >> 1;
+                        p[hf][e] = m[r] == NEG_INF ? 0.f : cu_ex2(s[hf][e] - m[r]);
+                        pt[hf][e] = PX ? p[hf][e] * tt[hf][e] : 0.f;
+                    }
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    d[r] = d[r] * corr[r] + p[0][2 * r] + p[0][2 * r + 1] + p[1][2 * r] + p[1][2 * r + 1];
+                    if (PX)
+                        st[r] = st[r] * corr[r] + pt[0][2 * r] + pt[0][2 * r + 1] + pt[1][2 * r] +
+                                pt[1][2 * r + 1];
+                }
+#pragma unroll
+                for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        ov[n][e] *= corr[e >> 1];
+                        if (PX) otv[n][e] *= corr[e >> 1];
+                    }
+                uint32_t pa[4];
+                pack_tiles(pa, p[0], p[1]);
+                acc_px<HD, KC>(ov, pa, sVt, kb);
+                if (PX) {
+                    pack_tiles(pa, pt[0], pt[1]);
+                    acc_px<HD, KC>(otv, pa, sVt, kb);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            d[r] = quad_sum(d[r]);
+            if (PX) st[r] = quad_sum(st[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = rows[r];
+            if (i >= T) continue;
+            const float inv = 1.f / d[r], tbar = st[r] * inv;
+            float *o = row_ptr(a.o, a.ld_out, b, i, T, h, HD);
+            float *ob = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : nullptr;
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int c = 8 * n + 2 * u + e;
+                    float obar = ov[n][2 * r + e] * inv;
+                    o[c] = PX ? obar * (1.f + tbar) - otv[n][2 * r + e] * inv : obar;
+                    if (PX) ob[c] = obar;
+                }
+            if (u == 0) {
+                size_t si = ((size_t)b * H + h) * T + i;
+                a.lse[si] = m[r] * (1.f / L2E) + logf(d[r]);
+                if (PX && a.tbar) a.tbar[si] = tbar;
+            }
         }
     }
 }
@@ -258,98 +301,108 @@ template <int HD, bool PX> __global__ void __launch_bounds__(2 * ROWS) tc_fwd_ke
 // dS = p[(A - T_i) + (tbar_i - t)(A - b_i)], dT = -p (A - b_i), A_ij = g_i.v_j (§3.6;
 // softmax: t = tbar = 0, b_i unused);  dq += scale dS K,  dr += dT K.
 template <int HD, bool PX>
-__global__ void __launch_bounds__(2 * ROWS) tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv) {
-    __shared__ __align__(16) __nv_bfloat16 sK[KC * HD];
-    __shared__ __align__(16) __nv_bfloat16 sKt[HD * (KC + PAD)];
-    __shared__ __align__(16) __nv_bfloat16 sV[KC * HD];
+__global__ void __launch_bounds__(NTHREADS) tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv) {
+    constexpr int KC = kc<HD>();
+    __shared__ __align__(16) bf16 sK[KC * HD];
+    __shared__ __align__(16) bf16 sKt[HD * (KC + PAD)];
+    __shared__ __align__(16) bf16 sV[KC * HD];
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int blk0 = blockIdx.x * ROWS, q0 = blk0 + warp * 16;
-    const int rows[2] = {q0 + g, q0 + g + 8};
+    const int blk0 = blockIdx.x * ROWS;
     const size_t sb = ((size_t)b * H + h) * T;
-    uint32_t qa[HD / 8][2], ra[HD / 8][2], ga[HD / 8][2];
-    load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E);
-    if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
-    load_afrag<HD>(ga, a.dout, a.ld_out, b, T, h, q0, 1.f);
-    // row scalars in fp32: each lane sums its dims 8c+2u, 8c+2u+1, then the quad
-    float Ti[2], bi[2], lse2[2], tb[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int i = rows[r];
-        float sT = 0.f, sB = 0.f;
-        if (i < T) {
-            const float *gr = row_ptr(a.dout, a.ld_out, b, i, T, h, HD);
-            const float *orow = row_ptr(a.o, a.ld_out, b, i, T, h, HD);
-            const float *obr = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : orow;
-#pragma unroll
-            for (int c = 0; c < HD / 8; c++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    int col = 8 * c + 2 * u + e;
-                    sT += gr[col] * orow[col], sB += gr[col] * obr[col];
-                }
-        }
-        Ti[r] = quad_sum(sT), bi[r] = quad_sum(sB);
-        lse2[r] = i < T ? a.lse[sb + i] * L2E : 0.f;
-        tb[r] = PX && i < T ? a.tbar[sb + i] : 0.f;
-    }
-    float dq[HD / 8][4], dr[HD / 8][4];
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dq[n][e] = dr[n][e] = 0.f;
     const int jlo = W > 0 ? max(0, blk0 - W + 1) : 0, jhi = min(T - 1, blk0 + ROWS - 1);
-    for (int j0 = jlo; j0 <= jhi; j0 += KC) {
-        __syncthreads();
-        load_chunk<HD>(sK, sKt, a.k, a.ld_in, b, T, h, j0, 1.f);
-        load_chunk<HD>(sV, nullptr, a.v, a.ld_in, b, T, h, j0, 1.f);
-        __syncthreads();
-        for (int kb = 0; kb < KC; kb += 16) {
-            const int jb = j0 + kb;
-            if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue;
-            float s[2][4], A[2][4], tt[2][4], ds[2][4], dt[2][4];
+    const bool once = jhi - jlo < KC;
+    for (int pass = 0; pass < 2; pass++) {
+        const int q0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
+        const int rows[2] = {q0 + g, q0 + g + 8};
+        uint32_t qa[HD / 8][2], ra[HD / 8][2], ga[HD / 8][2];
+        load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E);
+        if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
+        load_afrag<HD>(ga, a.dout, a.ld_out, b, T, h, q0, 1.f);
+        // row scalars in fp32: each lane sums its dims 8c+2u, 8c+2u+1, then the quad
+        float Ti[2], bi[2], lse2[2], tb[2];
 #pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
-                tile_abt<HD>(A[hf], ga, sV, kb + 8 * hf);
-                if (PX) tile_abt<HD>(tt[hf], ra, sK, kb + 8 * hf);
+        for (int r = 0; r < 2; r++) {
+            const int i = rows[r];
+            float sT = 0.f, sB = 0.f;
+            if (i < T) {
+                const float *gr = row_ptr(a.dout, a.ld_out, b, i, T, h, HD);
+                const float *orow = row_ptr(a.o, a.ld_out, b, i, T, h, HD);
+                const float *obr = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : orow;
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int r = e >> 1, j = jb + 8 * hf + 2 * u + (e & 1);
-                    float p = visible(rows[r], j, T, W) ? cu_ex2(s[hf][e] - lse2[r]) : 0.f;
-                    float Aij = A[hf][e];
-                    if (PX) {
-                        ds[hf][e] = p * ((Aij - Ti[r]) + (tb[r] - tt[hf][e]) * (Aij - bi[r]));
-                        dt[hf][e] = -p * (Aij - bi[r]);
-                    } else {
-                        ds[hf][e] = p * (Aij - Ti[r]);
+                for (int c = 0; c < HD / 8; c++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        int col = 8 * c + 2 * u + e;
+                        sT += gr[col] * orow[col], sB += gr[col] * obr[col];
                     }
-                }
             }
-            uint32_t pa[4];
-            pack_tiles(pa, ds[0], ds[1]);
-            acc_px<HD>(dq, pa, sKt, kb);
-            if (PX) {
-                pack_tiles(pa, dt[0], dt[1]);
-                acc_px<HD>(dr, pa, sKt, kb);
-            }
+            Ti[r] = quad_sum(sT), bi[r] = quad_sum(sB);
+            lse2[r] = i < T ? a.lse[sb + i] * L2E : 0.f;
+            tb[r] = PX && i < T ? a.tbar[sb + i] : 0.f;
         }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int i = rows[r];
-        if (i >= T) continue;
-        float *dqo = row_ptr(a.dq, a.ld_dqkv, b, i, T, h, HD);
-        float *dro = PX ? row_ptr(a.dr, a.ld_out, b, i, T, h, HD) : nullptr;
+        float dq[HD / 8][4], dr[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int c = 8 * n + 2 * u + e;
-                dqo[c] += a.scale * dq[n][2 * r + e];
-                if (PX) dro[c] += dr[n][2 * r + e];
+            for (int e = 0; e < 4; e++) dq[n][e] = dr[n][e] = 0.f;
+        for (int j0 = jlo; j0 <= jhi; j0 += KC) {
+            if (pass == 0 || !once) {
+                Chunk<HD, KC> ck, cv;
+                chunk_read(ck, a.k, a.ld_in, b, T, h, j0);
+                chunk_read(cv, a.v, a.ld_in, b, T, h, j0);
+                __syncthreads();
+                chunk_write(ck, sK, 1.f, sKt, 1.f);
+                chunk_write(cv, sV, 1.f, nullptr, 0.f);
+                __syncthreads();
             }
-        if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
+            for (int kb = 0; kb < KC; kb += 16) {
+                const int jb = j0 + kb;
+                if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue;
+                float s[2][4], A[2][4], tt[2][4], ds[2][4], dt[2][4];
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
+                    tile_abt<HD>(A[hf], ga, sV, kb + 8 * hf);
+                    if (PX) tile_abt<HD>(tt[hf], ra, sK, kb + 8 * hf);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int r = e >> 1, j = jb + 8 * hf + 2 * u + (e & 1);
+                        float p = visible(rows[r], j, T, W) ? cu_ex2(s[hf][e] - lse2[r]) : 0.f;
+                        float Aij = A[hf][e];
+                        if (PX) {
+                            ds[hf][e] = p * ((Aij - Ti[r]) + (tb[r] - tt[hf][e]) * (Aij - bi[r]));
+                            dt[hf][e] = -p * (Aij - bi[r]);
+                        } else {
+                            ds[hf][e] = p * (Aij - Ti[r]);
+                        }
+                    }
+                }
+                uint32_t pa[4];
+                pack_tiles(pa, ds[0], ds[1]);
+                acc_px<HD, KC>(dq, pa, sKt, kb);
+                if (PX) {
+                    pack_tiles(pa, dt[0], dt[1]);
+                    acc_px<HD, KC>(dr, pa, sKt, kb);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = rows[r];
+            if (i >= T) continue;
+            float *dqo = row_ptr(a.dq, a.ld_dqkv, b, i, T, h, HD);
+            float *dro = PX ? row_ptr(a.dr, a.ld_out, b, i, T, h, HD) : nullptr;
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int c = 8 * n + 2 * u + e;
+                    dqo[c] += a.scale * dq[n][2 * r + e];
+                    if (PX) dro[c] += dr[n][2 * r + e];
+                }
+            if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
+        }
     }
 }
 
@@ -357,107 +410,120 @@ __global__ void __launch_bounds__(2 * ROWS) tc_bwd_q_kernel(AttnArgs a, float *T
 // Transposed tiles (16 keys x 8 queries): S^T = K Q^T etc.;
 // dv += P'^T G with p' = p (1 + tbar - t);  dk += scale dS^T Q + dT^T R.
 template <int HD, bool PX>
-__global__ void __launch_bounds__(2 * ROWS) tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv) {
-    __shared__ __align__(16) __nv_bfloat16 sQs[KC * HD];            // q * scale log2 e
-    __shared__ __align__(16) __nv_bfloat16 sQt[HD * (KC + PAD)];    // q, transposed
-    __shared__ __align__(16) __nv_bfloat16 sG[KC * HD];
-    __shared__ __align__(16) __nv_bfloat16 sGt[HD * (KC + PAD)];
-    __shared__ __align__(16) __nv_bfloat16 sR[PX ? KC * HD : 2];
-    __shared__ __align__(16) __nv_bfloat16 sRt[PX ? HD * (KC + PAD) : 2];
+__global__ void __launch_bounds__(NTHREADS) tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv) {
+    constexpr int KC = kc<HD>();
+    __shared__ __align__(16) bf16 sQs[KC * HD];            // q * scale log2 e
+    __shared__ __align__(16) bf16 sQt[HD * (KC + PAD)];    // q, transposed
+    __shared__ __align__(16) bf16 sG[KC * HD];
+    __shared__ __align__(16) bf16 sGt[HD * (KC + PAD)];
+    __shared__ __align__(16) bf16 sR[PX ? KC * HD : 2];
+    __shared__ __align__(16) bf16 sRt[PX ? HD * (KC + PAD) : 2];
     __shared__ float4 sRow[KC]; // per query row: lse log2 e, tbar, T_i, b_i
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int blk0 = blockIdx.x * ROWS, k0 = blk0 + warp * 16;
-    const int keys[2] = {k0 + g, k0 + g + 8};
+    const int blk0 = blockIdx.x * ROWS;
     const size_t sb = ((size_t)b * H + h) * T;
-    uint32_t ka[HD / 8][2], va[HD / 8][2];
-    load_afrag<HD>(ka, a.k, a.ld_in, b, T, h, k0, 1.f);
-    load_afrag<HD>(va, a.v, a.ld_in, b, T, h, k0, 1.f);
-    float dks[HD / 8][4], dkt[HD / 8][4], dv[HD / 8][4];
-#pragma unroll
-    for (int n = 0; n < HD / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dks[n][e] = dkt[n][e] = dv[n][e] = 0.f;
     const int ihi = W > 0 ? min(T - 1, blk0 + ROWS - 1 + W - 1) : T - 1;
-    for (int i0 = blk0; i0 <= ihi; i0 += KC) {
-        __syncthreads();
-        load_chunk<HD>(sQs, nullptr, a.q, a.ld_in, b, T, h, i0, a.scale * L2E);
-        load_chunk<HD>(nullptr, sQt, a.q, a.ld_in, b, T, h, i0, 1.f);
-        load_chunk<HD>(sG, sGt, a.dout, a.ld_out, b, T, h, i0, 1.f);
-        if (PX) load_chunk<HD>(sR, sRt, a.r, a.ld_r, b, T, h, i0, 1.f);
-        for (int x = threadIdx.x; x < KC; x += blockDim.x) {
-            int i = i0 + x;
-            sRow[x] = i < T ? make_float4(a.lse[sb + i] * L2E, PX ? a.tbar[sb + i] : 0.f, Tv[sb + i],
-                                          bv[sb + i])
-                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-        __syncthreads();
-        for (int ib = 0; ib < KC; ib += 16) {
-            const int qb = i0 + ib; // queries qb..qb+15
-            if (qb >= T || qb + 15 < k0 || (W > 0 && qb > k0 + 15 + W - 1)) continue;
-            float s[2][4], A[2][4], tt[2][4], pv[2][4], ds[2][4], dt[2][4];
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                tile_abt<HD>(s[hf], ka, sQs, ib + 8 * hf);
-                tile_abt<HD>(A[hf], va, sG, ib + 8 * hf);
-                if (PX) tile_abt<HD>(tt[hf], ka, sR, ib + 8 * hf);
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int x = ib + 8 * hf + 2 * u + (e & 1), i = i0 + x, j = keys[e >> 1];
-                    const float4 rs = sRow[x];
-                    float p = j < T && visible(i, j, T, W) ? cu_ex2(s[hf][e] - rs.x) : 0.f;
-                    float Aij = A[hf][e];
-                    if (PX) {
-                        float t = tt[hf][e];
-                        pv[hf][e] = p * (1.f + rs.y - t);
-                        ds[hf][e] = p * ((Aij - rs.z) + (rs.y - t) * (Aij - rs.w));
-                        dt[hf][e] = -p * (Aij - rs.w);
-                    } else {
-                        pv[hf][e] = p;
-                        ds[hf][e] = p * (Aij - rs.z);
-                    }
-                }
-            }
-            uint32_t pa[4];
-            pack_tiles(pa, pv[0], pv[1]);
-            acc_px<HD>(dv, pa, sGt, ib);
-            pack_tiles(pa, ds[0], ds[1]);
-            acc_px<HD>(dks, pa, sQt, ib);
-            if (PX) {
-                pack_tiles(pa, dt[0], dt[1]);
-                acc_px<HD>(dkt, pa, sRt, ib);
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int j = keys[r];
-        if (j >= T) continue;
-        float *dko = row_ptr(a.dk, a.ld_dqkv, b, j, T, h, HD);
-        float *dvo = row_ptr(a.dv, a.ld_dqkv, b, j, T, h, HD);
+    const bool once = ihi - blk0 < KC; // one chunk holds the block's queries
+    for (int pass = 0; pass < 2; pass++) {
+        const int k0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
+        const int keys[2] = {k0 + g, k0 + g + 8};
+        uint32_t ka[HD / 8][2], va[HD / 8][2];
+        load_afrag<HD>(ka, a.k, a.ld_in, b, T, h, k0, 1.f);
+        load_afrag<HD>(va, a.v, a.ld_in, b, T, h, k0, 1.f);
+        float dks[HD / 8][4], dkt[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                int c = 8 * n + 2 * u + e;
-                dko[c] += a.scale * dks[n][2 * r + e] + (PX ? dkt[n][2 * r + e] : 0.f);
-                dvo[c] += dv[n][2 * r + e];
+            for (int e = 0; e < 4; e++) dks[n][e] = dkt[n][e] = dv[n][e] = 0.f;
+        for (int i0 = blk0; i0 <= ihi; i0 += KC) {
+            if (pass == 0 || !once) {
+                Chunk<HD, KC> cq, cg;
+                chunk_read(cq, a.q, a.ld_in, b, T, h, i0);
+                chunk_read(cg, a.dout, a.ld_out, b, T, h, i0);
+                __syncthreads();
+                chunk_write(cq, sQs, a.scale * L2E, sQt, 1.f);
+                chunk_write(cg, sG, 1.f, sGt, 1.f);
+                if (PX) {
+                    Chunk<HD, KC> cr;
+                    chunk_read(cr, a.r, a.ld_r, b, T, h, i0);
+                    chunk_write(cr, sR, 1.f, sRt, 1.f);
+                }
+                for (int x = threadIdx.x; x < KC; x += blockDim.x) {
+                    int i = i0 + x;
+                    sRow[x] = i < T ? make_float4(a.lse[sb + i] * L2E, PX ? a.tbar[sb + i] : 0.f,
+                                                  Tv[sb + i], bv[sb + i])
+                                    : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+                __syncthreads();
             }
+            for (int ib = 0; ib < KC; ib += 16) {
+                const int qb = i0 + ib; // queries qb..qb+15
+                if (qb >= T || qb + 15 < k0 || (W > 0 && qb > k0 + 15 + W - 1)) continue;
+                float s[2][4], A[2][4], tt[2][4], pv[2][4], ds[2][4], dt[2][4];
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++) {
+                    tile_abt<HD>(s[hf], ka, sQs, ib + 8 * hf);
+                    tile_abt<HD>(A[hf], va, sG, ib + 8 * hf);
+                    if (PX) tile_abt<HD>(tt[hf], ka, sR, ib + 8 * hf);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        const int x = ib + 8 * hf + 2 * u + (e & 1), i = i0 + x, j = keys[e >> 1];
+                        const float4 rs = sRow[x];
+                        float p = j < T && visible(i, j, T, W) ? cu_ex2(s[hf][e] - rs.x) : 0.f;
+                        float Aij = A[hf][e];
+                        if (PX) {
+                            float t = tt[hf][e];
+                            pv[hf][e] = p * (1.f + rs.y - t);
+                            ds[hf][e] = p * ((Aij - rs.z) + (rs.y - t) * (Aij - rs.w));
+                            dt[hf][e] = -p * (Aij - rs.w);
+                        } else {
+                            pv[hf][e] = p;
+                            ds[hf][e] = p * (Aij - rs.z);
+                        }
+                    }
+                }
+                uint32_t pa[4];
+                pack_tiles(pa, pv[0], pv[1]);
+                acc_px<HD, KC>(dv, pa, sGt, ib);
+                pack_tiles(pa, ds[0], ds[1]);
+                acc_px<HD, KC>(dks, pa, sQt, ib);
+                if (PX) {
+                    pack_tiles(pa, dt[0], dt[1]);
+                    acc_px<HD, KC>(dkt, pa, sRt, ib);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int j = keys[r];
+            if (j >= T) continue;
+            float *dko = row_ptr(a.dk, a.ld_dqkv, b, j, T, h, HD);
+            float *dvo = row_ptr(a.dv, a.ld_dqkv, b, j, T, h, HD);
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    int c = 8 * n + 2 * u + e;
+                    dko[c] += a.scale * dks[n][2 * r + e] + (PX ? dkt[n][2 * r + e] : 0.f);
+                    dvo[c] += dv[n][2 * r + e];
+                }
+        }
     }
 }
 
 template <int HD, bool PX> void tc_fwd(const AttnArgs *a) {
     dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
-    tc_fwd_kernel<HD, PX><<<grid, 2 * ROWS, 0, cu.stream>>>(*a);
+    tc_fwd_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a);
     CKL();
 }
 template <int HD, bool PX> void tc_bwd(const AttnArgs *a) {
     size_t n = (size_t)a->B * a->H * a->T;
     float *Tv = a->scratch ? a->scratch : cu_scratch(2 * n), *bv = Tv + n;
     dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
-    tc_bwd_q_kernel<HD, PX><<<grid, 2 * ROWS, 0, cu.stream>>>(*a, Tv, bv);
+    tc_bwd_q_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv);
     CKL();
-    tc_bwd_kv_kernel<HD, PX><<<grid, 2 * ROWS, 0, cu.stream>>>(*a, Tv, bv);
+    tc_bwd_kv_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv);
     CKL();
 }
 

@@ -155,8 +155,119 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
     for (int c = 0; c < C; c++)
         dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
 }
+// dx and dw in one pass (16 < C <= 256, C % 4 == 0, 16-byte aligned rows): the kernel reads
+// dout and x for dx anyway, so it also sums dy x r over its rows per column (a lane owns
+// 4 columns, float4) and writes one partial row per block; rmsnorm_dw_final_kernel adds the
+// partials to dw. Before, a separate column-sum pass re-read dout and x (8 N C bytes).
+// Formulas: baselines.md §1.3 (dx = r (w dy) - r^3/C x sum(w dy x), dw = sum dy x r).
+constexpr int NORM_BLOCK_ROWS = 64; // rows per block: 256 blocks at N = 16384 (MAD)
+__device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+// a warp's row at offset o: this lane's float4s of dout, x and dx
+template <int K>
+__device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], float4 (&d)[K],
+                                              const float *dout, const float *x, const float *dx,
+                                              size_t o, int lane, const bool (&on)[K]) {
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if (on[k]) {
+            size_t i = o + 4 * lane + 128 * k;
+            g[k] = ld4(dout + i), xv[k] = ld4(x + i), d[k] = ld4(dx + i);
+        }
+}
+template <int K> // C <= 128 K: lane owns columns 4 lane + 128 k .. + 3 for k < K
+__global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float *part, const float *dout,
+                                                                 const float *x, const float *w,
+                                                                 const float *rstd, int N, int C) {
+    __shared__ float red[8][256]; // [warp][column] partial dw sums
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, b = blockIdx.x;
+    int n = b * NORM_BLOCK_ROWS + warp, n1 = min(N, (b + 1) * NORM_BLOCK_ROWS);
+    bool on[K];
+    float4 wv[K], acc[K], g[K], xv[K], d[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = 4 * lane + 128 * k;
+        on[k] = c < C;
+        wv[k] = w && on[k] ? ld4(w + c) : make_float4(1.f, 1.f, 1.f, 1.f);
+        acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    // the rows of a warp are n, n + 8, ...: the next row's loads are issued before this
+    // row's reduction and store, two rows in flight per warp (only 16 warps per SM at MAD)
+    float r = 0.f;
+    if (n < n1) norm_row_load<K>(g, xv, d, dout, x, dx, (size_t)n * C, lane, on), r = rstd[n];
+    for (; n < n1; n += 8) {
+        // past the last row the "next" loads repeat row n (cached; never used)
+        int m = n + 8 < n1 ? n + 8 : n;
+        float4 gn[K], xn[K], dn[K];
+        norm_row_load<K>(gn, xn, dn, dout, x, dx, (size_t)m * C, lane, on);
+        float rn = rstd[m], dot = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (on[k]) {
+                dot += wv[k].x * g[k].x * xv[k].x, dot += wv[k].y * g[k].y * xv[k].y;
+                dot += wv[k].z * g[k].z * xv[k].z, dot += wv[k].w * g[k].w * xv[k].w;
+            }
+        dot = warp_sum(dot);
+        float s = r * r * r / C;
+        size_t o = (size_t)n * C;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (on[k]) {
+                d[k].x += r * wv[k].x * g[k].x - s * xv[k].x * dot;
+                d[k].y += r * wv[k].y * g[k].y - s * xv[k].y * dot;
+                d[k].z += r * wv[k].z * g[k].z - s * xv[k].z * dot;
+                d[k].w += r * wv[k].w * g[k].w - s * xv[k].w * dot;
+                *reinterpret_cast<float4 *>(dx + o + 4 * lane + 128 * k) = d[k];
+                acc[k].x += g[k].x * xv[k].x * r, acc[k].y += g[k].y * xv[k].y * r;
+                acc[k].z += g[k].z * xv[k].z * r, acc[k].w += g[k].w * xv[k].w * r;
+                g[k] = gn[k], xv[k] = xn[k], d[k] = dn[k];
+            }
+        r = rn;
+    }
+    if (!part) return; // dw == NULL: the whole block leaves before the barrier
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if (on[k]) *reinterpret_cast<float4 *>(&red[warp][4 * lane + 128 * k]) = acc[k];
+    __syncthreads();
+    // warps in a fixed order: the same sums on every run
+    int c = threadIdx.x;
+    if (c < C) {
+        float t = 0.f;
+        for (int k = 0; k < 8; k++) t += red[k][c];
+        part[(size_t)blockIdx.x * C + c] = t;
+    }
+}
+// dw[c] += sum over blocks s of part[s, c]: 32 columns x 32 strided groups of blocks per
+// CUDA block, then the 32 group sums in order (fixed order, no atomics)
+__global__ void __launch_bounds__(1024) rmsnorm_dw_final_kernel(float *dw, const float *part, int S, int C) {
+    __shared__ float t[32][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float v = 0.f;
+    if (c < C)
+#pragma unroll 4
+        for (int s = threadIdx.y; s < S; s += 32) v += part[(size_t)s * C + c];
+    t[threadIdx.y][threadIdx.x] = v;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float u = 0.f;
+        for (int k = 0; k < 32; k++) u += t[k][threadIdx.x];
+        dw[c] += u;
+    }
+}
 static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                              const float *w, const float *rstd, int N, int C) {
+    if (C > 16 && C <= 256 && C % 4 == 0 && aligned16(dx, dout, x) && ((uintptr_t)w & 15) == 0) {
+        if (N <= 0) return;
+        int S = cu_blocks(N, NORM_BLOCK_ROWS);
+        float *part = dw ? cu_scratch((size_t)S * C) : nullptr;
+        if (C <= 128) rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
+        else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
+        CKL();
+        if (dw) {
+            rmsnorm_dw_final_kernel<<<cu_blocks(C, 32), dim3(32, 32), 0, cu.stream>>>(dw, part, S, C);
+            CKL();
+        }
+        return;
+    }
     int nb = cu_blocks(N, 256);
     if ((C == 4 || C == 8 || C == 16) && aligned16(dx, dout, x)) {
         if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);

@@ -26,17 +26,22 @@ __global__ void xent_rows_kernel(float *nll, float *dlogits, const float *logits
     if (lane == 0) nll[row] = lse - l[y];
 }
 
+// 1024 threads: strided sums, then shuffles within each warp and across the 32 warps'
+// sums (a fixed tree: one barrier instead of a shared-memory tree's ten)
+__device__ __forceinline__ double warp_sum_d(double x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
 __global__ void xent_sum_kernel(float *loss, const float *nll, const float *inv_count, int N) {
-    __shared__ double part[1024];
+    __shared__ double part[32];
     double s = 0;
     for (int i = threadIdx.x; i < N; i += blockDim.x) s += nll[i];
-    part[threadIdx.x] = s;
+    s = warp_sum_d(s);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
     __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) loss[0] += (float)(part[0] * inv_count[0]);
+    if (threadIdx.x >= 32) return;
+    s = warp_sum_d(part[threadIdx.x]);
+    if (threadIdx.x == 0) loss[0] += (float)(s * inv_count[0]);
 }
 
 static void crossentropy(float *loss, float *dlogits, const float *logits, const int *targets,

@@ -51,10 +51,41 @@ static void cu_release(void *p) {
     CK(cudaStreamSynchronize(cu.stream));
     CK(cudaFree(p));
 }
-// Pageable host memory: the call returns once the source has been staged, so the
-// caller may reuse its buffer; the copy runs in stream order (after queued work).
+// Host-to-device copies go through a pinned staging ring, so that they never wait for
+// the GPU: the host gathers and uploads the next batch while the step runs (a copy from
+// pageable memory may wait for the stream while the driver stages it). The source is
+// copied into the ring at once, so the caller may reuse its buffer; the device copy
+// runs in stream order. The ring's two halves alternate: before the host refills a
+// half it waits for the event recorded after the last copy out of it, long done in a
+// training loop (a half holds about 30 MAD batches).
+constexpr size_t STAGE_HALF = (size_t)4 << 20;
+static struct {
+    char *buf;
+    size_t off;
+    int half;
+    cudaEvent_t done[2];
+} stage;
+
 static void cu_to_device(void *dst, const void *src, size_t bytes) {
-    CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu.stream));
+    cudaStreamCaptureStatus st;
+    CK(cudaStreamIsCapturing(cu.stream, &st));
+    if (bytes > STAGE_HALF || st != cudaStreamCaptureStatusNone) {
+        CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu.stream));
+        return;
+    }
+    if (!stage.buf) {
+        CK(cudaMallocHost(&stage.buf, 2 * STAGE_HALF));
+        for (int i = 0; i < 2; i++) CK(cudaEventCreateWithFlags(&stage.done[i], cudaEventDisableTiming));
+    }
+    if (stage.off + bytes > STAGE_HALF) {
+        CK(cudaEventRecord(stage.done[stage.half], cu.stream));
+        stage.half ^= 1, stage.off = 0;
+        CK(cudaEventSynchronize(stage.done[stage.half])); // never recorded: returns at once
+    }
+    char *p = stage.buf + stage.half * STAGE_HALF + stage.off;
+    memcpy(p, src, bytes);
+    CK(cudaMemcpyAsync(dst, p, bytes, cudaMemcpyHostToDevice, cu.stream));
+    stage.off += (bytes + 255) & ~(size_t)255;
 }
 static void cu_to_host(void *dst, const void *src, size_t bytes) {
     CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu.stream));

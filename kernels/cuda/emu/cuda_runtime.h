@@ -28,9 +28,13 @@ struct __attribute__((aligned(8))) int2 {
 struct __attribute__((aligned(16))) double2 {
     double x, y;
 };
+struct __attribute__((aligned(8))) uint2 {
+    unsigned x, y;
+};
 inline float2 make_float2(float x, float y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 inline int2 make_int2(int x, int y) { return {x, y}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline double2 make_double2(double x, double y) { return {x, y}; }
 
 // ---- errors ---------------------------------------------------------------------------
@@ -119,6 +123,18 @@ cudaError_t cudaGraphUpload(cudaGraphExec_t e, cudaStream_t s);
 cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s);
 cudaError_t cudaGraphDestroy(cudaGraph_t g);
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e);
+
+// ---- pinned host memory and events (work runs when enqueued: an event is always done)
+cudaError_t cudaMallocHost(void **p, size_t bytes);
+template <class T> cudaError_t cudaMallocHost(T **p, size_t bytes) { return cudaMallocHost((void **)p, bytes); }
+cudaError_t cudaFreeHost(void *p);
+struct EmuEvent;
+typedef EmuEvent *cudaEvent_t;
+#define cudaEventDisableTiming 0x02
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
 
 // ---- kernels --------------------------------------------------------------------------
 enum cudaFuncAttribute {

@@ -939,6 +939,36 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) {
     return cudaSuccess;
 }
 
+// Pinned host memory is host memory here (not in allocs: kernels may not read it).
+cudaError_t cudaMallocHost(void **p, size_t bytes) {
+    if (capturing) return set_error(cudaErrorStreamCaptureUnsupported);
+    *p = malloc(bytes ? bytes : 1);
+    return *p ? cudaSuccess : set_error(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void *p) {
+    free(p);
+    return cudaSuccess;
+}
+struct EmuEvent {
+    int recorded;
+};
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned flags) {
+    (void)flags;
+    *e = new EmuEvent{0};
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+    if (!e) return set_error(cudaErrorInvalidResourceHandle);
+    if (stream_of(s)->status != cudaStreamCaptureStatusNone) return set_error(cudaErrorStreamCaptureUnsupported);
+    e->recorded = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+
 cudaError_t cudaFuncSetAttribute(const void *fn, cudaFuncAttribute attr, int value) {
     if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
         if (value < 0 || (size_t)value > SMEM_OPTIN) return set_error(cudaErrorInvalidValue);
