@@ -139,6 +139,20 @@ __device__ __forceinline__ void chunk_write(const Chunk<HD, KC> &c, bf16 *nat, f
     }
 }
 
+// keys j0..j0+KC-1 of k and v into shared memory, as rows (kn, vn) and/or transposed
+// (kt, vt; nullptr: not wanted); the first barrier waits for the previous chunk's readers
+template <int HD, int KC>
+__device__ __forceinline__ void kv_chunk_in(const AttnArgs &a, int b, int h, int j0, bf16 *kn,
+                                            bf16 *kt, bf16 *vn, bf16 *vt) {
+    Chunk<HD, KC> ck, cv;
+    chunk_read(ck, a.k, a.ld_in, b, a.T, h, j0);
+    chunk_read(cv, a.v, a.ld_in, b, a.T, h, j0);
+    __syncthreads();
+    chunk_write(ck, kn, 1.f, kt, 1.f);
+    chunk_write(cv, vn, 1.f, vt, 1.f);
+    __syncthreads();
+}
+
 // 16x8 tile d = A B^T where B's 8 rows nb..nb+7 sit in nat[][HD] (B-operand column g = row nb+g)
 template <int HD>
 __device__ __forceinline__ void tile_abt(float d[4], const uint32_t (&a)[HD / 8][2],
@@ -200,15 +214,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_ke
 #pragma unroll
             for (int e = 0; e < 4; e++) ov[n][e] = otv[n][e] = 0.f;
         for (int j0 = jlo; j0 <= jhi; j0 += KC) {
-            if (pass == 0 || !once) {
-                Chunk<HD, KC> ck, cv;
-                chunk_read(ck, a.k, a.ld_in, b, T, h, j0);
-                chunk_read(cv, a.v, a.ld_in, b, T, h, j0);
-                __syncthreads();
-                chunk_write(ck, sK, 1.f, nullptr, 0.f);
-                chunk_write(cv, nullptr, 0.f, sVt, 1.f);
-                __syncthreads();
-            }
+            if (pass == 0 || !once) kv_chunk_in<HD, KC>(a, b, h, j0, sK, nullptr, nullptr, sVt);
             for (int kb = 0; kb < KC; kb += 16) {
                 const int jb = j0 + kb; // keys jb..jb+15
                 if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue; // warp-uniform
@@ -347,15 +353,7 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_q_kernel(AttnArgs a, float *T
 #pragma unroll
             for (int e = 0; e < 4; e++) dq[n][e] = dr[n][e] = 0.f;
         for (int j0 = jlo; j0 <= jhi; j0 += KC) {
-            if (pass == 0 || !once) {
-                Chunk<HD, KC> ck, cv;
-                chunk_read(ck, a.k, a.ld_in, b, T, h, j0);
-                chunk_read(cv, a.v, a.ld_in, b, T, h, j0);
-                __syncthreads();
-                chunk_write(ck, sK, 1.f, sKt, 1.f);
-                chunk_write(cv, sV, 1.f, nullptr, 0.f);
-                __syncthreads();
-            }
+            if (pass == 0 || !once) kv_chunk_in<HD, KC>(a, b, h, j0, sK, sKt, sV, nullptr);
             for (int kb = 0; kb < KC; kb += 16) {
                 const int jb = j0 + kb;
                 if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue;
