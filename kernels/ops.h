@@ -44,7 +44,9 @@ typedef struct {
     real *o, *obar, *lse, *tbar;
     /* backward */
     const real *dout;
-    real *dq, *dk, *dv, *dr; /* accumulate */
+    real *dq, *dk, *dv, *dr; /* accumulate, or with grads_write are written (every row's
+                              * hd columns of each head), so that the caller need not zero them */
+    int grads_write;
     real *scratch;           /* >= 2*B*H*T reals */
 } AttnArgs;
 

@@ -403,15 +403,16 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
     real **P = a->P, **G = a->G;
     size_t nd = sizeof(real) * (size_t)N * d;
     linear_backward_beta(ops, a->dob, 0, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
-    if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
-    else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
-    if (a->learned) ops->zero(a->dr, nd);
-    if (a->route == ROUTE_ATTN) {
+    if (a->route == ROUTE_ATTN) { /* the core writes dq, dk, dv, dr: no zeroing pass */
         AttnArgs args = attn_args(a, B, T);
         args.dout = a->dob, args.dq = a->dq, args.dk = a->dk, args.dv = a->dv;
         args.dr = a->learned ? a->dr : NULL;
+        args.grads_write = 1;
         ops->attention_backward(&args);
     } else {
+        if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
+        else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
+        if (a->learned) ops->zero(a->dr, nd);
         FamArgs f = fam_args(a, B, T);
         f.dout = a->dob, f.dq = a->dq, f.dk = a->dk, f.dv = a->dv, f.dr = a->dr;
         f.dlog_bw = G[S_LBW];

@@ -429,9 +429,11 @@ static void test_optimizer_ops(void **s) {
  * dims 8-32: bf16 operands, bounds from bf16's epsilon). The gradient buffers start
  * non-zero (they accumulate), smaller for bf16 so that they do not mask the increments. */
 /* Inputs are read from a wider row: by default H*hd + 3 (unaligned rows); with fused,
- * the model's [N, 3d] q|k|v row (16-byte aligned: the kernels' vector loads). */
+ * the model's [N, 3d] q|k|v row (16-byte aligned: the kernels' vector loads). With
+ * write, the backward writes its gradients (AttnArgs.grads_write) over the non-zero
+ * values they start from, on both sides: an element a kernel misses shows. */
 static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
-                              int fused, gsl_rng *r) {
+                              int fused, int write, gsl_rng *r) {
     const int bf = G == GPU16;
     const double fb = bf ? 3 * BF16_EPS : 1e-5, bb = bf ? 6 * BF16_EPS : 1e-5, gs = bf ? 0.1 : 1;
     int ldi = fused ? 3 * H * hd : H * hd + 3, ldo = H * hd;
@@ -444,7 +446,7 @@ static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int win
                   .scale = (real)(1.0 / sqrt((double)hd)), .window = window, .q = q, .k = k, .v = v,
                   .r = parallax ? rr : NULL, .o = o, .obar = parallax ? ob : NULL, .lse = lse,
                   .tbar = parallax ? tb : NULL, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
-                  .dr = parallax ? dr : NULL};
+                  .dr = parallax ? dr : NULL, .grads_write = write};
     AttnArgs g = c;
     g.q = up(GPU, q, sizeof(real) * ni), g.k = up(GPU, k, sizeof(real) * ni);
     g.v = up(GPU, v, sizeof(real) * ni), g.r = parallax ? up(GPU, rr, sizeof(real) * ni) : NULL;
@@ -453,17 +455,17 @@ static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int win
     g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * no);
     g.dk = up(GPU, dk, sizeof(real) * no), g.dv = up(GPU, dv, sizeof(real) * no);
     g.dr = parallax ? up(GPU, dr, sizeof(real) * no) : NULL;
-    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d [%s]\n", parallax ? "parallax" : "softmax",
-           B, T, H, hd, window, ldi, G->name);
+    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d%s [%s]\n", parallax ? "parallax" : "softmax",
+           B, T, H, hd, window, ldi, write ? " gradients written" : "", G->name);
     CPU->attention_forward(&c), G->attention_forward(&g);
     cmp("o", o, g.o, no, fb);
     cmp("lse", lse, g.lse, ns, fb);
     if (parallax) cmp("obar", ob, g.obar, no, fb), cmp("tbar", tb, g.tbar, ns, bb);
     CPU->attention_backward(&c), G->attention_backward(&g);
-    cmp("dq (accumulated)", dq, g.dq, no, bb);
-    cmp("dk (accumulated)", dk, g.dk, no, bb);
-    cmp("dv (accumulated)", dv, g.dv, no, bb);
-    if (parallax) cmp("dr (accumulated)", dr, g.dr, no, bb);
+    cmp(write ? "dq (written)" : "dq (accumulated)", dq, g.dq, no, bb);
+    cmp(write ? "dk (written)" : "dk (accumulated)", dk, g.dk, no, bb);
+    cmp(write ? "dv (written)" : "dv (accumulated)", dv, g.dv, no, bb);
+    if (parallax) cmp(write ? "dr (written)" : "dr (accumulated)", dr, g.dr, no, bb);
     const void *b[] = {g.q, g.k, g.v, g.r, g.o, g.obar, g.lse, g.tbar, g.dout, g.dq, g.dk, g.dv, g.dr};
     for (int i = 0; i < 13; i++)
         if (b[i]) GPU->release((void *)b[i]);
@@ -472,7 +474,7 @@ static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int win
 }
 static void attention_case(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
                            gsl_rng *r) {
-    attention_case_ld(G, B, T, H, hd, window, parallax, 0, r);
+    attention_case_ld(G, B, T, H, hd, window, parallax, 0, 0, r);
 }
 
 static void test_attention(void **s) {
@@ -485,6 +487,7 @@ static void test_attention(void **s) {
         attention_case(GPU, 1, 200, 2, 16, 7, px, r);  /* sliding window */
         attention_case(GPU, 1, 150, 2, 64, 0, px, r);  /* wide heads: smaller key tiles */
         attention_case(GPU, 2, 130, 16, 8, 129, px, r); /* window wider than needed */
+        attention_case_ld(GPU, 2, 37, 3, 8, 5, px, 0, 1, r); /* gradients written, not added */
     }
     gsl_rng_free(r);
 }
@@ -499,9 +502,10 @@ static void test_attention_tensor_cores(void **s) {
         attention_case(GPU16, 2, 300, 2, 8, 0, px, r);   /* several blocks and chunks */
         attention_case(GPU16, 1, 200, 2, 16, 7, px, r);  /* window inside one 16-key tile */
         attention_case(GPU16, 1, 150, 2, 32, 40, px, r); /* window across tiles */
-        attention_case_ld(GPU16, 2, 128, 16, 8, 0, px, 1, r); /* MAD's shape, fused rows */
-        attention_case_ld(GPU16, 1, 300, 2, 16, 0, px, 1, r); /* fused rows, several chunks */
-        attention_case_ld(GPU16, 1, 200, 2, 32, 0, px, 1, r); /* fused rows, 64-row chunks */
+        attention_case_ld(GPU16, 2, 128, 16, 8, 0, px, 1, 1, r); /* MAD's shape, fused rows, as the model */
+        attention_case_ld(GPU16, 1, 300, 2, 16, 0, px, 1, 0, r); /* fused rows, several chunks */
+        attention_case_ld(GPU16, 1, 200, 2, 32, 0, px, 1, 0, r); /* fused rows, 64-row chunks */
+        attention_case_ld(GPU16, 2, 37, 3, 8, 5, px, 0, 1, r);   /* written, ragged, a window */
         attention_case(GPU16, 1, 70, 2, 64, 0, px, r);   /* no tensor-core kernel: scalar */
     }
     gsl_rng_free(r);

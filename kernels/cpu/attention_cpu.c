@@ -73,9 +73,19 @@ void cpu_attention_forward(const AttnArgs *args) {
     }
 }
 
+/* grads_write: the gradients start from zero */
+static void zero_grads(const AttnArgs *a) {
+    for (long n = 0; n < (long)a->B * a->T; n++)
+        for (int c = 0; c < a->H * a->hd; c++) {
+            a->dq[n * a->ld_dqkv + c] = a->dk[n * a->ld_dqkv + c] = a->dv[n * a->ld_dqkv + c] = 0;
+            if (a->r) a->dr[n * a->ld_out + c] = 0;
+        }
+}
+
 void cpu_attention_backward(const AttnArgs *args) {
     const AttnArgs s = attn_strides(args), *a = &s;
     const int B = a->B, T = a->T, H = a->H, hd = a->hd;
+    if (a->grads_write) zero_grads(a);
 #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)

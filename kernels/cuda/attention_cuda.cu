@@ -281,10 +281,25 @@ static void attention_forward(const AttnArgs *args) {
     if (a->T == 0 || a->B == 0) return;
     pick<false>(a->hd, a->r != nullptr)(a);
 }
+// grads_write on the scalar kernels (which accumulate): the gradients' head columns zeroed first
+__global__ void zero_rows_kernel(float *x, int ld, long N, int width) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < N * width) x[(i / width) * ld + i % width] = 0.f;
+}
+static void zero_rows(float *x, int ld, long N, int width) {
+    zero_rows_kernel<<<cu_blocks(N * width, 256), 256, 0, cu.stream>>>(x, ld, N, width);
+    CKL();
+}
 static void attention_backward(const AttnArgs *args) {
     const AttnArgs s = attn_strides(args), *a = &s;
     check_args(a, true);
     if (a->T == 0 || a->B == 0) return;
+    if (a->grads_write) {
+        const long N = (long)a->B * a->T;
+        float *g[4] = {a->dq, a->dk, a->dv, a->r ? a->dr : nullptr};
+        for (int i = 0; i < 4; i++)
+            if (g[i]) zero_rows(g[i], i == 3 ? a->ld_out : a->ld_dqkv, N, a->H * a->hd);
+    }
     pick<true>(a->hd, a->r != nullptr)(a);
 }
 

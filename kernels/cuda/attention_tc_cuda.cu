@@ -396,8 +396,8 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_q_kernel(AttnArgs a, float *T
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
-                    dqo[c] += a.scale * dq[n][2 * r + e];
-                    if (PX) dro[c] += dr[n][2 * r + e];
+                    dqo[c] = (a.grads_write ? 0.f : dqo[c]) + a.scale * dq[n][2 * r + e];
+                    if (PX) dro[c] = (a.grads_write ? 0.f : dro[c]) + dr[n][2 * r + e];
                 }
             if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
         }
@@ -503,8 +503,9 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_kv_kernel(AttnArgs a, const f
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
-                    dko[c] += a.scale * dks[n][2 * r + e] + (PX ? dkt[n][2 * r + e] : 0.f);
-                    dvo[c] += dv[n][2 * r + e];
+                    const float dk0 = a.grads_write ? 0.f : dko[c], dv0 = a.grads_write ? 0.f : dvo[c];
+                    dko[c] = dk0 + (a.scale * dks[n][2 * r + e] + (PX ? dkt[n][2 * r + e] : 0.f));
+                    dvo[c] = dv0 + dv[n][2 * r + e];
                 }
         }
     }
