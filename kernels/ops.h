@@ -115,6 +115,9 @@ typedef struct Ops {
     /* dx[N,C] += ..., dw[C] += ... (dw may be NULL when w is NULL) */
     void (*rmsnorm_backward)(real *dx, real *dw, const real *dout, const real *x, const real *w,
                              const real *rstd, int N, int C);
+    /* the same with dx = (not +=): no zeroing pass first. NULL: layers.h zeroes, then adds */
+    void (*rmsnorm_backward_write)(real *dx, real *dw, const real *dout, const real *x,
+                                   const real *w, const real *rstd, int N, int C);
     /* out[N,C] = table[tokens[n], :] (writes) */
     void (*embedding_forward)(real *out, const int *tokens, const real *table, int N, int C);
     /* dtable[V,C] += scatter of dout by token */

@@ -381,13 +381,11 @@ static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int N
     }
     if (a->qk_norm) {
         if (a->uses_q) {
-            ops->zero(a->dtmp, nd);
-            ops->rmsnorm_backward(a->dtmp, G[S_QN], a->dq, a->ql, P[S_QN], a->rsq, N * H, hd);
+            rmsnorm_backward_write(ops, a->dtmp, G[S_QN], a->dq, a->ql, P[S_QN], a->rsq, N * H, hd);
             ops->copy(a->dq, a->dtmp, nd);
         }
         if (a->uses_k) {
-            ops->zero(a->dtmp, nd);
-            ops->rmsnorm_backward(a->dtmp, G[S_KN], a->dk, a->kl, P[S_KN], a->rsk, N * H, hd);
+            rmsnorm_backward_write(ops, a->dtmp, G[S_KN], a->dk, a->kl, P[S_KN], a->rsk, N * H, hd);
             ops->copy(a->dk, a->dtmp, nd);
         }
     }
@@ -435,8 +433,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         }
         if (a->probe_norm) {
             real *dl = dpre == a->dr ? a->dtmp : a->dr;
-            ops->zero(dl, nd);
-            ops->rmsnorm_backward(dl, G[S_RN], dpre, a->rl, P[S_RN], a->rsr, N * H, hd);
+            rmsnorm_backward_write(ops, dl, G[S_RN], dpre, a->rl, P[S_RN], a->rsr, N * H, hd);
             dpre = dl;
         }
         linear_backward(ops, dx, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);

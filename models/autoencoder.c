@@ -111,19 +111,14 @@ const real *ae_forward(AutoEncoder *ae, const Ops *ops, const real *h, int B, in
 void ae_backward(AutoEncoder *ae, const Ops *ops, const real *dfin, const real *w, real *dw,
                  const real *rstd, real *dh, int B, int T) {
     int d = ae->d, N = B * T;
-    size_t nd = sizeof(real) * (size_t)N * d, td = (size_t)T * d;
-    ops->zero(ae->dout, nd);
-    ops->rmsnorm_backward(ae->dout, dw, dfin, ae->out, w, rstd, N, d);
+    size_t td = (size_t)T * d;
+    rmsnorm_backward_write(ops, ae->dout, dw, dfin, ae->out, w, rstd, N, d);
     ops->gelu_backward(ae->da, ae->dout, ae->a2, (long)N * d);
-    ops->zero(ae->dn, nd);
-    linear_backward(ops, ae->dn, ae->G[S_W2], ae->G[S_B2], ae->da, ae->n2, ae->P[S_W2], N, d, d);
-    ops->zero(ae->dg1, nd);
-    ops->rmsnorm_backward(ae->dg1, ae->G[S_N2], ae->dn, ae->g1, ae->P[S_N2], ae->r2, N, d);
+    linear_backward_beta(ops, ae->dn, 0, ae->G[S_W2], ae->G[S_B2], ae->da, ae->n2, ae->P[S_W2], N, d, d);
+    rmsnorm_backward_write(ops, ae->dg1, ae->G[S_N2], ae->dn, ae->g1, ae->P[S_N2], ae->r2, N, d);
     ops->gelu_backward(ae->da, ae->dg1, ae->a1, (long)N * d);
-    ops->zero(ae->dn, nd);
-    linear_backward(ops, ae->dn, ae->G[S_W1], ae->G[S_B1], ae->da, ae->n1, ae->P[S_W1], N, d, d);
-    ops->zero(ae->dh0, nd);
-    ops->rmsnorm_backward(ae->dh0, ae->G[S_N1], ae->dn, ae->h0, ae->P[S_N1], ae->r1, N, d);
+    linear_backward_beta(ops, ae->dn, 0, ae->G[S_W1], ae->G[S_B1], ae->da, ae->n1, ae->P[S_W1], N, d, d);
+    rmsnorm_backward_write(ops, ae->dh0, ae->G[S_N1], ae->dn, ae->h0, ae->P[S_N1], ae->r1, N, d);
     /* the code feeds every position: its gradient is the sum over positions */
     for (int b = 0; b < B; b++) ops->bias_backward(dh + b * td + (size_t)(T - 1) * d, ae->dh0 + b * td, T, d);
 }

@@ -244,8 +244,7 @@ static void delta_backward(void *self, const Ops *ops, const real *x, const real
         }
         don = a->don;
     }
-    ops->zero(a->dO, r * N * HV);
-    ops->rmsnorm_backward(a->dO, G[ONORM], don, a->o, P[ONORM], a->orstd, N * H, V);
+    rmsnorm_backward_write(ops, a->dO, G[ONORM], don, a->o, P[ONORM], a->orstd, N * H, V);
     ops->zero(a->gq, r * N * HK), ops->zero(a->gk, r * N * HK), ops->zero(a->gv, r * N * HV);
     ops->zero(a->gbeta, r * N * H);
     if (a->gg) ops->zero(a->gg, r * N * H * a->Dg);

@@ -26,4 +26,16 @@ static inline void linear_backward(const Ops *ops, real *dx, real *dW, real *db,
     linear_backward_beta(ops, dx, 1, dW, db, dy, x, W, N, in, out);
 }
 
+/* dx[N,C] = (not +=) the RMSNorm input gradient, dw += its weight gradient */
+static inline void rmsnorm_backward_write(const Ops *ops, real *dx, real *dw, const real *dout,
+                                          const real *x, const real *w, const real *rstd, int N,
+                                          int C) {
+    if (ops->rmsnorm_backward_write) {
+        ops->rmsnorm_backward_write(dx, dw, dout, x, w, rstd, N, C);
+        return;
+    }
+    ops->zero(dx, sizeof(real) * (size_t)N * C);
+    ops->rmsnorm_backward(dx, dw, dout, x, w, rstd, N, C);
+}
+
 #endif

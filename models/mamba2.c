@@ -140,10 +140,8 @@ static void mamba2_backward(void *self, const Ops *ops, const real *x, const rea
     real **P = m->Pp, **G = m->Gp;
     size_t sz = sizeof(real), nd = sz * (size_t)N * di, nbc = sz * (size_t)N * gn;
     size_t nh = sz * (size_t)N * H;
-    ops->zero(m->dgn, nd);
-    linear_backward(ops, m->dgn, G[S_WOUT], NULL, dout, m->gn, P[S_WOUT], N, di, d);
-    ops->zero(m->dg, nd);
-    ops->rmsnorm_backward(m->dg, G[S_NW], m->dgn, m->g, P[S_NW], m->rstd, N * m->G, di / m->G);
+    linear_backward_beta(ops, m->dgn, 0, G[S_WOUT], NULL, dout, m->gn, P[S_WOUT], N, di, d);
+    rmsnorm_backward_write(ops, m->dg, G[S_NW], m->dgn, m->g, P[S_NW], m->rstd, N * m->G, di / m->G);
     ops->swiglu_backward(m->dz, m->dy, m->dg, m->z, m->y, N, di, di);
     ops->zero(m->dxc, nd), ops->zero(m->dBc, nbc), ops->zero(m->dCc, nbc), ops->zero(m->ddt, nh);
     SsdArgs a = mamba2_args(m, B, T);

@@ -164,8 +164,7 @@ static void mesa_backward(void *self, const Ops *ops, const real *x, const real 
         linear_backward(ops, dx, G[WG], NULL, a->dzl, x, P[WG], N, d, d);
         don = a->don;
     }
-    ops->zero(a->dO, nd);
-    ops->rmsnorm_backward(a->dO, G[ONORM], don, a->o, P[ONORM], a->orstd, N * H, K);
+    rmsnorm_backward_write(ops, a->dO, G[ONORM], don, a->o, P[ONORM], a->orstd, N * H, K);
     ops->zero(a->gq, nd), ops->zero(a->gk, nd), ops->zero(a->gv, nd);
     ops->zero(a->gbeta, r * N * H), ops->zero(a->glam, r * H * K);
     if (a->gates) ops->zero(a->gg, r * N * H);

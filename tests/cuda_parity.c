@@ -211,6 +211,14 @@ static void test_rmsnorm(void **s) {
             GPU->rmsnorm_backward(gdx, with_w ? gdw : NULL, gdout, gx, GW, grs, N, C);
             cmp("dx", dx, gdx, n, 1e-5);
             cmp("dw", dw, gdw, C, 1e-5);
+            /* the writing variant over the non-zero dx (the CPU: zeroed, then added) */
+            if (GPU->rmsnorm_backward_write) {
+                for (size_t i = 0; i < n; i++) dx[i] = 0;
+                CPU->rmsnorm_backward(dx, with_w ? dw : NULL, dout, x, W, rs, N, C);
+                GPU->rmsnorm_backward_write(gdx, with_w ? gdw : NULL, gdout, gx, GW, grs, N, C);
+                cmp("dx (written)", dx, gdx, n, 1e-5);
+                cmp("dw (again added)", dw, gdw, C, 1e-5);
+            }
             /* the residual add with the norm after it (and without) */
             real *y = randv(r, n, 1), *res = randv(r, n, 1), *gy = up(GPU, y, sizeof(real) * n);
             real *gres = up(GPU, res, sizeof(real) * n);

@@ -60,12 +60,13 @@ __global__ void rmsnorm_fwd_rowv_kernel(float *out, float *rstd, const float *x,
 }
 template <int C>
 __global__ void rmsnorm_bwd_rowv_kernel(float *dx, const float *dout, const float *x, const float *w,
-                                        const float *rstd, int N) {
+                                        const float *rstd, int N, bool write) {
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= N) return;
     size_t o = (size_t)row * C;
-    float g[C], xv[C], d[C], r = rstd[row], dot = 0;
-    load_row<C>(g, dout + o), load_row<C>(xv, x + o), load_row<C>(d, dx + o);
+    float g[C], xv[C], d[C] = {}, r = rstd[row], dot = 0;
+    load_row<C>(g, dout + o), load_row<C>(xv, x + o);
+    if (!write) load_row<C>(d, dx + o);
 #pragma unroll
     for (int c = 0; c < C; c++) dot += (w ? w[c] : 1.f) * g[c] * xv[c];
 #pragma unroll
@@ -135,7 +136,7 @@ static void residual_rmsnorm_forward(float *out, const float *x, const float *y,
 
 // dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
 __global__ void rmsnorm_bwd_kernel(float *dx, const float *dout, const float *x, const float *w,
-                                   const float *rstd, int N, int C) {
+                                   const float *rstd, int N, int C, bool write) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
     size_t o = (size_t)row * C;
@@ -143,17 +144,19 @@ __global__ void rmsnorm_bwd_kernel(float *dx, const float *dout, const float *x,
     for (int c = lane; c < C; c += 32) dot += (w ? w[c] : 1.f) * dout[o + c] * x[o + c];
     dot = warp_sum(dot);
     for (int c = lane; c < C; c += 32)
-        dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
+        dx[o + c] = (write ? 0.f : dx[o + c]) +
+                    (r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot);
 }
 __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float *x, const float *w,
-                                       const float *rstd, int N, int C) {
+                                       const float *rstd, int N, int C, bool write) {
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= N) return;
     size_t o = (size_t)row * C;
     float r = rstd[row], dot = 0;
     for (int c = 0; c < C; c++) dot += (w ? w[c] : 1.f) * dout[o + c] * x[o + c];
     for (int c = 0; c < C; c++)
-        dx[o + c] += r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot;
+        dx[o + c] = (write ? 0.f : dx[o + c]) +
+                    (r * (w ? w[c] : 1.f) * dout[o + c] - r * r * r / C * x[o + c] * dot);
 }
 // dx and dw in one pass (16 < C <= 256, C % 4 == 0, 16-byte aligned rows): the kernel reads
 // dout and x for dx anyway, so it also sums dy x r over its rows per column (a lane owns
@@ -166,18 +169,20 @@ __device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast
 template <int K>
 __device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], float4 (&d)[K],
                                               const float *dout, const float *x, const float *dx,
-                                              size_t o, int lane, const bool (&on)[K]) {
+                                              size_t o, int lane, const bool (&on)[K], bool write) {
 #pragma unroll
     for (int k = 0; k < K; k++)
         if (on[k]) {
             size_t i = o + 4 * lane + 128 * k;
-            g[k] = ld4(dout + i), xv[k] = ld4(x + i), d[k] = ld4(dx + i);
+            g[k] = ld4(dout + i), xv[k] = ld4(x + i);
+            d[k] = write ? make_float4(0.f, 0.f, 0.f, 0.f) : ld4(dx + i);
         }
 }
 template <int K> // C <= 128 K: lane owns columns 4 lane + 128 k .. + 3 for k < K
 __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float *part, const float *dout,
                                                                  const float *x, const float *w,
-                                                                 const float *rstd, int N, int C) {
+                                                                 const float *rstd, int N, int C,
+                                                                 bool write) {
     __shared__ float red[8][256]; // [warp][column] partial dw sums
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, b = blockIdx.x;
     int n = b * NORM_BLOCK_ROWS + warp, n1 = min(N, (b + 1) * NORM_BLOCK_ROWS);
@@ -193,12 +198,12 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
     // the rows of a warp are n, n + 8, ...: the next row's loads are issued before this
     // row's reduction and store, two rows in flight per warp (only 16 warps per SM at MAD)
     float r = 0.f;
-    if (n < n1) norm_row_load<K>(g, xv, d, dout, x, dx, (size_t)n * C, lane, on), r = rstd[n];
+    if (n < n1) norm_row_load<K>(g, xv, d, dout, x, dx, (size_t)n * C, lane, on, write), r = rstd[n];
     for (; n < n1; n += 8) {
         // past the last row the "next" loads repeat row n (cached; never used)
         int m = n + 8 < n1 ? n + 8 : n;
         float4 gn[K], xn[K], dn[K];
-        norm_row_load<K>(gn, xn, dn, dout, x, dx, (size_t)m * C, lane, on);
+        norm_row_load<K>(gn, xn, dn, dout, x, dx, (size_t)m * C, lane, on, write);
         float rn = rstd[m], dot = 0.f;
 #pragma unroll
         for (int k = 0; k < K; k++)
@@ -253,14 +258,16 @@ __global__ void __launch_bounds__(1024) rmsnorm_dw_final_kernel(float *dw, const
         dw[c] += u;
     }
 }
-static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
-                             const float *w, const float *rstd, int N, int C) {
+// write: dx = (not +=) the input gradient, no zeroing pass before (rmsnorm_backward_write)
+static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                        const float *rstd, int N, int C, bool write) {
     if (C > 16 && C <= 256 && C % 4 == 0 && aligned16(dx, dout, x) && ((uintptr_t)w & 15) == 0) {
         if (N <= 0) return;
         int S = cu_blocks(N, NORM_BLOCK_ROWS);
         float *part = dw ? cu_scratch((size_t)S * C) : nullptr;
-        if (C <= 128) rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
-        else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C);
+        if (C <= 128)
+            rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write);
+        else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write);
         CKL();
         if (dw) {
             rmsnorm_dw_final_kernel<<<cu_blocks(C, 32), dim3(32, 32), 0, cu.stream>>>(dw, part, S, C);
@@ -270,13 +277,22 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dout, const floa
     }
     int nb = cu_blocks(N, 256);
     if ((C == 4 || C == 8 || C == 16) && aligned16(dx, dout, x)) {
-        if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);
-        if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);
-        if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N);
-    } else if (C <= 16) rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
-    else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C);
+        if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
+        if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
+        if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
+    } else if (C <= 16)
+        rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
+    else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
     CKL();
     if (dw) cu_colsum(dw, dout, x, rstd, N, C); // dw[c] += sum_n dy x r
+}
+static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                             const float *w, const float *rstd, int N, int C) {
+    rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, C, false);
+}
+static void rmsnorm_backward_write(float *dx, float *dw, const float *dout, const float *x,
+                                   const float *w, const float *rstd, int N, int C) {
+    rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, C, true);
 }
 
 // ---- embedding -------------------------------------------------------------------
@@ -572,6 +588,7 @@ void cu_fill_layers(Ops *o) {
     o->rmsnorm_forward = rmsnorm_forward;
     o->residual_rmsnorm_forward = residual_rmsnorm_forward;
     o->rmsnorm_backward = rmsnorm_backward;
+    o->rmsnorm_backward_write = rmsnorm_backward_write;
     o->embedding_forward = embedding_forward;
     o->embedding_backward = embedding_backward;
     o->swiglu_forward = swiglu_forward;
