@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -50,6 +51,11 @@ extern CuState cu;
 float *cu_scratch(size_t n);
 
 static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1) / threads); }
+// every pointer 16-byte aligned (float4 / uint4 access); nullptr counts as aligned
+static inline bool cu_aligned16(const void *a, const void *b = nullptr, const void *c = nullptr,
+                         const void *d = nullptr) {
+    return ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
+}
 
 __device__ __forceinline__ float cu_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 

@@ -898,6 +898,16 @@ __device__ __forceinline__ MesaTok mesa_tok(const MesaArgs &a, int bh0, int nbh)
     return m;
 }
 
+// a token's K x K matrix from its staged row As into registers (KT x KT, K <= KT used)
+template <int KT>
+__device__ __forceinline__ void mesa_load_A(double (&A)[KT * KT], const double *As, int K) {
+#pragma unroll
+    for (int i = 0; i < KT; i++)
+#pragma unroll
+        for (int j = 0; j < KT; j++)
+            if (i < K && j < K) A[i * KT + j] = As[i * K + j];
+}
+
 // grid ceil(nbh*T / MESA_TOK), MESA_TOK threads; shared buf [MESA_TOK][max(K*K, K*V) + 1]
 template <int KT>
 __global__ void __launch_bounds__(MESA_TOK) mesa_tok_fwd_kernel(MesaArgs a, const double *S,
@@ -912,12 +922,7 @@ __global__ void __launch_bounds__(MESA_TOK) mesa_tok_fwd_kernel(MesaArgs a, cons
     double A[KT * KT], qb[KT], x[KT];
     mesa_stage(sm, S, tok0, ntok, SL, 0, KK);
     if (on) {
-        const double *As = sm + threadIdx.x * (KK + 1);
-#pragma unroll
-        for (int i = 0; i < KT; i++)
-#pragma unroll
-            for (int j = 0; j < KT; j++)
-                if (i < K && j < K) A[i * KT + j] = As[i * K + j];
+        mesa_load_A<KT>(A, sm + threadIdx.x * (KK + 1), K);
 #pragma unroll
         for (int i = 0; i < KT; i++)
             if (i < K) qb[i] = a.q[hi * K + i];
@@ -965,12 +970,7 @@ __global__ void __launch_bounds__(MESA_TOK) mesa_tok_bwd_kernel(MesaArgs a, cons
     }
     mesa_stage(sm, S, tok0, ntok, SL, 0, KK);
     if (on) { // dq = (Hkk_t + Diag(lam))^{-1} dq* (A symmetric)
-        const double *As = sm + threadIdx.x * (KK + 1);
-#pragma unroll
-        for (int i = 0; i < KT; i++)
-#pragma unroll
-            for (int j = 0; j < KT; j++)
-                if (i < K && j < K) A[i * KT + j] = As[i * K + j];
+        mesa_load_A<KT>(A, sm + threadIdx.x * (KK + 1), K);
         mesa_solve_thread<KT>(A, a.lam + (size_t)h * K, dqs, x, K, a.cg_steps, a.cg_eps);
 #pragma unroll
         for (int i = 0; i < KT; i++)

@@ -101,7 +101,7 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
     if (C < 128 && 128 % C == 0 && (long)N * C % 128 == 0) W = 128, R = (int)((long)N * C / 128);
     int S = (R + COLSUM_ROWS - 1) / COLSUM_ROWS;
     float *part = cu_scratch((size_t)S * W);
-    if (C % 4 == 0 && ((uintptr_t)a | (uintptr_t)b) % 16 == 0)
+    if (C % 4 == 0 && cu_aligned16(a, b))
         colsum_part_kernel<4><<<dim3(cu_blocks(W, 128), S), dim3(32, 8), 0, cu.stream>>>(
             part, a, b, r, R, W, C);
     else

@@ -73,14 +73,11 @@ __global__ void rmsnorm_bwd_rowv_kernel(float *dx, const float *dout, const floa
     for (int c = 0; c < C; c++) d[c] += r * (w ? w[c] : 1.f) * g[c] - r * r * r / C * xv[c] * dot;
     store_row<C>(dx + o, d);
 }
-static bool aligned16(const void *a, const void *b, const void *c) {
-    return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
-}
 
 static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                             float eps) {
     int nb = cu_blocks(N, 256);
-    if ((C == 4 || C == 8 || C == 16) && aligned16(out, x, nullptr)) {
+    if ((C == 4 || C == 8 || C == 16) && cu_aligned16(out, x)) {
         if (C == 4) rmsnorm_fwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
         if (C == 8) rmsnorm_fwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
         if (C == 16) rmsnorm_fwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
@@ -261,7 +258,7 @@ __global__ void __launch_bounds__(1024) rmsnorm_dw_final_kernel(float *dw, const
 // write: dx = (not +=) the input gradient, no zeroing pass before (rmsnorm_backward_write)
 static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int C, bool write) {
-    if (C > 16 && C <= 256 && C % 4 == 0 && aligned16(dx, dout, x) && ((uintptr_t)w & 15) == 0) {
+    if (C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(dx, dout, x, w)) {
         if (N <= 0) return;
         int S = cu_blocks(N, NORM_BLOCK_ROWS);
         float *part = dw ? cu_scratch((size_t)S * C) : nullptr;
@@ -276,7 +273,7 @@ static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x,
         return;
     }
     int nb = cu_blocks(N, 256);
-    if ((C == 4 || C == 8 || C == 16) && aligned16(dx, dout, x)) {
+    if ((C == 4 || C == 8 || C == 16) && cu_aligned16(dx, dout, x)) {
         if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
         if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
         if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);

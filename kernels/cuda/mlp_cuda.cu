@@ -37,10 +37,6 @@ size_t save_bytes(int N, int d, int F) {
     return sizeof(bf16) * ((size_t)N * d + (size_t)N * 3 * F + (size_t)3 * F * d);
 }
 
-bool aligned16(const void *a, const void *b, const void *c = nullptr, const void *d = nullptr) {
-    return ((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) % 16 == 0;
-}
-
 __global__ void to_bf16_kernel(bf16 *y, const float *x, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) y[i] = __float2bfloat16_rn(x[i]);
@@ -55,7 +51,7 @@ __global__ void to_bf16_v4_kernel(bf16 *y, const float *x, long n4) {
                                                  *reinterpret_cast<uint32_t *>(&hi));
 }
 void to_bf16(bf16 *y, const float *x, long n) {
-    if (n % 4 == 0 && aligned16(y, x))
+    if (n % 4 == 0 && cu_aligned16(y, x))
         to_bf16_v4_kernel<<<cu_blocks(n / 4, 256), 256, 0, cu.stream>>>(y, x, n / 4);
     else
         to_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, x, n);
@@ -130,7 +126,7 @@ __global__ void swiglu_bwd_bf16_v8_kernel(bf16 *dab, const bf16 *dh, const bf16 
 }
 void swiglu_fwd_bf16(bf16 *h, const bf16 *ab, int N, int F) {
     long n = (long)N * F;
-    if (F % 8 == 0 && aligned16(h, ab))
+    if (F % 8 == 0 && cu_aligned16(h, ab))
         swiglu_fwd_bf16_v8_kernel<<<cu_blocks(n / 8, 256), 256, 0, cu.stream>>>(h, ab, F, n / 8);
     else
         swiglu_fwd_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(h, ab, F, n);
@@ -138,7 +134,7 @@ void swiglu_fwd_bf16(bf16 *h, const bf16 *ab, int N, int F) {
 }
 void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
     long n = (long)N * F;
-    if (F % 8 == 0 && aligned16(dab, dh, ab))
+    if (F % 8 == 0 && cu_aligned16(dab, dh, ab))
         swiglu_bwd_bf16_v8_kernel<<<cu_blocks(n / 8, 256), 256, 0, cu.stream>>>(dab, dh, ab, F, n / 8);
     else
         swiglu_bwd_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(dab, dh, ab, F, n);
