@@ -47,6 +47,13 @@ typedef struct {
     real *dq, *dk, *dv, *dr; /* accumulate, or with grads_write are written (every row's
                               * hd columns of each head), so that the caller need not zero them */
     int grads_write;
+    /* RoPE inside the core (rope_rot > 0: over the first rope_rot dims, base rope_base;
+     * r too with rope_r), as rope_forward / rope_backward would do it but without their
+     * passes where a backend can: the forward turns q, k, r IN PLACE before using them
+     * (the backward then reads the turned values); the backward (needs grads_write)
+     * leaves dq, dk, dr turned back, the gradients of q, k, r before their rotation */
+    int rope_rot, rope_r;
+    real rope_base;
     real *scratch;           /* >= 2*B*H*T reals */
 } AttnArgs;
 

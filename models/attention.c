@@ -72,6 +72,7 @@ typedef struct {
     int H, hd, rot, window, learned, qkv_bias, qk_norm, probe_norm, probe_rope, probe_gate;
     int probe, affine, boundary, bw_learned, uses_q, uses_k, fmap, normalize, route;
     int ridge_frozen, cg_iters, cg_precond;
+    int core_rope; /* the plain core turns q, k (r) by RoPE itself (AttnArgs.rope_rot) */
     double bandwidth;
     real rope_base, eps, ridge, cg_tol;
     /* parameter indices (-1 when absent) */
@@ -131,6 +132,8 @@ static int attn_check(Attn *a, const Config *cfg, Err *err) {
     /* q is read by the weights (finite h) and as the solve's query point */
     a->uses_q = !bw_inf || a->probe == PROBE_SOLVED;
     a->uses_k = !bw_inf || a->probe != PROBE_ZERO; /* value_avg reads v only */
+    /* not where q or k stands in for another buffer (uniform weights read neither) */
+    a->core_rope = a->route == ROUTE_ATTN && a->uses_q && a->uses_k && a->rot > 0;
     return 0;
 }
 
@@ -280,12 +283,14 @@ static real attn_scale(const Attn *a) {
     return isinf(a->bandwidth) ? 0 : (real)(1.0 / (a->bandwidth * sqrt((double)a->hd)));
 }
 
+/* the plain core's arguments; with core_rope it applies RoPE itself, both ways */
 static AttnArgs attn_args(const Attn *a, int B, int T) {
     AttnArgs args = {.B = B, .T = T, .H = a->H, .hd = a->hd, .ld_in = a->ld,
                      .ld_out = a->dims.d, .ld_r = a->dims.d, .ld_dqkv = a->ld, .scale = attn_scale(a),
                      .window = a->window, .q = a->uses_q ? a->q : a->k, .k = a->k, .v = a->v,
                      .r = a->learned ? a->r : NULL, .o = a->o, .obar = a->obar, .lse = a->lse,
-                     .tbar = a->tbar};
+                     .tbar = a->tbar, .rope_rot = a->core_rope ? a->rot : 0, .rope_r = a->probe_rope,
+                     .rope_base = a->rope_base};
     return args;
 }
 
@@ -305,14 +310,16 @@ static FamArgs fam_args(const Attn *a, int B, int T) {
     return f;
 }
 
-/* q, k, v from x, each roped (and normed) as configured */
-static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T) {
+/* q, k, v from x, each normed as configured and roped unless `core_rope` (the plain
+ * attention core turns q and k itself, AttnArgs.rope_rot) */
+static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T, int core_rope) {
     int d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
     if (a->qkv) {
         /* rows [q | k | v]; RoPE turns q and k as 2H heads of one row */
         linear_forward(ops, a->qkv, x, P[S_WQ], P[S_BQ], N, d, 3 * d);
-        if (a->rot) ops->rope_forward(a->qkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
+        if (a->rot && !core_rope)
+            ops->rope_forward(a->qkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
         return;
     }
     if (a->uses_q) linear_forward(ops, a->ql, x, P[S_WQ], P[S_BQ], N, d, d);
@@ -322,7 +329,7 @@ static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T) {
         if (a->uses_q) ops->rmsnorm_forward(a->q, a->rsq, a->ql, P[S_QN], N * H, hd, a->eps);
         if (a->uses_k) ops->rmsnorm_forward(a->k, a->rsk, a->kl, P[S_KN], N * H, hd, a->eps);
     }
-    if (a->rot) {
+    if (a->rot && !core_rope) {
         if (a->uses_q) ops->rope_forward(a->q, N, T, H, hd, d, a->rot, a->rope_base);
         if (a->uses_k) ops->rope_forward(a->k, N, T, H, hd, d, a->rot, a->rope_base);
     }
@@ -333,7 +340,7 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
     a->last_B = B, a->last_T = T;
-    qkv_forward(a, ops, x, N, T);
+    qkv_forward(a, ops, x, N, T, a->core_rope);
     if (a->learned) {
         linear_forward(ops, a->rl, x, P[S_WR], NULL, N, d, d);
         if (a->probe_norm) ops->rmsnorm_forward(a->rn_out, a->rsr, a->rl, P[S_RN], N * H, hd, a->eps);
@@ -341,7 +348,8 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
             linear_forward(ops, a->gl, x, P[S_WG], P[S_BG], N, d, H);
             ops->gate_forward(a->r, a->rn_out, a->gl, N, H, hd);
         }
-        if (a->probe_rope && a->rot) ops->rope_forward(a->r, N, T, H, hd, d, a->rot, a->rope_base);
+        if (a->probe_rope && a->rot && !a->core_rope)
+            ops->rope_forward(a->r, N, T, H, hd, d, a->rot, a->rope_base);
     }
     if (a->kf) {
         ops->family->feature_map_forward(a->kf, a->k, N * H, hd, hd, a->fmap);
@@ -365,17 +373,28 @@ static void fmap_back(Attn *a, const Ops *ops, real *g, const real *x, int N, si
     ops->copy(g, a->dtmp, nd);
 }
 
-/* the gradients dq, dk, dv (of the roped, normed q, k) back to x and the weights */
-static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int N, int T) {
+/* x's gradient from one projection: the mixer's first writes dx (beta 0), the others
+ * add to it, so that the model need not zero dx (MixerKind.backward_writes_dx) */
+static void proj_backward(const Ops *ops, real *dx, int *dx_set, real *dW, real *db, const real *dy,
+                          const real *x, const real *W, int N, int in, int out) {
+    linear_backward_beta(ops, dx, *dx_set ? 1 : 0, dW, db, dy, x, W, N, in, out);
+    *dx_set = 1;
+}
+
+/* the gradients dq, dk, dv (of the roped, normed q, k; `roped`: the core has turned dq
+ * and dk back by RoPE already) back to x and the weights */
+static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int *dx_set, int roped,
+                         int N, int T) {
     int d = a->dims.d, H = a->H, hd = a->hd;
     size_t nd = sizeof(real) * (size_t)N * d;
     real **P = a->P, **G = a->G;
     if (a->dqkv) {
-        if (a->rot) ops->rope_backward(a->dqkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
-        linear_backward(ops, dx, G[S_WQ], G[S_BQ], a->dqkv, x, P[S_WQ], N, d, 3 * d);
+        if (a->rot && !roped)
+            ops->rope_backward(a->dqkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
+        proj_backward(ops, dx, dx_set, G[S_WQ], G[S_BQ], a->dqkv, x, P[S_WQ], N, d, 3 * d);
         return;
     }
-    if (a->rot) {
+    if (a->rot && !roped) {
         if (a->uses_q) ops->rope_backward(a->dq, N, T, H, hd, d, a->rot, a->rope_base);
         if (a->uses_k) ops->rope_backward(a->dk, N, T, H, hd, d, a->rot, a->rope_base);
     }
@@ -389,9 +408,9 @@ static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int N
             ops->copy(a->dk, a->dtmp, nd);
         }
     }
-    if (a->uses_q) linear_backward(ops, dx, G[S_WQ], G[S_BQ], a->dq, x, P[S_WQ], N, d, d);
-    if (a->uses_k) linear_backward(ops, dx, G[S_WK], G[S_BK], a->dk, x, P[S_WK], N, d, d);
-    linear_backward(ops, dx, G[S_WV], G[S_BV], a->dv, x, P[S_WV], N, d, d);
+    if (a->uses_q) proj_backward(ops, dx, dx_set, G[S_WQ], G[S_BQ], a->dq, x, P[S_WQ], N, d, d);
+    if (a->uses_k) proj_backward(ops, dx, dx_set, G[S_WK], G[S_BK], a->dk, x, P[S_WK], N, d, d);
+    proj_backward(ops, dx, dx_set, G[S_WV], G[S_BV], a->dv, x, P[S_WV], N, d, d);
 }
 
 static void attn_backward(void *self, const Ops *ops, const real *x, const real *dy, real *dx,
@@ -401,11 +420,14 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
     real **P = a->P, **G = a->G;
     size_t nd = sizeof(real) * (size_t)N * d;
     linear_backward_beta(ops, a->dob, 0, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
-    if (a->route == ROUTE_ATTN) { /* the core writes dq, dk, dv, dr: no zeroing pass */
+    int roped = 0, dx_set = 0;
+    if (a->route == ROUTE_ATTN) {
+        /* the core writes dq, dk, dv, dr (no zeroing pass) and turns them back by RoPE */
         AttnArgs args = attn_args(a, B, T);
         args.dout = a->dob, args.dq = a->dq, args.dk = a->dk, args.dv = a->dv;
         args.dr = a->learned ? a->dr : NULL;
         args.grads_write = 1;
+        roped = a->core_rope;
         ops->attention_backward(&args);
     } else {
         if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
@@ -422,13 +444,14 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         if (a->rf) fmap_back(a, ops, a->dr, a->r, N, nd);
     }
     if (a->learned) {
-        if (a->probe_rope && a->rot) ops->rope_backward(a->dr, N, T, H, hd, d, a->rot, a->rope_base);
+        if (a->probe_rope && a->rot && !roped)
+            ops->rope_backward(a->dr, N, T, H, hd, d, a->rot, a->rope_base);
         real *dpre = a->dr; /* gradient w.r.t. the normed probe */
         if (a->probe_gate) {
             ops->zero(a->dtmp, nd);
             ops->zero(a->dgl, sizeof(real) * (size_t)N * H);
             ops->gate_backward(a->dtmp, a->dgl, a->dr, a->rn_out, a->gl, N, H, hd);
-            linear_backward(ops, dx, G[S_WG], G[S_BG], a->dgl, x, P[S_WG], N, d, H);
+            proj_backward(ops, dx, &dx_set, G[S_WG], G[S_BG], a->dgl, x, P[S_WG], N, d, H);
             dpre = a->dtmp;
         }
         if (a->probe_norm) {
@@ -436,9 +459,9 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
             rmsnorm_backward_write(ops, dl, G[S_RN], dpre, a->rl, P[S_RN], a->rsr, N * H, hd);
             dpre = dl;
         }
-        linear_backward(ops, dx, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);
+        proj_backward(ops, dx, &dx_set, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);
     }
-    qkv_backward(a, ops, x, dx, N, T);
+    qkv_backward(a, ops, x, dx, &dx_set, roped, N, T);
 }
 
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and
@@ -498,7 +521,8 @@ static int attn_check_ops(const void *self, const Ops *ops, Err *err) {
 #define FAMILY_MEMBER(ident, nm, hp, pre)                                                     \
     const MixerKind ident = {.name = nm, .help = hp, .preset = pre, .create = attn_create,     \
                              .bind = attn_bind, .forward = attn_forward,                      \
-                             .backward = attn_backward, .destroy = attn_destroy,              \
+                             .backward = attn_backward, .backward_writes_dx = 1,              \
+                             .destroy = attn_destroy,                                         \
                              .diagnostics = attn_diagnostics, .check_ops = attn_check_ops}
 
 FAMILY_MEMBER(mixer_family, "family",

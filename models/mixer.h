@@ -3,7 +3,8 @@
  * A mixer declares its parameters with a ParamBuilder, then gets pointers to
  * them once the flat buffers exist, allocates its own activations for the
  * model's largest batch, and provides a forward/backward pair over [B, T, d]:
- * forward WRITES y; backward ACCUMULATES into dx and into its gradients. */
+ * forward WRITES y; backward ACCUMULATES into dx and into its gradients (or, with
+ * backward_writes_dx, writes dx, so that the model skips zeroing it). */
 #ifndef PLAB_MIXER_H
 #define PLAB_MIXER_H
 
@@ -23,6 +24,7 @@ typedef struct MixerKind {
     void (*forward)(void *self, const Ops *ops, const real *x, real *y, int B, int T);
     void (*backward)(void *self, const Ops *ops, const real *x, const real *dy, real *dx, int B,
                      int T);
+    int backward_writes_dx;
     void (*destroy)(void *self, const Ops *ops);
     /* reals of recurrent state one layer keeps per sequence (MAD compares at matched
      * state); NULL when the state grows with the sequence (softmax's KV cache) */

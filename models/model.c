@@ -357,20 +357,21 @@ void model_backward(Model *m, int B) {
     size_t nd = sizeof(real) * (size_t)N * d;
     linear_backward_beta(ops, m->dln, 0, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits, m->fin,
                          P(m, m->p_head_w), N, d, D->V);
-    ops->zero(m->dres, nd);
-    if (m->ae)
+    if (m->ae) {
+        ops->zero(m->dres, nd);
         ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm), m->fin_rstd,
                     m->dres, B, D->T);
-    else
-        ops->rmsnorm_backward(m->dres, G(m, m->p_final_norm), m->dln, m->res[2 * L],
-                              P(m, m->p_final_norm), m->fin_rstd, N, d);
+    } else {
+        rmsnorm_backward_write(ops, m->dres, G(m, m->p_final_norm), m->dln, m->res[2 * L],
+                               P(m, m->p_final_norm), m->fin_rstd, N, d);
+    }
     for (int l = L - 1; l >= 0; l--) {
         if (F) {
             mlp_backward(m, l, N);
             ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l + 1]), m->dln, m->res[2 * l + 1],
                                   P(m, m->p_norm[2 * l + 1]), m->rstd[2 * l + 1], N, d);
         }
-        ops->zero(m->dln, nd);
+        if (!m->kind->backward_writes_dx) ops->zero(m->dln, nd);
         m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->dres, m->dln, B, D->T);
         ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l]), m->dln, m->res[2 * l],
                               P(m, m->p_norm[2 * l]), m->rstd[2 * l], N, d);

@@ -440,8 +440,8 @@ static void test_optimizer_ops(void **s) {
  * the model's [N, 3d] q|k|v row (16-byte aligned: the kernels' vector loads). With
  * write, the backward writes its gradients (AttnArgs.grads_write) over the non-zero
  * values they start from, on both sides: an element a kernel misses shows. */
-static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
-                              int fused, int write, gsl_rng *r) {
+static void attention_case_rope(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
+                                int fused, int write, int rope, gsl_rng *r) {
     const int bf = G == GPU16;
     const double fb = bf ? 3 * BF16_EPS : 1e-5, bb = bf ? 6 * BF16_EPS : 1e-5, gs = bf ? 0.1 : 1;
     int ldi = fused ? 3 * H * hd : H * hd + 3, ldo = H * hd;
@@ -454,7 +454,8 @@ static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int win
                   .scale = (real)(1.0 / sqrt((double)hd)), .window = window, .q = q, .k = k, .v = v,
                   .r = parallax ? rr : NULL, .o = o, .obar = parallax ? ob : NULL, .lse = lse,
                   .tbar = parallax ? tb : NULL, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
-                  .dr = parallax ? dr : NULL, .grads_write = write};
+                  .dr = parallax ? dr : NULL, .grads_write = write, .rope_rot = rope,
+                  .rope_r = 1, .rope_base = 10000};
     AttnArgs g = c;
     g.q = up(GPU, q, sizeof(real) * ni), g.k = up(GPU, k, sizeof(real) * ni);
     g.v = up(GPU, v, sizeof(real) * ni), g.r = parallax ? up(GPU, rr, sizeof(real) * ni) : NULL;
@@ -463,9 +464,14 @@ static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int win
     g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * no);
     g.dk = up(GPU, dk, sizeof(real) * no), g.dv = up(GPU, dv, sizeof(real) * no);
     g.dr = parallax ? up(GPU, dr, sizeof(real) * no) : NULL;
-    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d%s [%s]\n", parallax ? "parallax" : "softmax",
-           B, T, H, hd, window, ldi, write ? " gradients written" : "", G->name);
+    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d%s rope_rot=%d [%s]\n",
+           parallax ? "parallax" : "softmax", B, T, H, hd, window, ldi,
+           write ? " gradients written" : "", rope, G->name);
     CPU->attention_forward(&c), G->attention_forward(&g);
+    if (rope) { /* q, k, r turned in place, in fp32 */
+        cmp("q (turned)", q, g.q, ni, 1e-5), cmp("k (turned)", k, g.k, ni, 1e-5);
+        if (parallax) cmp("r (turned)", rr, g.r, ni, 1e-5);
+    }
     cmp("o", o, g.o, no, fb);
     cmp("lse", lse, g.lse, ns, fb);
     if (parallax) cmp("obar", ob, g.obar, no, fb), cmp("tbar", tb, g.tbar, ns, bb);
@@ -479,6 +485,10 @@ static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int win
         if (b[i]) GPU->release((void *)b[i]);
     free(q), free(k), free(v), free(rr), free(o), free(ob), free(lse), free(tb), free(dout);
     free(dq), free(dk), free(dv), free(dr);
+}
+static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
+                              int fused, int write, gsl_rng *r) {
+    attention_case_rope(G, B, T, H, hd, window, parallax, fused, write, 0, r);
 }
 static void attention_case(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
                            gsl_rng *r) {
@@ -496,6 +506,7 @@ static void test_attention(void **s) {
         attention_case(GPU, 1, 150, 2, 64, 0, px, r);  /* wide heads: smaller key tiles */
         attention_case(GPU, 2, 130, 16, 8, 129, px, r); /* window wider than needed */
         attention_case_ld(GPU, 2, 37, 3, 8, 5, px, 0, 1, r); /* gradients written, not added */
+        attention_case_rope(GPU, 2, 37, 3, 8, 0, px, 1, 1, 8, r); /* turned back by RoPE */
     }
     gsl_rng_free(r);
 }
@@ -515,6 +526,13 @@ static void test_attention_tensor_cores(void **s) {
         attention_case_ld(GPU16, 1, 200, 2, 32, 0, px, 1, 0, r); /* fused rows, 64-row chunks */
         attention_case_ld(GPU16, 2, 37, 3, 8, 5, px, 0, 1, r);   /* written, ragged, a window */
         attention_case(GPU16, 1, 70, 2, 64, 0, px, r);   /* no tensor-core kernel: scalar */
+        /* gradients turned back by RoPE (AttnArgs.rope_rot): inside the one-pass kernel
+         * (T <= 128, rot = hd = 8), or by a pass after it (the two-kernel path, rot < hd) */
+        attention_case_rope(GPU16, 2, 128, 16, 8, 0, px, 1, 1, 8, r); /* MAD's shape */
+        attention_case_rope(GPU16, 2, 37, 3, 8, 5, px, 0, 1, 8, r);   /* ragged, a window */
+        attention_case_rope(GPU16, 1, 300, 2, 8, 0, px, 1, 1, 8, r);  /* two kernels, then RoPE */
+        attention_case_rope(GPU16, 1, 100, 2, 8, 0, px, 1, 1, 4, r);  /* rot < hd: a pass */
+        attention_case_rope(GPU16, 1, 90, 2, 16, 0, px, 1, 1, 16, r); /* head dim 16 */
     }
     gsl_rng_free(r);
 }

@@ -203,6 +203,31 @@ static void cpu_rope_backward(real *dx, int N, int T, int H, int hd, int ld, int
     rope_apply(dx, N, T, H, hd, ld, rot, base, -1);
 }
 
+/* AttnArgs.rope_rot: RoPE on q, k (and r) in place, then the attention core */
+static void cpu_attention_forward_rope(const AttnArgs *args) {
+    const AttnArgs a = attn_strides(args);
+    if (a.rope_rot) {
+        int N = a.B * a.T;
+        cpu_rope_forward((real *)a.q, N, a.T, a.H, a.hd, a.ld_in, a.rope_rot, a.rope_base);
+        cpu_rope_forward((real *)a.k, N, a.T, a.H, a.hd, a.ld_in, a.rope_rot, a.rope_base);
+        if (a.r && a.rope_r)
+            cpu_rope_forward((real *)a.r, N, a.T, a.H, a.hd, a.ld_r, a.rope_rot, a.rope_base);
+    }
+    cpu_attention_forward(args);
+}
+
+/* the attention core, then (AttnArgs.rope_rot) the inverse RoPE of dq, dk (and dr) */
+static void cpu_attention_backward_rope(const AttnArgs *args) {
+    cpu_attention_backward(args);
+    const AttnArgs a = attn_strides(args);
+    if (!a.rope_rot) return;
+    CHECK(a.grads_write, "AttnArgs.rope_rot needs grads_write");
+    int N = a.B * a.T;
+    cpu_rope_backward(a.dq, N, a.T, a.H, a.hd, a.ld_dqkv, a.rope_rot, a.rope_base);
+    cpu_rope_backward(a.dk, N, a.T, a.H, a.hd, a.ld_dqkv, a.rope_rot, a.rope_base);
+    if (a.r && a.rope_r) cpu_rope_backward(a.dr, N, a.T, a.H, a.hd, a.ld_out, a.rope_rot, a.rope_base);
+}
+
 static void cpu_gate_forward(real *out, const real *x, const real *g, int N, int H, int hd) {
 #pragma omp parallel for
     for (int n = 0; n < N; n++)
@@ -337,8 +362,8 @@ static const Ops cpu_ops = {
     .conv_backward = cpu_conv_backward,
     .crossentropy = cpu_crossentropy,
     .predict = cpu_predict,
-    .attention_forward = cpu_attention_forward,
-    .attention_backward = cpu_attention_backward,
+    .attention_forward = cpu_attention_forward_rope,
+    .attention_backward = cpu_attention_backward_rope,
     .adamw = cpu_adamw,
     .muon_momentum = cpu_muon_momentum,
     .muon_apply = cpu_muon_apply,

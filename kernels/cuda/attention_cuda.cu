@@ -272,13 +272,31 @@ static void check_args(const AttnArgs *a, bool back) {
                 a->hd);
         exit(1);
     }
-    (void)back;
+    if (back && a->rope_rot && !a->grads_write)
+        cu_die(__FILE__, __LINE__, "attention_backward", "AttnArgs.rope_rot needs grads_write");
+}
+
+void cu_attn_rope(const AttnArgs *a, float sgn) {
+    if (!a->rope_rot) return;
+    const int N = a->B * a->T, rot = a->rope_rot;
+    const bool f = sgn > 0;
+    float *x[3] = {const_cast<float *>(f ? a->q : a->dq), const_cast<float *>(f ? a->k : a->dk),
+                   a->r && a->rope_r ? const_cast<float *>(f ? a->r : a->dr) : nullptr};
+    const int ld[3] = {f ? a->ld_in : a->ld_dqkv, f ? a->ld_in : a->ld_dqkv, f ? a->ld_r : a->ld_out};
+    const int HD = a->H * a->hd;
+    if (x[1] == x[0] + HD) { // q and k side by side in one row (the model's fused q|k|v): one pass
+        cu_rope_run(x[0], N, a->T, 2 * a->H, a->hd, ld[0], rot, a->rope_base, sgn);
+        x[0] = x[1] = nullptr;
+    }
+    for (int i = 0; i < 3; i++)
+        if (x[i]) cu_rope_run(x[i], N, a->T, a->H, a->hd, ld[i], rot, a->rope_base, sgn);
 }
 
 static void attention_forward(const AttnArgs *args) {
     const AttnArgs s = attn_strides(args), *a = &s;
     check_args(a, false);
     if (a->T == 0 || a->B == 0) return;
+    cu_attn_rope(a, 1.f);
     pick<false>(a->hd, a->r != nullptr)(a);
 }
 // grads_write on the scalar kernels (which accumulate): the gradients' head columns zeroed first
@@ -301,6 +319,7 @@ static void attention_backward(const AttnArgs *args) {
             if (g[i]) zero_rows(g[i], i == 3 ? a->ld_out : a->ld_dqkv, N, a->H * a->hd);
     }
     pick<true>(a->hd, a->r != nullptr)(a);
+    cu_attn_rope(a, -1.f);
 }
 
 // bf16: tensor cores where attention_tc_cuda.cu has the head dim, else the scalar kernels
@@ -308,6 +327,7 @@ static void attention_forward_bf16(const AttnArgs *a) {
     if (!cu_attention_tc(a, 0)) attention_forward(a);
 }
 static void attention_backward_bf16(const AttnArgs *a) {
+    check_args(a, true);
     if (!cu_attention_tc(a, 1)) attention_backward(a);
 }
 

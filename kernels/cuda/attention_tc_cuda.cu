@@ -303,21 +303,46 @@ template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_ke
     }
 }
 
+// ---- RoPE turned back as the backward writes (AttnArgs.rope_rot = HD = 8) ---------------
+// Dims c and c + 4 of a head-dim-8 row turn together; a lane's fragment holds dims 2u and
+// 2u + 1 of its rows, their partners sit in lane u ^ 2 (one shuffle). The (cos, sin) of
+// the block's ROWS positions are staged in shared memory beside its first chunk, so the
+// stores wait on no global load. Elsewhere attention_cuda.cu's pass turns them after.
+constexpr int ROPE8 = ROWS * 4; // float2 entries of a block's table: [row][dim % 4]
+__device__ __forceinline__ void rope8_rows_in(float2 *s, const float *cs, int r0, int T) {
+    for (int x = threadIdx.x; x < ROPE8; x += NTHREADS)
+        s[x] = reinterpret_cast<const float2 *>(cs)[min(r0 + x / 4, T - 1) * 4 + x % 4];
+}
+// a C fragment of block rows lr0 + g and lr0 + g + 8, turned back (every lane calls it)
+__device__ __forceinline__ void rope8_back(float (&acc)[1][4], const float2 *s, int lr0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float partner = __shfl_xor_sync(0xffffffffu, acc[0][e], 2);
+        const int c = 2 * u + (e & 1);
+        const float2 w = s[(lr0 + g + 8 * (e >> 1)) * 4 + (c & 3)];
+        acc[0][e] = c < 4 ? acc[0][e] * w.x + partner * w.y : acc[0][e] * w.x - partner * w.y;
+    }
+}
+
 // ---- backward, query side: dq, dr and the row scalars T_i, b_i ---------------------------
 // dS = p[(A - T_i) + (tbar_i - t)(A - b_i)], dT = -p (A - b_i), A_ij = g_i.v_j (§3.6;
 // softmax: t = tbar = 0, b_i unused);  dq += scale dS K,  dr += dT K.
 template <int HD, bool PX>
-__global__ void __launch_bounds__(NTHREADS) tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv) {
+__global__ void __launch_bounds__(NTHREADS, HD == 8 ? 6 : 0) // 80 registers, as without RoPE
+    tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv, const float *cs) {
     constexpr int KC = kc<HD>();
     __shared__ __align__(16) bf16 sK[KC * HD];
     __shared__ __align__(16) bf16 sKt[HD * (KC + PAD)];
     __shared__ __align__(16) bf16 sV[KC * HD];
+    __shared__ float2 sCS[HD == 8 ? ROPE8 : 1]; // cs: dq, dr turned back as written
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     const int blk0 = blockIdx.x * ROWS;
     const size_t sb = ((size_t)b * H + h) * T;
     const int jlo = W > 0 ? max(0, blk0 - W + 1) : 0, jhi = min(T - 1, blk0 + ROWS - 1);
     const bool once = jhi - jlo < KC;
+    if (HD == 8 && cs) rope8_rows_in(sCS, cs, blk0, T); // seen after the first chunk's barriers
     for (int pass = 0; pass < 2; pass++) {
         const int q0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
         const int rows[2] = {q0 + g, q0 + g + 8};
@@ -385,6 +410,11 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_q_kernel(AttnArgs a, float *T
                 }
             }
         }
+        if constexpr (HD == 8)
+            if (cs) {
+                rope8_back(dq, sCS, q0 - blk0);
+                if (PX && a.rope_r) rope8_back(dr, sCS, q0 - blk0);
+            }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int i = rows[r];
@@ -408,7 +438,8 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_q_kernel(AttnArgs a, float *T
 // Transposed tiles (16 keys x 8 queries): S^T = K Q^T etc.;
 // dv += P'^T G with p' = p (1 + tbar - t);  dk += scale dS^T Q + dT^T R.
 template <int HD, bool PX>
-__global__ void __launch_bounds__(NTHREADS) tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv) {
+__global__ void __launch_bounds__(NTHREADS)
+    tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv, const float *cs) {
     constexpr int KC = kc<HD>();
     __shared__ __align__(16) bf16 sQs[KC * HD];            // q * scale log2 e
     __shared__ __align__(16) bf16 sQt[HD * (KC + PAD)];    // q, transposed
@@ -417,12 +448,14 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_kv_kernel(AttnArgs a, const f
     __shared__ __align__(16) bf16 sR[PX ? KC * HD : 2];
     __shared__ __align__(16) bf16 sRt[PX ? HD * (KC + PAD) : 2];
     __shared__ float4 sRow[KC]; // per query row: lse log2 e, tbar, T_i, b_i
+    __shared__ float2 sCS[HD == 8 ? ROPE8 : 1]; // cs: dk turned back as written
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     const int blk0 = blockIdx.x * ROWS;
     const size_t sb = ((size_t)b * H + h) * T;
     const int ihi = W > 0 ? min(T - 1, blk0 + ROWS - 1 + W - 1) : T - 1;
     const bool once = ihi - blk0 < KC; // one chunk holds the block's queries
+    if (HD == 8 && cs) rope8_rows_in(sCS, cs, blk0, T); // seen after the first chunk's barrier
     for (int pass = 0; pass < 2; pass++) {
         const int k0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
         const int keys[2] = {k0 + g, k0 + g + 8};
@@ -493,6 +526,12 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_kv_kernel(AttnArgs a, const f
             }
         }
 #pragma unroll
+        for (int n = 0; n < HD / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dks[n][e] = a.scale * dks[n][e] + (PX ? dkt[n][e] : 0.f);
+        if constexpr (HD == 8)
+            if (cs) rope8_back(dks, sCS, k0 - blk0);
+#pragma unroll
         for (int r = 0; r < 2; r++) {
             const int j = keys[r];
             if (j >= T) continue;
@@ -504,14 +543,18 @@ __global__ void __launch_bounds__(NTHREADS) tc_bwd_kv_kernel(AttnArgs a, const f
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
                     const float dk0 = a.grads_write ? 0.f : dko[c], dv0 = a.grads_write ? 0.f : dvo[c];
-                    dko[c] = dk0 + (a.scale * dks[n][2 * r + e] + (PX ? dkt[n][2 * r + e] : 0.f));
+                    dko[c] = dk0 + dks[n][2 * r + e];
                     dvo[c] = dv0 + dv[n][2 * r + e];
                 }
         }
     }
 }
 
+// RoPE (AttnArgs.rope_rot): the forward's by a pass before it (turning q, k, r as the
+// kernel reads them cost the H100 more than the pass, 2026-11-23); the backward's as
+// the gradients are written at head dim 8, else by a pass after.
 template <int HD, bool PX> void tc_fwd(const AttnArgs *a) {
+    cu_attn_rope(a, 1.f);
     dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
     tc_fwd_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a);
     CKL();
@@ -519,11 +562,14 @@ template <int HD, bool PX> void tc_fwd(const AttnArgs *a) {
 template <int HD, bool PX> void tc_bwd(const AttnArgs *a) {
     size_t n = (size_t)a->B * a->H * a->T;
     float *Tv = a->scratch ? a->scratch : cu_scratch(2 * n), *bv = Tv + n;
+    const bool inside = HD == 8 && a->rope_rot == HD;
+    const float *cs = inside ? cu_rope_table(a->T, HD, a->rope_base) : nullptr;
     dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
-    tc_bwd_q_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv);
+    tc_bwd_q_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs);
     CKL();
-    tc_bwd_kv_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv);
+    tc_bwd_kv_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs);
     CKL();
+    if (!inside) cu_attn_rope(a, -1.f);
 }
 
 } // namespace

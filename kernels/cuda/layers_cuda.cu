@@ -399,7 +399,7 @@ struct RopeTable {
 static RopeTable rope_tables[16];
 static int n_rope_tables;
 
-static const float *rope_table(int T, int rot, float base) {
+const float *cu_rope_table(int T, int rot, float base) {
     for (int i = 0; i < n_rope_tables; i++) {
         RopeTable *r = &rope_tables[i];
         if (r->T == T && r->rot == rot && r->base == base) return r->cs;
@@ -434,18 +434,18 @@ __global__ void rope_kernel(float *x, const float *cs, int N, int T, int H, int 
     v[k] = x1 * c - x2 * s;
     v[k + half] = x2 * c + x1 * s;
 }
-static void rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float base, float sgn) {
+void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float base, float sgn) {
     long n = (long)N * H * (rot / 2);
     if (!n) return;
-    const float *cs = rope_table(T, rot, base);
+    const float *cs = cu_rope_table(T, rot, base);
     rope_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(x, cs, N, T, H, hd, ld, rot, sgn);
     CKL();
 }
 static void rope_forward(float *x, int N, int T, int H, int hd, int ld, int rot, float base) {
-    rope_run(x, N, T, H, hd, ld, rot, base, 1.f);
+    cu_rope_run(x, N, T, H, hd, ld, rot, base, 1.f);
 }
 static void rope_backward(float *x, int N, int T, int H, int hd, int ld, int rot, float base) {
-    rope_run(x, N, T, H, hd, ld, rot, base, -1.f);
+    cu_rope_run(x, N, T, H, hd, ld, rot, base, -1.f);
 }
 
 // ---- sigmoid gate per (token, head) ------------------------------------------------
