@@ -54,6 +54,10 @@ typedef struct {
      * leaves dq, dk, dr turned back, the gradients of q, k, r before their rotation */
     int rope_rot, rope_r;
     real rope_base;
+    /* backward with grads_write: when not NULL, += the column sums of dq, dk, dv as
+     * written, [q | k | v] (3*H*hd reals: the projections' bias gradients); needs dq, dk,
+     * dv side by side in one row (dk = dq + H*hd, dv = dk + H*hd), the model's fused rows */
+    real *dbias;
     real *scratch;           /* >= 2*B*H*T reals */
 } AttnArgs;
 

@@ -73,6 +73,7 @@ typedef struct {
     int probe, affine, boundary, bw_learned, uses_q, uses_k, fmap, normalize, route;
     int ridge_frozen, cg_iters, cg_precond;
     int core_rope; /* the plain core turns q, k (r) by RoPE itself (AttnArgs.rope_rot) */
+    int core_bias; /* and sums the q, k, v bias gradients (AttnArgs.dbias, fused rows) */
     double bandwidth;
     real rope_base, eps, ridge, cg_tol;
     /* parameter indices (-1 when absent) */
@@ -247,6 +248,7 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
         a->qkv = ops->alloc(3 * nd), a->dqkv = ops->alloc(3 * nd);
         a->ql = a->q = a->qkv, a->kl = a->k = a->qkv + d, a->v = a->qkv + 2 * d;
         a->dq = a->dqkv, a->dk = a->dqkv + d, a->dv = a->dqkv + 2 * d;
+        a->core_bias = a->qkv_bias; /* bq, bk, bv adjacent too (fusable) */
     } else {
         a->v = ops->alloc(nd);
         if (a->uses_k) {
@@ -381,20 +383,22 @@ static void proj_backward(const Ops *ops, real *dx, int *dx_set, real *dW, real 
     *dx_set = 1;
 }
 
-/* the gradients dq, dk, dv (of the roped, normed q, k; `roped`: the core has turned dq
- * and dk back by RoPE already) back to x and the weights */
-static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int *dx_set, int roped,
-                         int N, int T) {
+/* the gradients dq, dk, dv (of the roped, normed q, k; with core_rope the core has turned
+ * dq and dk back by RoPE already, with core_bias summed the bias gradients) back to x and
+ * the weights */
+static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int *dx_set, int N,
+                         int T) {
     int d = a->dims.d, H = a->H, hd = a->hd;
     size_t nd = sizeof(real) * (size_t)N * d;
     real **P = a->P, **G = a->G;
     if (a->dqkv) {
-        if (a->rot && !roped)
+        if (a->rot && !a->core_rope)
             ops->rope_backward(a->dqkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
-        proj_backward(ops, dx, dx_set, G[S_WQ], G[S_BQ], a->dqkv, x, P[S_WQ], N, d, 3 * d);
+        proj_backward(ops, dx, dx_set, G[S_WQ], a->core_bias ? NULL : G[S_BQ], a->dqkv, x, P[S_WQ],
+                      N, d, 3 * d);
         return;
     }
-    if (a->rot && !roped) {
+    if (a->rot && !a->core_rope) {
         if (a->uses_q) ops->rope_backward(a->dq, N, T, H, hd, d, a->rot, a->rope_base);
         if (a->uses_k) ops->rope_backward(a->dk, N, T, H, hd, d, a->rot, a->rope_base);
     }
@@ -420,14 +424,15 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
     real **P = a->P, **G = a->G;
     size_t nd = sizeof(real) * (size_t)N * d;
     linear_backward_beta(ops, a->dob, 0, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
-    int roped = 0, dx_set = 0;
+    int dx_set = 0;
     if (a->route == ROUTE_ATTN) {
-        /* the core writes dq, dk, dv, dr (no zeroing pass) and turns them back by RoPE */
+        /* the core writes dq, dk, dv, dr (no zeroing pass), turns them back by RoPE and
+         * sums the bias gradients (no passes for either) */
         AttnArgs args = attn_args(a, B, T);
         args.dout = a->dob, args.dq = a->dq, args.dk = a->dk, args.dv = a->dv;
         args.dr = a->learned ? a->dr : NULL;
         args.grads_write = 1;
-        roped = a->core_rope;
+        args.dbias = a->core_bias ? G[S_BQ] : NULL;
         ops->attention_backward(&args);
     } else {
         if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
@@ -444,7 +449,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         if (a->rf) fmap_back(a, ops, a->dr, a->r, N, nd);
     }
     if (a->learned) {
-        if (a->probe_rope && a->rot && !roped)
+        if (a->probe_rope && a->rot && !a->core_rope)
             ops->rope_backward(a->dr, N, T, H, hd, d, a->rot, a->rope_base);
         real *dpre = a->dr; /* gradient w.r.t. the normed probe */
         if (a->probe_gate) {
@@ -461,7 +466,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         }
         proj_backward(ops, dx, &dx_set, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);
     }
-    qkv_backward(a, ops, x, dx, &dx_set, roped, N, T);
+    qkv_backward(a, ops, x, dx, &dx_set, N, T);
 }
 
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and

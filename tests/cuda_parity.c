@@ -436,37 +436,46 @@ static void test_optimizer_ops(void **s) {
 /* G: the fp32 table (scalar kernels, tight bounds) or the bf16 one (tensor cores for head
  * dims 8-32: bf16 operands, bounds from bf16's epsilon). The gradient buffers start
  * non-zero (they accumulate), smaller for bf16 so that they do not mask the increments. */
-/* Inputs are read from a wider row: by default H*hd + 3 (unaligned rows); with fused,
- * the model's [N, 3d] q|k|v row (16-byte aligned: the kernels' vector loads). With
- * write, the backward writes its gradients (AttnArgs.grads_write) over the non-zero
- * values they start from, on both sides: an element a kernel misses shows. */
+/* Inputs are read from a wider row: by default H*hd + 3 (unaligned rows); with AC_FUSED,
+ * the model's [N, 3d] q|k|v rows (16-byte aligned: the kernels' vector loads), and the
+ * gradients dq|dk|dv in one such buffer, as the model keeps them. With AC_WRITE, the
+ * backward writes its gradients (AttnArgs.grads_write) over the non-zero values they
+ * start from, on both sides: an element a kernel misses shows. AC_BIAS adds the column
+ * sums of dq|dk|dv into a bias gradient (AttnArgs.dbias); rope turns q, k, r on the way
+ * in and the gradients back (AttnArgs.rope_rot). */
+enum { AC_FUSED = 1, AC_WRITE = 2, AC_BIAS = 4 };
 static void attention_case_rope(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
-                                int fused, int write, int rope, gsl_rng *r) {
-    const int bf = G == GPU16;
+                                int flags, int rope, gsl_rng *r) {
+    const int bf = G == GPU16, fused = flags & AC_FUSED, write = flags & AC_WRITE;
     const double fb = bf ? 3 * BF16_EPS : 1e-5, bb = bf ? 6 * BF16_EPS : 1e-5, gs = bf ? 0.1 : 1;
-    int ldi = fused ? 3 * H * hd : H * hd + 3, ldo = H * hd;
+    const int HD = H * hd, ldi = fused ? 3 * HD : HD + 3, ldo = HD;
     size_t ni = (size_t)B * T * ldi, no = (size_t)B * T * ldo, ns = (size_t)B * H * T;
+    size_t ng = fused ? ni : no; /* each gradient's buffer (one [N, 3d] for all three when fused) */
     real *q = randv(r, ni, 1), *k = randv(r, ni, 1), *v = randv(r, ni, 1), *rr = randv(r, ni, 0.5);
     real *o = randv(r, no, 1), *ob = randv(r, no, 1), *lse = randv(r, ns, 1), *tb = randv(r, ns, 1);
-    real *dout = randv(r, no, 1), *dq = randv(r, no, gs), *dk = randv(r, no, gs);
-    real *dv = randv(r, no, gs), *dr = randv(r, no, gs);
+    real *dout = randv(r, no, 1), *dq = randv(r, ng, gs), *dr = randv(r, no, gs);
+    real *dk = fused ? dq + HD : randv(r, no, gs), *dv = fused ? dq + 2 * HD : randv(r, no, gs);
+    real *db = flags & AC_BIAS ? randv(r, 3 * (size_t)HD, 1) : NULL;
     AttnArgs c = {.B = B, .T = T, .H = H, .hd = hd, .ld_in = ldi, .ld_out = ldo,
-                  .scale = (real)(1.0 / sqrt((double)hd)), .window = window, .q = q, .k = k, .v = v,
+                  .ld_dqkv = fused ? 3 * HD : 0, .scale = (real)(1.0 / sqrt((double)hd)),
+                  .window = window, .q = q, .k = k, .v = v,
                   .r = parallax ? rr : NULL, .o = o, .obar = parallax ? ob : NULL, .lse = lse,
                   .tbar = parallax ? tb : NULL, .dout = dout, .dq = dq, .dk = dk, .dv = dv,
                   .dr = parallax ? dr : NULL, .grads_write = write, .rope_rot = rope,
-                  .rope_r = 1, .rope_base = 10000};
+                  .rope_r = 1, .rope_base = 10000, .dbias = db};
     AttnArgs g = c;
     g.q = up(GPU, q, sizeof(real) * ni), g.k = up(GPU, k, sizeof(real) * ni);
     g.v = up(GPU, v, sizeof(real) * ni), g.r = parallax ? up(GPU, rr, sizeof(real) * ni) : NULL;
     g.o = up(GPU, o, sizeof(real) * no), g.obar = parallax ? up(GPU, ob, sizeof(real) * no) : NULL;
     g.lse = up(GPU, lse, sizeof(real) * ns), g.tbar = parallax ? up(GPU, tb, sizeof(real) * ns) : NULL;
-    g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * no);
-    g.dk = up(GPU, dk, sizeof(real) * no), g.dv = up(GPU, dv, sizeof(real) * no);
+    g.dout = up(GPU, dout, sizeof(real) * no), g.dq = up(GPU, dq, sizeof(real) * ng);
+    g.dk = fused ? g.dq + HD : up(GPU, dk, sizeof(real) * no);
+    g.dv = fused ? g.dq + 2 * HD : up(GPU, dv, sizeof(real) * no);
     g.dr = parallax ? up(GPU, dr, sizeof(real) * no) : NULL;
-    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d%s rope_rot=%d [%s]\n",
+    g.dbias = db ? up(GPU, db, sizeof(real) * 3 * HD) : NULL;
+    printf("  %s B=%d T=%d H=%d hd=%d window=%d ld_in=%d%s rope_rot=%d%s [%s]\n",
            parallax ? "parallax" : "softmax", B, T, H, hd, window, ldi,
-           write ? " gradients written" : "", rope, G->name);
+           write ? " gradients written" : "", rope, db ? " bias sums" : "", G->name);
     CPU->attention_forward(&c), G->attention_forward(&g);
     if (rope) { /* q, k, r turned in place, in fp32 */
         cmp("q (turned)", q, g.q, ni, 1e-5), cmp("k (turned)", k, g.k, ni, 1e-5);
@@ -476,19 +485,32 @@ static void attention_case_rope(const Ops *G, int B, int T, int H, int hd, int w
     cmp("lse", lse, g.lse, ns, fb);
     if (parallax) cmp("obar", ob, g.obar, no, fb), cmp("tbar", tb, g.tbar, ns, bb);
     CPU->attention_backward(&c), G->attention_backward(&g);
-    cmp(write ? "dq (written)" : "dq (accumulated)", dq, g.dq, no, bb);
-    cmp(write ? "dk (written)" : "dk (accumulated)", dk, g.dk, no, bb);
-    cmp(write ? "dv (written)" : "dv (accumulated)", dv, g.dv, no, bb);
-    if (parallax) cmp(write ? "dr (written)" : "dr (accumulated)", dr, g.dr, no, bb);
-    const void *b[] = {g.q, g.k, g.v, g.r, g.o, g.obar, g.lse, g.tbar, g.dout, g.dq, g.dk, g.dv, g.dr};
-    for (int i = 0; i < 13; i++)
+    const char *how = write ? "written" : "accumulated";
+    char what[64];
+    if (fused) {
+        snprintf(what, sizeof what, "dq|dk|dv (%s)", how);
+        cmp(what, dq, g.dq, ng, bb);
+    } else {
+        const real *cg[3] = {dq, dk, dv}, *gg[3] = {g.dq, g.dk, g.dv};
+        for (int i = 0; i < 3; i++) {
+            snprintf(what, sizeof what, "d%c (%s)", "qkv"[i], how);
+            cmp(what, cg[i], gg[i], no, bb);
+        }
+    }
+    if (parallax) snprintf(what, sizeof what, "dr (%s)", how), cmp(what, dr, g.dr, no, bb);
+    if (db) cmp("bias sums", db, g.dbias, 3 * (size_t)HD, bb);
+    const void *b[] = {g.q, g.k, g.v, g.r, g.o, g.obar, g.lse, g.tbar, g.dout, g.dq, g.dr, g.dbias,
+                       fused ? NULL : g.dk, fused ? NULL : g.dv};
+    for (size_t i = 0; i < sizeof b / sizeof *b; i++)
         if (b[i]) GPU->release((void *)b[i]);
     free(q), free(k), free(v), free(rr), free(o), free(ob), free(lse), free(tb), free(dout);
-    free(dq), free(dk), free(dv), free(dr);
+    free(dq), free(dr), free(db);
+    if (!fused) free(dk), free(dv);
 }
 static void attention_case_ld(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
                               int fused, int write, gsl_rng *r) {
-    attention_case_rope(G, B, T, H, hd, window, parallax, fused, write, 0, r);
+    attention_case_rope(G, B, T, H, hd, window, parallax, (fused ? AC_FUSED : 0) | (write ? AC_WRITE : 0),
+                        0, r);
 }
 static void attention_case(const Ops *G, int B, int T, int H, int hd, int window, int parallax,
                            gsl_rng *r) {
@@ -506,7 +528,7 @@ static void test_attention(void **s) {
         attention_case(GPU, 1, 150, 2, 64, 0, px, r);  /* wide heads: smaller key tiles */
         attention_case(GPU, 2, 130, 16, 8, 129, px, r); /* window wider than needed */
         attention_case_ld(GPU, 2, 37, 3, 8, 5, px, 0, 1, r); /* gradients written, not added */
-        attention_case_rope(GPU, 2, 37, 3, 8, 0, px, 1, 1, 8, r); /* turned back by RoPE */
+        attention_case_rope(GPU, 2, 37, 3, 8, 0, px, AC_FUSED | AC_WRITE | AC_BIAS, 8, r); /* RoPE, bias sums */
     }
     gsl_rng_free(r);
 }
@@ -526,13 +548,15 @@ static void test_attention_tensor_cores(void **s) {
         attention_case_ld(GPU16, 1, 200, 2, 32, 0, px, 1, 0, r); /* fused rows, 64-row chunks */
         attention_case_ld(GPU16, 2, 37, 3, 8, 5, px, 0, 1, r);   /* written, ragged, a window */
         attention_case(GPU16, 1, 70, 2, 64, 0, px, r);   /* no tensor-core kernel: scalar */
-        /* gradients turned back by RoPE (AttnArgs.rope_rot): inside the one-pass kernel
-         * (T <= 128, rot = hd = 8), or by a pass after it (the two-kernel path, rot < hd) */
-        attention_case_rope(GPU16, 2, 128, 16, 8, 0, px, 1, 1, 8, r); /* MAD's shape */
-        attention_case_rope(GPU16, 2, 37, 3, 8, 5, px, 0, 1, 8, r);   /* ragged, a window */
-        attention_case_rope(GPU16, 1, 300, 2, 8, 0, px, 1, 1, 8, r);  /* two kernels, then RoPE */
-        attention_case_rope(GPU16, 1, 100, 2, 8, 0, px, 1, 1, 4, r);  /* rot < hd: a pass */
-        attention_case_rope(GPU16, 1, 90, 2, 16, 0, px, 1, 1, 16, r); /* head dim 16 */
+        /* gradients turned back by RoPE (AttnArgs.rope_rot) and bias sums (dbias): inside
+         * the kernels at rot = hd = 8, else by passes after them */
+        const int all = AC_FUSED | AC_WRITE | AC_BIAS;
+        attention_case_rope(GPU16, 2, 128, 16, 8, 0, px, all, 8, r);   /* MAD's shape, as the model */
+        attention_case_rope(GPU16, 2, 37, 3, 8, 5, px, AC_WRITE, 8, r); /* ragged, a window */
+        attention_case_rope(GPU16, 1, 300, 2, 8, 0, px, all, 8, r);    /* several query blocks */
+        attention_case_rope(GPU16, 1, 100, 2, 8, 0, px, all, 4, r);    /* rot < hd: passes after */
+        attention_case_rope(GPU16, 1, 90, 2, 16, 0, px, all, 16, r);   /* head dim 16: passes after */
+        attention_case_rope(GPU16, 2, 50, 4, 8, 0, px, all, 0, r);     /* bias sums, no RoPE */
     }
     gsl_rng_free(r);
 }

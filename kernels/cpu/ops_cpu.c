@@ -216,16 +216,24 @@ static void cpu_attention_forward_rope(const AttnArgs *args) {
     cpu_attention_forward(args);
 }
 
-/* the attention core, then (AttnArgs.rope_rot) the inverse RoPE of dq, dk (and dr) */
+/* the attention core, then (AttnArgs.rope_rot) the inverse RoPE of dq, dk (and dr),
+ * then (AttnArgs.dbias) the column sums of dq | dk | dv */
 static void cpu_attention_backward_rope(const AttnArgs *args) {
     cpu_attention_backward(args);
     const AttnArgs a = attn_strides(args);
-    if (!a.rope_rot) return;
-    CHECK(a.grads_write, "AttnArgs.rope_rot needs grads_write");
-    int N = a.B * a.T;
-    cpu_rope_backward(a.dq, N, a.T, a.H, a.hd, a.ld_dqkv, a.rope_rot, a.rope_base);
-    cpu_rope_backward(a.dk, N, a.T, a.H, a.hd, a.ld_dqkv, a.rope_rot, a.rope_base);
-    if (a.r && a.rope_r) cpu_rope_backward(a.dr, N, a.T, a.H, a.hd, a.ld_out, a.rope_rot, a.rope_base);
+    int N = a.B * a.T, HD = a.H * a.hd;
+    CHECK(a.grads_write || (!a.rope_rot && !a.dbias), "AttnArgs.rope_rot and dbias need grads_write");
+    if (a.rope_rot) {
+        cpu_rope_backward(a.dq, N, a.T, a.H, a.hd, a.ld_dqkv, a.rope_rot, a.rope_base);
+        cpu_rope_backward(a.dk, N, a.T, a.H, a.hd, a.ld_dqkv, a.rope_rot, a.rope_base);
+        if (a.r && a.rope_r)
+            cpu_rope_backward(a.dr, N, a.T, a.H, a.hd, a.ld_out, a.rope_rot, a.rope_base);
+    }
+    if (a.dbias) {
+        CHECK(a.dk == a.dq + HD && a.dv == a.dk + HD && a.ld_dqkv == 3 * HD,
+              "AttnArgs.dbias needs dq, dk, dv side by side in rows of 3*H*hd");
+        cpu_bias_backward(a.dbias, a.dq, N, 3 * HD);
+    }
 }
 
 static void cpu_gate_forward(real *out, const real *x, const real *g, int N, int H, int hd) {

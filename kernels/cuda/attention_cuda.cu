@@ -272,8 +272,16 @@ static void check_args(const AttnArgs *a, bool back) {
                 a->hd);
         exit(1);
     }
-    if (back && a->rope_rot && !a->grads_write)
-        cu_die(__FILE__, __LINE__, "attention_backward", "AttnArgs.rope_rot needs grads_write");
+    if (back && (a->rope_rot || a->dbias) && !a->grads_write)
+        cu_die(__FILE__, __LINE__, "attention_backward", "AttnArgs.rope_rot and dbias need grads_write");
+    const int HD = a->H * a->hd;
+    if (back && a->dbias && (a->dk != a->dq + HD || a->dv != a->dk + HD || a->ld_dqkv != 3 * HD))
+        cu_die(__FILE__, __LINE__, "attention_backward",
+               "AttnArgs.dbias needs dq, dk, dv side by side in rows of 3*H*hd");
+}
+
+void cu_attn_bias(const AttnArgs *a) {
+    if (a->dbias) cu_colsum(a->dbias, a->dq, nullptr, nullptr, a->B * a->T, 3 * a->H * a->hd);
 }
 
 void cu_attn_rope(const AttnArgs *a, float sgn) {
@@ -320,6 +328,7 @@ static void attention_backward(const AttnArgs *args) {
     }
     pick<true>(a->hd, a->r != nullptr)(a);
     cu_attn_rope(a, -1.f);
+    cu_attn_bias(a);
 }
 
 // bf16: tensor cores where attention_tc_cuda.cu has the head dim, else the scalar kernels
@@ -327,7 +336,8 @@ static void attention_forward_bf16(const AttnArgs *a) {
     if (!cu_attention_tc(a, 0)) attention_forward(a);
 }
 static void attention_backward_bf16(const AttnArgs *a) {
-    check_args(a, true);
+    const AttnArgs s = attn_strides(a);
+    check_args(&s, true);
     if (!cu_attention_tc(a, 1)) attention_backward(a);
 }
 

@@ -325,17 +325,41 @@ __device__ __forceinline__ void rope8_back(float (&acc)[1][4], const float2 *s, 
     }
 }
 
+// The block's column sums (AttnArgs.dbias) of a head-dim-8 C-fragment quantity, a pass
+// at a time so that no sum stays live across the next pass: the lane's rows (dims 2u,
+// 2u + 1 in bs) summed over the 8 row groups (butterfly) into this warp's and pass's slot
+// of sred; after a barrier, colsum8_out adds the slots in order (fixed: deterministic).
+__device__ __forceinline__ void colsum8_slot(float *slot, float bs0, float bs1) {
+    const int lane = threadIdx.x & 31, u = lane & 3;
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) {
+        bs0 += __shfl_xor_sync(0xffffffffu, bs0, o);
+        bs1 += __shfl_xor_sync(0xffffffffu, bs1, o);
+    }
+    if (lane < 4) slot[2 * u] = bs0, slot[2 * u + 1] = bs1;
+}
+__device__ __forceinline__ void colsum8_out(float *out, const float *sred) {
+    if (threadIdx.x < 8) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < 2 * WARPS; w++) t += sred[w * 8 + threadIdx.x];
+        out[threadIdx.x] = t;
+    }
+}
+
 // ---- backward, query side: dq, dr and the row scalars T_i, b_i ---------------------------
 // dS = p[(A - T_i) + (tbar_i - t)(A - b_i)], dT = -p (A - b_i), A_ij = g_i.v_j (§3.6;
 // softmax: t = tbar = 0, b_i unused);  dq += scale dS K,  dr += dT K.
 template <int HD, bool PX>
-__global__ void __launch_bounds__(NTHREADS, HD == 8 ? 6 : 0) // 80 registers, as without RoPE
-    tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv, const float *cs) {
+// (at head dim 8, the RoPE and bias sums held to the registers the kernel had without)
+__global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
+    tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv, const float *cs, float *part) {
     constexpr int KC = kc<HD>();
     __shared__ __align__(16) bf16 sK[KC * HD];
     __shared__ __align__(16) bf16 sKt[HD * (KC + PAD)];
     __shared__ __align__(16) bf16 sV[KC * HD];
     __shared__ float2 sCS[HD == 8 ? ROPE8 : 1]; // cs: dq, dr turned back as written
+    __shared__ float sRed[2 * WARPS * 8];       // part: dq's column sums, [pass][warp][dim]
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     const int blk0 = blockIdx.x * ROWS;
@@ -410,11 +434,15 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? 6 : 0) // 80 registers, as
                 }
             }
         }
-        if constexpr (HD == 8)
+        if constexpr (HD == 8) {
             if (cs) {
                 rope8_back(dq, sCS, q0 - blk0);
                 if (PX && a.rope_r) rope8_back(dr, sCS, q0 - blk0);
             }
+            if (part) // rows >= T hold 0
+                colsum8_slot(sRed + (pass * WARPS + warp) * 8, a.scale * (dq[0][0] + dq[0][2]),
+                             a.scale * (dq[0][1] + dq[0][3]));
+        }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int i = rows[r];
@@ -432,6 +460,11 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? 6 : 0) // 80 registers, as
             if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
         }
     }
+    if constexpr (HD == 8)
+        if (part) { // [q | k | v] columns of this (batch, query block)'s row of partial sums
+            __syncthreads();
+            colsum8_out(part + (size_t)(b * gridDim.x + blockIdx.x) * 3 * H * HD + h * HD, sRed);
+        }
 }
 
 // ---- backward, key side: dk, dv ------------------------------------------------------------
@@ -439,7 +472,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? 6 : 0) // 80 registers, as
 // dv += P'^T G with p' = p (1 + tbar - t);  dk += scale dS^T Q + dT^T R.
 template <int HD, bool PX>
 __global__ void __launch_bounds__(NTHREADS)
-    tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv, const float *cs) {
+    tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv, const float *cs, float *part) {
     constexpr int KC = kc<HD>();
     __shared__ __align__(16) bf16 sQs[KC * HD];            // q * scale log2 e
     __shared__ __align__(16) bf16 sQt[HD * (KC + PAD)];    // q, transposed
@@ -449,6 +482,7 @@ __global__ void __launch_bounds__(NTHREADS)
     __shared__ __align__(16) bf16 sRt[PX ? HD * (KC + PAD) : 2];
     __shared__ float4 sRow[KC]; // per query row: lse log2 e, tbar, T_i, b_i
     __shared__ float2 sCS[HD == 8 ? ROPE8 : 1]; // cs: dk turned back as written
+    __shared__ float sRed[2][2 * WARPS * 8];    // part: dk's, dv's column sums
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     const int blk0 = blockIdx.x * ROWS;
@@ -529,8 +563,14 @@ __global__ void __launch_bounds__(NTHREADS)
         for (int n = 0; n < HD / 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) dks[n][e] = a.scale * dks[n][e] + (PX ? dkt[n][e] : 0.f);
-        if constexpr (HD == 8)
+        if constexpr (HD == 8) {
             if (cs) rope8_back(dks, sCS, k0 - blk0);
+            if (part) {
+                const int at = (pass * WARPS + warp) * 8;
+                colsum8_slot(sRed[0] + at, dks[0][0] + dks[0][2], dks[0][1] + dks[0][3]);
+                colsum8_slot(sRed[1] + at, dv[0][0] + dv[0][2], dv[0][1] + dv[0][3]);
+            }
+        }
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int j = keys[r];
@@ -548,6 +588,13 @@ __global__ void __launch_bounds__(NTHREADS)
                 }
         }
     }
+    if constexpr (HD == 8)
+        if (part) {
+            float *row = part + (size_t)(b * gridDim.x + blockIdx.x) * 3 * H * HD + h * HD;
+            __syncthreads();
+            colsum8_out(row + H * HD, sRed[0]);
+            colsum8_out(row + 2 * H * HD, sRed[1]);
+        }
 }
 
 // RoPE (AttnArgs.rope_rot): the forward's by a pass before it (turning q, k, r as the
@@ -560,16 +607,23 @@ template <int HD, bool PX> void tc_fwd(const AttnArgs *a) {
     CKL();
 }
 template <int HD, bool PX> void tc_bwd(const AttnArgs *a) {
-    size_t n = (size_t)a->B * a->H * a->T;
-    float *Tv = a->scratch ? a->scratch : cu_scratch(2 * n), *bv = Tv + n;
-    const bool inside = HD == 8 && a->rope_rot == HD;
-    const float *cs = inside ? cu_rope_table(a->T, HD, a->rope_base) : nullptr;
-    dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
-    tc_bwd_q_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs);
+    const size_t n = (size_t)a->B * a->H * a->T;
+    const int nblk = cu_blocks(a->T, ROWS);
+    // inside the kernels at head dim 8: RoPE (rot = 8), then the bias sums (one partial
+    // row per (batch, query block), added up after); else passes after them
+    const bool rope = HD == 8 && a->rope_rot == HD, bias = HD == 8 && a->dbias && (rope || !a->rope_rot);
+    const size_t S = (size_t)a->B * nblk, C3 = (size_t)3 * a->H * HD;
+    float *Tv = a->scratch && !bias ? a->scratch : cu_scratch(2 * n + (bias ? S * C3 : 0));
+    float *bv = Tv + n, *part = bias ? bv + n : nullptr;
+    const float *cs = rope ? cu_rope_table(a->T, HD, a->rope_base) : nullptr;
+    dim3 grid(nblk, a->B * a->H);
+    tc_bwd_q_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
     CKL();
-    tc_bwd_kv_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs);
+    tc_bwd_kv_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
     CKL();
-    if (!inside) cu_attn_rope(a, -1.f);
+    if (!rope) cu_attn_rope(a, -1.f);
+    if (bias) cu_colsum_parts(a->dbias, part, (int)S, (int)C3);
+    else cu_attn_bias(a);
 }
 
 } // namespace

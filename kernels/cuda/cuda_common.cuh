@@ -78,13 +78,16 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);
+// its second stage alone: out[c] += sum_{s < S} part[s, c] in a fixed order
+void cu_colsum_parts(float *out, const float *part, int S, int C);
 // RoPE (layers_cuda.cu): the table of (cos, sin) [T, rot/2, 2], made on first use (never
 // inside a graph capture), and the rotation in place (sgn -1: the inverse)
 const float *cu_rope_table(int T, int rot, float base);
 void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float base, float sgn);
 // AttnArgs.rope_rot by separate passes (attention_cuda.cu): sgn +1 turns q, k (r) before a
-// forward, -1 turns dq, dk (dr) back after a backward
+// forward, -1 turns dq, dk (dr) back after a backward; AttnArgs.dbias by a column sum after
 void cu_attn_rope(const AttnArgs *a, float sgn);
+void cu_attn_bias(const AttnArgs *a);
 
 // per op group (each .cu file fills its part of the table)
 void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16

@@ -112,6 +112,12 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
     CKL();
 }
 
+void cu_colsum_parts(float *out, const float *part, int S, int C) {
+    if (S == 0 || C == 0) return;
+    colsum_final_kernel<<<C, 256, 0, cu.stream>>>(out, part, S, C, C);
+    CKL();
+}
+
 // db[C] += sum_n dy[n,C]
 static void bias_backward(float *db, const float *dy, int N, int C) {
     cu_colsum(db, dy, nullptr, nullptr, N, C);
