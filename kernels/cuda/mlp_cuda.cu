@@ -145,8 +145,12 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
                  int d, int F) {
     Save s = layout(save, N, d, F);
     to_bf16(s.xb, x, (long)N * d);
-    to_bf16(s.w13, W13, 2L * F * d);
-    to_bf16(s.w2, W2, (long)d * F);
+    if (W2 == W13 + 2L * F * d) { // adjacent parameters (the model's): one conversion
+        to_bf16(s.w13, W13, 3L * F * d);
+    } else {
+        to_bf16(s.w13, W13, 2L * F * d);
+        to_bf16(s.w2, W2, (long)d * F);
+    }
     gemm(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
     swiglu_fwd_bf16(s.h, s.ab, N, F);
     gemm(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
