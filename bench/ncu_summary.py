@@ -15,7 +15,7 @@ for r in data:
     tot[name] += float(r[vi].replace(",", "")) / 1e3 / steps  # ns -> us per step
     cnt[name] += 1
 total = sum(tot.values())
-print(f"total {total:.1f} us per step ({len(data)} kernels over {steps:g} steps; ncu clocks)")
+print(f"total {total:.1f} us per step ({len(data)} kernels over {steps:g} steps)")
 for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:25]:
     print(f"{v:9.1f} us  {cnt[k] / steps:6.1f}x  {k}")
 

@@ -56,11 +56,13 @@ if has solve; then
 fi
 
 if has profile; then
-    # per mixer of $PROFILE (default softmax,parallax): the first eager steps
+    # per mixer of $PROFILE (default softmax,parallax): the first eager steps, at the GPU's own
+    # clocks and with warm caches (as in a training loop), so the kernel times add up to the step
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     for m in $(echo "${PROFILE:-softmax,parallax}" | tr , ' '); do
         echo "== per-kernel time of the $m bf16 step (ncu, the first eager steps)"
-        MIXERS=$m timeout 120 "$NCU" --metrics gpu__time_duration.sum --launch-count 600 --csv \
+        MIXERS=$m timeout 120 "$NCU" --cache-control none --clock-control none \
+            --metrics gpu__time_duration.sum --launch-count 600 --csv \
             --print-units base "$BIN"/bench/step_bench precision=bf16 > "$OUT/ncu-$m.csv" 2>/dev/null
         python3 bench/ncu_summary.py "$OUT/ncu-$m.csv" | tee "$OUT/profile-$m.txt"
         python3 bench/ncu_summary.py "$OUT/ncu-$m.csv" --sequence | sed -n '/launch sequence/,$p' > "$OUT/sequence-$m.txt"; rm -f "$OUT/ncu-$m.csv"
