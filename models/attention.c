@@ -312,15 +312,15 @@ static FamArgs fam_args(const Attn *a, int B, int T) {
     return f;
 }
 
-/* q, k, v from x, each normed as configured and roped unless `core_rope` (the plain
+/* q, k, v from x, each normed as configured and roped unless core_rope (the plain
  * attention core turns q and k itself, AttnArgs.rope_rot) */
-static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T, int core_rope) {
+static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T) {
     int d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
     if (a->qkv) {
         /* rows [q | k | v]; RoPE turns q and k as 2H heads of one row */
         linear_forward(ops, a->qkv, x, P[S_WQ], P[S_BQ], N, d, 3 * d);
-        if (a->rot && !core_rope)
+        if (a->rot && !a->core_rope)
             ops->rope_forward(a->qkv, N, T, 2 * H, hd, 3 * d, a->rot, a->rope_base);
         return;
     }
@@ -331,7 +331,7 @@ static void qkv_forward(Attn *a, const Ops *ops, const real *x, int N, int T, in
         if (a->uses_q) ops->rmsnorm_forward(a->q, a->rsq, a->ql, P[S_QN], N * H, hd, a->eps);
         if (a->uses_k) ops->rmsnorm_forward(a->k, a->rsk, a->kl, P[S_KN], N * H, hd, a->eps);
     }
-    if (a->rot && !core_rope) {
+    if (a->rot && !a->core_rope) {
         if (a->uses_q) ops->rope_forward(a->q, N, T, H, hd, d, a->rot, a->rope_base);
         if (a->uses_k) ops->rope_forward(a->k, N, T, H, hd, d, a->rot, a->rope_base);
     }
@@ -342,7 +342,7 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
     a->last_B = B, a->last_T = T;
-    qkv_forward(a, ops, x, N, T, a->core_rope);
+    qkv_forward(a, ops, x, N, T);
     if (a->learned) {
         linear_forward(ops, a->rl, x, P[S_WR], NULL, N, d, d);
         if (a->probe_norm) ops->rmsnorm_forward(a->rn_out, a->rsr, a->rl, P[S_RN], N * H, hd, a->eps);
