@@ -89,11 +89,19 @@ void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float b
 void cu_attn_rope(const AttnArgs *a, float sgn);
 void cu_attn_bias(const AttnArgs *a);
 
+// cuBLAS compute type of a table's precision (0 fp32, 1 tf32, 2 bf16): fp32 in and out,
+// tensor-core operands rounded to tf32 or bf16 for 1 and 2
+inline cublasComputeType_t cu_compute_type(int precision) {
+    return precision == 0 ? CUBLAS_COMPUTE_32F
+           : precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                            : CUBLAS_COMPUTE_32F_FAST_16BF;
+}
+
 // per op group (each .cu file fills its part of the table)
 void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
 void cu_fill_linear(Ops *o, int precision);
 void cu_fill_mlp(Ops *o, int precision);
-void cu_fill_layers(Ops *o);
+void cu_fill_layers(Ops *o, int precision);
 void cu_fill_loss(Ops *o);
 void cu_fill_attention(Ops *o, int precision);
 void cu_fill_optim(Ops *o);

@@ -5,16 +5,13 @@
 
 #include "cuda_common.cuh"
 
-static cublasComputeType_t compute_type[3] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32,
-                                              CUBLAS_COMPUTE_32F_FAST_16BF};
-
 template <int P>
 static void mm(float *C, const float *A, const float *B, int M, int N, int K, int tA, int tB,
                float alpha, float beta) {
     if (M == 0 || N == 0) return;
     CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
                      K, &alpha, B, CUDA_R_32F, tB ? K : N, A, CUDA_R_32F, tA ? M : K, &beta, C,
-                     CUDA_R_32F, N, compute_type[P], CUBLAS_GEMM_DEFAULT));
+                     CUDA_R_32F, N, cu_compute_type(P), CUBLAS_GEMM_DEFAULT));
 }
 
 template <int P>
@@ -24,7 +21,7 @@ static void mm_strided(float *C, const float *A, const float *B, int M, int N, i
     CKB(cublasGemmStridedBatchedEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, CUDA_R_32F,
                                    tB ? K : N, sB, A, CUDA_R_32F, tA ? M : K, sA, &beta, C,
-                                   CUDA_R_32F, N, sC, batch, compute_type[P], CUBLAS_GEMM_DEFAULT));
+                                   CUDA_R_32F, N, sC, batch, cu_compute_type(P), CUBLAS_GEMM_DEFAULT));
 }
 
 __global__ void add_bias_kernel(float *y, const float *b, long n, int C) {

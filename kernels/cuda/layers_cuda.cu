@@ -312,7 +312,9 @@ __global__ void onehot_kernel(float *oh, const int *tok, int N, int V) {
     oh[i] = tok[i / V] == (int)(i % V) ? 1.f : 0.f;
 }
 
-// dtable[V,C] += onehot[N,V]^T dout[N,C]: one fp32 gemm, deterministic
+// dtable[V,C] += onehot[N,V]^T dout[N,C]: one gemm at the table's precision (the one-hot
+// operand is exact in any), deterministic
+template <int P>
 static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C,
                                int V) {
     float *oh = cu_scratch((size_t)N * V);
@@ -321,7 +323,7 @@ static void embedding_backward(float *dtable, const float *dout, const int *toke
     CKL();
     const float one = 1.f;
     CKB(cublasGemmEx(cu.blas, CUBLAS_OP_N, CUBLAS_OP_T, C, V, N, &one, dout, CUDA_R_32F, C, oh,
-                     CUDA_R_32F, V, &one, dtable, CUDA_R_32F, C, CUBLAS_COMPUTE_32F,
+                     CUDA_R_32F, V, &one, dtable, CUDA_R_32F, C, cu_compute_type(P),
                      CUBLAS_GEMM_DEFAULT));
 }
 
@@ -581,13 +583,15 @@ static void conv_backward(float *dx, float *dw, float *db, const float *dy, cons
     CKL();
 }
 
-void cu_fill_layers(Ops *o) {
+void cu_fill_layers(Ops *o, int p) {
     o->rmsnorm_forward = rmsnorm_forward;
     o->residual_rmsnorm_forward = residual_rmsnorm_forward;
     o->rmsnorm_backward = rmsnorm_backward;
     o->rmsnorm_backward_write = rmsnorm_backward_write;
     o->embedding_forward = embedding_forward;
-    o->embedding_backward = embedding_backward;
+    o->embedding_backward = p == 0   ? embedding_backward<0>
+                            : p == 1 ? embedding_backward<1>
+                                     : embedding_backward<2>;
     o->swiglu_forward = swiglu_forward;
     o->swiglu_backward = swiglu_backward;
     o->gelu_forward = gelu_forward;

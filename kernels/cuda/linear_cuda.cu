@@ -28,9 +28,6 @@ struct Plan {
 Plan plans[64];
 int nplans;
 
-const cublasComputeType_t compute[3] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32,
-                                        CUBLAS_COMPUTE_32F_FAST_16BF};
-
 // column-major D[m,n] = op_a(A) op_b(B), A stored [m,k] (or [k,m] when ta), B [k,n] (or [n,k])
 Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec, const void *bias) {
     for (int i = 0; i < nplans; i++) {
@@ -43,7 +40,7 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
     if (!lt) CKB(cublasLtCreate(&lt));
     Plan *p = &plans[nplans++];
     *p = Plan{m, n, k, ta, tb, (int)ep, prec, false, {}, {}, {}, {}, {}};
-    CKB(cublasLtMatmulDescCreate(&p->op, compute[prec], CUDA_R_32F));
+    CKB(cublasLtMatmulDescCreate(&p->op, cu_compute_type(prec), CUDA_R_32F));
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
