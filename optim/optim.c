@@ -22,7 +22,7 @@ struct Optimizer {
     double beta1, beta2, eps, adamw_lr_ratio;
     real *mbuf, *vbuf;     /* AdamW moments, or Muon momentum in mbuf */
     real *scratch;         /* Newton-Schulz work space */
-    OptHyper *h_adam, *h_muon; /* backend memory */
+    OptHyper *h_adam, *h_muon; /* backend memory, side by side: one copy a step */
     double cur_lr;
     char desc[64];
 };
@@ -58,8 +58,8 @@ Optimizer *optim_create(const Config *cfg, Model *m, long total_steps, long step
         o->scratch = o->ops->alloc(sizeof(real) * (need ? need : 1));
         snprintf(o->desc, sizeof o->desc, "muon(%s)+adamw", v);
     } else snprintf(o->desc, sizeof o->desc, "adamw");
-    o->h_adam = o->ops->alloc(sizeof(OptHyper));
-    o->h_muon = o->ops->alloc(sizeof(OptHyper));
+    o->h_adam = o->ops->alloc(2 * sizeof(OptHyper));
+    o->h_muon = o->h_adam + 1;
     return o;
 }
 
@@ -67,7 +67,7 @@ void optim_free(Optimizer *o) {
     if (!o) return;
     o->ops->release(o->mbuf), o->ops->release(o->vbuf);
     if (o->scratch) o->ops->release(o->scratch);
-    o->ops->release(o->h_adam), o->ops->release(o->h_muon);
+    o->ops->release(o->h_adam);
     free(o);
 }
 
@@ -101,12 +101,12 @@ void optim_upload(Optimizer *o, long step) {
     double lr = schedule_lr(&o->sched, step), wd = schedule_wd(&o->sched, step);
     o->cur_lr = lr;
     double t = (double)(step + 1);
-    OptHyper h = {.lr = (real)(lr * o->adamw_lr_ratio), .wd = (real)wd, .beta1 = (real)o->beta1,
-                  .beta2 = (real)o->beta2, .eps = (real)o->eps,
-                  .bc1 = (real)(1 - pow(o->beta1, t)), .bc2 = (real)(1 - pow(o->beta2, t))};
-    o->ops->to_device(o->h_adam, &h, sizeof h);
-    h.lr = (real)lr;
-    o->ops->to_device(o->h_muon, &h, sizeof h);
+    OptHyper h[2] = {{.lr = (real)(lr * o->adamw_lr_ratio), .wd = (real)wd,
+                      .beta1 = (real)o->beta1, .beta2 = (real)o->beta2, .eps = (real)o->eps,
+                      .bc1 = (real)(1 - pow(o->beta1, t)), .bc2 = (real)(1 - pow(o->beta2, t))}};
+    h[1] = h[0];
+    h[1].lr = (real)lr;
+    o->ops->to_device(o->h_adam, h, sizeof h); /* h_adam, h_muon */
 }
 
 /* AdamW runs over maximal runs of adjacent tensors with the same decay flag in
