@@ -126,39 +126,61 @@ static void cu_graph_free(void *g) {
 // ---- setup -----------------------------------------------------------------------
 
 #ifndef PLAB_EMU
-// cuBLAS and cuBLASLt each spend about 0.1 s of host time setting themselves up on their
-// first matmul of the process (not on handle creation, and whatever the shape; measured
-// on an H100 on 2026-11-23: 88 ms for cuBLASLt, then 116 ms for cuBLAS, 109 ms for both
-// on two threads). A tiny matmul through each, at once on two threads, pays both at start-up.
-static void lt_first_matmul(float *buf) {
-    cublasLtHandle_t h;
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t l;
-    cudaStream_t s;
+// cuBLAS and cuBLASLt spend 40-90 ms of host time setting themselves up on the first
+// matmul of each combination of types in a process (not on handle creation; whatever the
+// shape). A step of precision=bf16 uses four, ~0.2 s one after another; measured on an
+// H100 on 2026-11-23, the four at once on four threads take 0.09 s. So the backend
+// makes one tiny matmul of each combination its precision uses, all at once, when it starts.
+struct BlasCombo {
+    bool lt;              // through cuBLASLt (linear_cuda.cu), else cublasGemmEx
+    cudaDataType in, out; // operand and result types
+    cublasComputeType_t compute;
+};
+
+static void first_matmul(BlasCombo c, float *buf) {
     const float one = 1.f, zero = 0.f;
+    cudaStream_t s;
     CK(cudaSetDevice(cu.device));
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    CKB(cublasLtCreate(&h));
-    CKB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F_FAST_16BF, CUDA_R_32F));
-    CKB(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, 8, 8, 8));
-    CKB(cublasLtMatmul(h, op, &one, buf, l, buf + 64, l, &zero, buf + 128, l, buf + 128, l,
-                       nullptr, nullptr, 0, s));
-    CK(cudaStreamSynchronize(s));
-    CKB(cublasLtMatrixLayoutDestroy(l));
-    CKB(cublasLtMatmulDescDestroy(op));
-    CKB(cublasLtDestroy(h));
+    if (c.lt) {
+        cublasLtHandle_t h;
+        cublasLtMatmulDesc_t op;
+        cublasLtMatrixLayout_t l;
+        CKB(cublasLtCreate(&h));
+        CKB(cublasLtMatmulDescCreate(&op, c.compute, CUDA_R_32F));
+        CKB(cublasLtMatrixLayoutCreate(&l, c.in, 8, 8, 8));
+        CKB(cublasLtMatmul(h, op, &one, buf, l, buf + 64, l, &zero, buf + 128, l, buf + 128, l,
+                           nullptr, nullptr, 0, s));
+        CK(cudaStreamSynchronize(s));
+        CKB(cublasLtMatrixLayoutDestroy(l));
+        CKB(cublasLtMatmulDescDestroy(op));
+        CKB(cublasLtDestroy(h));
+    } else {
+        cublasHandle_t h;
+        CKB(cublasCreate(&h));
+        CKB(cublasSetStream(h, s));
+        CKB(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, buf, c.in, 8, buf + 64, c.in,
+                         8, &zero, buf + 128, c.out, 8, c.compute, CUBLAS_GEMM_DEFAULT));
+        CK(cudaStreamSynchronize(s));
+        CKB(cublasDestroy(h));
+    }
     CK(cudaStreamDestroy(s));
 }
-static void warm_blas(void) {
+
+// the combinations of dense_cuda.cu, linear_cuda.cu and (bf16) mlp_cuda.cu
+static void warm_blas(int prec) {
+    const cublasComputeType_t ct = cu_compute_type(prec);
+    BlasCombo combos[4] = {{true, CUDA_R_32F, CUDA_R_32F, ct}, {false, CUDA_R_32F, CUDA_R_32F, ct}};
+    int n = 2;
+    if (prec == 2) {
+        combos[n++] = {false, CUDA_R_16BF, CUDA_R_16BF, CUBLAS_COMPUTE_32F};
+        combos[n++] = {false, CUDA_R_16BF, CUDA_R_32F, CUBLAS_COMPUTE_32F};
+    }
     float *buf;
-    const float one = 1.f, zero = 0.f;
-    CK(cudaMalloc(&buf, 6 * 64 * sizeof(float)));
-    std::thread lt(lt_first_matmul, buf);
-    CKB(cublasGemmEx(cu.blas, CUBLAS_OP_N, CUBLAS_OP_N, 8, 8, 8, &one, buf + 192, CUDA_R_16BF, 8,
-                     buf + 256, CUDA_R_16BF, 8, &zero, buf + 320, CUDA_R_32F, 8, CUBLAS_COMPUTE_32F,
-                     CUBLAS_GEMM_DEFAULT));
-    lt.join();
-    CK(cudaStreamSynchronize(cu.stream));
+    CK(cudaMalloc(&buf, (size_t)n * 192 * sizeof(float)));
+    std::thread threads[4];
+    for (int i = 0; i < n; i++) threads[i] = std::thread(first_matmul, combos[i], buf + 192 * i);
+    for (int i = 0; i < n; i++) threads[i].join();
     CK(cudaFree(buf));
 }
 #endif
@@ -190,9 +212,6 @@ static int init_state(int device, char *why, size_t whylen) {
     CK(cudaMalloc(&cu.blas_ws, CU_BLAS_WS));
     CKB(cublasSetWorkspace(cu.blas, cu.blas_ws, CU_BLAS_WS));
     cu.device = device;
-#ifndef PLAB_EMU
-    warm_blas();
-#endif
     return 0;
 }
 
@@ -235,6 +254,9 @@ extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, siz
         cu_fill_family(o);
         cu_fill_scan(o);
         cu_fill_delta(o);
+#ifndef PLAB_EMU
+        warm_blas(prec);
+#endif
         filled[prec] = 1;
     }
     return o;
