@@ -143,13 +143,18 @@ typedef struct Ops {
     /* Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
      * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
      * (mlp_save_bytes(N, d, F) bytes, backend-private) between forward and backward.
-     * Forward writes y; backward writes dx and adds into dW13, dW2. NULL: the model
+     * x = NULL: the saved input was written by residual_rmsnorm_mlp_forward. Forward writes y; backward writes dx and adds into dW13, dW2. NULL: the model
      * composes matmul and swiglu. */
     size_t (*mlp_save_bytes)(int N, int d, int F);
     void (*mlp_forward)(real *y, const real *x, const real *W13, const real *W2, void *save, int N,
                         int d, int F);
     void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, void *save, int N, int d,
                          int F);
+    /* Optional (with mlp_forward): residual_rmsnorm_forward whose norm output goes, in bf16
+     * only, into the MLP's saved input (the bf16 MLP reads nothing else of it); then
+     * mlp_forward is called with x = NULL. Returns 0 when it did nothing. */
+    int (*residual_rmsnorm_mlp_forward)(real *out, const real *x, const real *y, void *mlp_save,
+                                        real *rstd, const real *w, int N, int C, real eps);
     /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
     void (*gelu_forward)(real *y, const real *x, long n);
     /* dx = dy (Phi(x) + x phi(x)) (writes) */

@@ -47,6 +47,7 @@ typedef struct {
      * matmul writes a and b side by side (one launch instead of two, each way) */
     int ld;
     void *save; /* the backend's whole-MLP op (ops->mlp_forward) in use: its saved state */
+    int x_saved; /* the norm before wrote the input into save (residual_rmsnorm_mlp_forward) */
 } Mlp;
 
 struct Model {
@@ -287,6 +288,11 @@ static void residual(Model *m, int s, const real *y, int N) {
     real *out, *rstd;
     const real *w;
     int norm = norm_after(m, s, &out, &rstd, &w);
+    Mlp *p = s % 2 && s < 2 * m->dims.layers && m->dims.mlp_width ? &m->mlps[s / 2] : NULL;
+    if (p && p->save && m->ops->residual_rmsnorm_mlp_forward) /* the MLP's input, in bf16 */
+        p->x_saved = m->ops->residual_rmsnorm_mlp_forward(m->res[s], m->res[s - 1], y, p->save,
+                                                          rstd, w, N, m->dims.d, m->dims.norm_eps);
+    if (p && p->x_saved) return;
     m->ops->residual_rmsnorm_forward(m->res[s], m->res[s - 1], y, norm ? out : NULL, rstd, w, N,
                                      m->dims.d, m->dims.norm_eps);
 }
@@ -298,7 +304,7 @@ static void mlp_forward(Model *m, int l, int N) {
     Mlp *p = &m->mlps[l];
     const real *x = m->ln[2 * l + 1];
     if (p->save) {
-        ops->mlp_forward(m->tmp, x, P(m, p->w1), P(m, p->w2), p->save, N, d, F);
+        ops->mlp_forward(m->tmp, p->x_saved ? NULL : x, P(m, p->w1), P(m, p->w2), p->save, N, d, F);
         return;
     }
     if (p->ld == 2 * F) {

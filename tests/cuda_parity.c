@@ -140,6 +140,40 @@ static void mlp_bf16_case(gsl_rng *r, int N, int d, int F) {
     real *hb[] = {x, W13, W2, dy, dW13, dW2, xb, w13, w2, ab, h, y, dyb, dh, dab, dx};
     for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
 }
+/* The norm that writes the MLP's input into its saved state in bf16 only
+ * (residual_rmsnorm_mlp_forward, then mlp_forward with x = NULL): the residual sum and
+ * rstd as the CPU's, and the MLP's output bit for bit that of the fp32 norm output
+ * converted by the MLP (both round the same float once, to nearest even). */
+static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
+    size_t nx = (size_t)N * d;
+    real *x = randv(r, nx, 1), *y = randv(r, nx, 1), *w = randv(r, d, 1);
+    real *W13 = randv(r, 2 * F * d, 0.3), *W2 = randv(r, (size_t)d * F, 0.3);
+    real *gx = up(GPU16, x, sizeof(real) * nx), *gy = up(GPU16, y, sizeof(real) * nx);
+    real *gw = up(GPU16, w, sizeof(real) * d), *gW13 = up(GPU16, W13, sizeof(real) * 2 * F * d);
+    real *gW2 = up(GPU16, W2, sizeof(real) * d * F);
+    real *gout = GPU16->alloc(sizeof(real) * nx), *gn = GPU16->alloc(sizeof(real) * nx);
+    real *grs = GPU16->alloc(sizeof(real) * N), *gya = GPU16->alloc(sizeof(real) * nx);
+    real *gyb = GPU16->alloc(sizeof(real) * nx);
+    void *sa = GPU16->alloc(GPU16->mlp_save_bytes(N, d, F)), *sb = GPU16->alloc(GPU16->mlp_save_bytes(N, d, F));
+    GPU16->residual_rmsnorm_forward(gout, gx, gy, gn, grs, gw, N, d, 1e-5f);
+    GPU16->mlp_forward(gya, gn, gW13, gW2, sa, N, d, F);
+    GPU16->zero(gout, sizeof(real) * nx), GPU16->zero(grs, sizeof(real) * N);
+    assert_int_equal(GPU16->residual_rmsnorm_mlp_forward(gout, gx, gy, sb, grs, gw, N, d, 1e-5f), 1);
+    GPU16->mlp_forward(gyb, NULL, gW13, gW2, sb, N, d, F);
+    real *out = malloc(sizeof(real) * nx), *n = malloc(sizeof(real) * nx), *rs = malloc(sizeof(real) * N);
+    real *ya = malloc(sizeof(real) * nx);
+    CPU->residual_rmsnorm_forward(out, x, y, n, rs, w, N, d, 1e-5f);
+    GPU16->to_host(ya, gya, sizeof(real) * nx);
+    printf("  norm into the bf16 MLP's input N=%d d=%d F=%d\n", N, d, F);
+    cmp("residual sum", out, gout, nx, 1e-7);
+    cmp("rstd", rs, grs, (size_t)N, 1e-6);
+    cmp("MLP output (x = NULL)", ya, gyb, nx, 0);
+    void *bufs[] = {gx, gy, gw, gW13, gW2, gout, gn, grs, gya, gyb, sa, sb};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) GPU16->release(bufs[i]);
+    real *hb[] = {x, y, w, W13, W2, out, n, rs, ya};
+    for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
+}
+
 static void test_mlp_bf16(void **s) {
     (void)s;
     NEED_GPU();
@@ -150,6 +184,8 @@ static void test_mlp_bf16(void **s) {
     gsl_rng *r = test_rng(12);
     mlp_bf16_case(r, 300, 32, 48); /* F % 8 == 0: the 8-wide SwiGLU kernels */
     mlp_bf16_case(r, 77, 24, 20);  /* the one-element kernels */
+    norm_into_mlp_case(r, 300, 128, 352); /* MAD's d and F */
+    norm_into_mlp_case(r, 77, 200, 48);   /* the 8-column-a-lane kernel, ragged */
     gsl_rng_free(r);
 }
 
@@ -329,9 +365,11 @@ static void test_rope(void **s) {
     (void)s;
     NEED_GPU();
     gsl_rng *r = test_rng(5);
-    int T = 50, B = 3, N = B * T, H = 4, hd = 8, ld = 3 * H * hd; /* inside a fused row */
-    int rots[2] = {8, 4};
-    for (int k = 0; k < 2; k++) {
+    int T = 50, B = 3, N = B * T, H = 4;
+    /* (head dim, rot): four pairs a thread where rot % 8 == 0 (one or two groups), else one */
+    int hds[4] = {8, 8, 16, 16}, rots[4] = {8, 4, 16, 8};
+    for (int k = 0; k < 4; k++) {
+        int hd = hds[k], ld = 3 * H * hd; /* inside a fused row */
         size_t n = (size_t)N * ld;
         real *x = randv(r, n, 1), *gx = up(GPU, x, sizeof(real) * n);
         CPU->rope_forward(x, N, T, H, hd, ld, rots[k], 10000), GPU->rope_forward(gx, N, T, H, hd, ld, rots[k], 10000);

@@ -13,6 +13,7 @@
 #include <cstdlib>
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "../ops.h"
@@ -88,6 +89,11 @@ void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float b
 // forward, -1 turns dq, dk (dr) back after a backward; AttnArgs.dbias by a column sum after
 void cu_attn_rope(const AttnArgs *a, float sgn);
 void cu_attn_bias(const AttnArgs *a);
+
+// residual_rmsnorm_forward with the norm written in bf16 (layers_cuda.cu), for the bf16
+// MLP's input (mlp_cuda.cu); false where C has no one-pass kernel (nothing is done)
+bool cu_residual_rmsnorm_bf16(float *out, const float *x, const float *y, __nv_bfloat16 *nout,
+                              float *rstd, const float *w, int N, int C, float eps);
 
 // cuBLAS compute type of a table's precision (0 fp32, 1 tf32, 2 bf16): fp32 in and out,
 // tensor-core operands rounded to tf32 or bf16 for 1 and 2

@@ -3,6 +3,8 @@
 // fp32 over a scratch buffer, so nothing is summed with atomics.
 #include <cstdint>
 
+#include <cuda_bf16.h>
+
 #include "cuda_common.cuh"
 
 // ---- RMSNorm ---------------------------------------------------------------------
@@ -86,9 +88,10 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
     CKL();
 }
 
-// out = x + y and its norm in one pass: a warp per row, the row kept in registers
-template <int K> // C <= 32 K
-__global__ void residual_rmsnorm_kernel(float *out, const float *x, const float *y, float *nout,
+// out = x + y and its norm in one pass: a warp per row, the row kept in registers; the
+// norm written as NT (float, or bf16 for the MLP's input: cu_residual_rmsnorm_bf16)
+template <int K, typename NT> // C <= 32 K
+__global__ void residual_rmsnorm_kernel(float *out, const float *x, const float *y, NT *nout,
                                         float *rstd, const float *w, int N, int C, float eps) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
@@ -108,27 +111,36 @@ __global__ void residual_rmsnorm_kernel(float *out, const float *x, const float 
 #pragma unroll
     for (int k = 0; k < K; k++) {
         int c = lane + 32 * k;
-        if (c < C) nout[o + c] = v[k] * r * (w ? w[c] : 1.f);
+        if (c < C) nout[o + c] = (NT)(v[k] * r * (w ? w[c] : 1.f));
     }
 }
 __global__ void add_kernel(float *out, const float *x, const float *y, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) out[i] = x[i] + y[i];
 }
+// the one-pass kernel where C fits (16 < C <= 256); false: the caller runs it in passes
+template <typename NT>
+static bool residual_rmsnorm_fused(float *out, const float *x, const float *y, NT *nout,
+                                   float *rstd, const float *w, int N, int C, float eps) {
+    if (C > 16 && C <= 128)
+        residual_rmsnorm_kernel<4, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+    else if (C > 16 && C <= 256)
+        residual_rmsnorm_kernel<8, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+    else return false;
+    CKL();
+    return true;
+}
 static void residual_rmsnorm_forward(float *out, const float *x, const float *y, float *nout,
                                      float *rstd, const float *w, int N, int C, float eps) {
-    if (C > 16 && C <= 128)
-        residual_rmsnorm_kernel<4><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
-    else if (C > 16 && C <= 256)
-        residual_rmsnorm_kernel<8><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
-    else {
-        long n = (long)N * C;
-        add_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(out, x, y, n);
-        CKL();
-        if (nout) rmsnorm_forward(nout, rstd, out, w, N, C, eps);
-        return;
-    }
+    if (residual_rmsnorm_fused(out, x, y, nout, rstd, w, N, C, eps)) return;
+    long n = (long)N * C;
+    add_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(out, x, y, n);
     CKL();
+    if (nout) rmsnorm_forward(nout, rstd, out, w, N, C, eps);
+}
+bool cu_residual_rmsnorm_bf16(float *out, const float *x, const float *y, __nv_bfloat16 *nout,
+                              float *rstd, const float *w, int N, int C, float eps) {
+    return residual_rmsnorm_fused(out, x, y, nout, rstd, w, N, C, eps);
 }
 
 // dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
@@ -436,11 +448,39 @@ __global__ void rope_kernel(float *x, const float *cs, int N, int T, int H, int 
     v[k] = x1 * c - x2 * s;
     v[k + half] = x2 * c + x1 * s;
 }
+// the same, four pairs a thread (rot % 8 == 0, hd and ld multiples of 4, x 16-byte
+// aligned): float4 loads and stores of x and the table, the same arithmetic per element
+__global__ void rope4_kernel(float *x, const float *cs, int N, int T, int H, int hd, int ld,
+                             int rot, float sgn) {
+    int half = rot / 2, q4 = half / 4;
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= (long)N * H * q4) return;
+    int k = 4 * (int)(i % q4);
+    long nh = i / q4;
+    int h = (int)(nh % H), n = (int)(nh / H), t = n % T;
+    float *v = x + (size_t)n * ld + (size_t)h * hd + k;
+    const float4 *c4 = reinterpret_cast<const float4 *>(cs + 2 * ((size_t)t * half + k));
+    float4 cs01 = c4[0], cs23 = c4[1];
+    float c[4] = {cs01.x, cs01.z, cs23.x, cs23.z};
+    float sn[4] = {sgn * cs01.y, sgn * cs01.w, sgn * cs23.y, sgn * cs23.w};
+    float4 a = *reinterpret_cast<float4 *>(v), b = *reinterpret_cast<float4 *>(v + half);
+    float x1[4] = {a.x, a.y, a.z, a.w}, x2[4] = {b.x, b.y, b.z, b.w}, y1[4], y2[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        y1[e] = x1[e] * c[e] - x2[e] * sn[e];
+        y2[e] = x2[e] * c[e] + x1[e] * sn[e];
+    }
+    *reinterpret_cast<float4 *>(v) = make_float4(y1[0], y1[1], y1[2], y1[3]);
+    *reinterpret_cast<float4 *>(v + half) = make_float4(y2[0], y2[1], y2[2], y2[3]);
+}
 void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float base, float sgn) {
     long n = (long)N * H * (rot / 2);
     if (!n) return;
     const float *cs = cu_rope_table(T, rot, base);
-    rope_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(x, cs, N, T, H, hd, ld, rot, sgn);
+    if (rot % 8 == 0 && hd % 4 == 0 && ld % 4 == 0 && cu_aligned16(x, cs))
+        rope4_kernel<<<cu_blocks(n / 4, 256), 256, 0, cu.stream>>>(x, cs, N, T, H, hd, ld, rot, sgn);
+    else
+        rope_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(x, cs, N, T, H, hd, ld, rot, sgn);
     CKL();
 }
 static void rope_forward(float *x, int N, int T, int H, int hd, int ld, int rot, float base) {

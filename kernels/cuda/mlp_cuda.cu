@@ -4,7 +4,7 @@
 // largest tensors of a MAD step, and at fp32 the MLP's matmuls and SwiGLU passes are
 // bound by moving them. Matmuls take bf16 operands and accumulate in fp32 (cuBLAS
 // COMPUTE_32F); the MLP's output, the weight gradients and dx stay fp32.
-//   forward   xb = bf16(x), ab = xb W13^T (bf16), h = silu(a) b (bf16), y = h W2^T (fp32)
+//   forward   xb = bf16(x) (or written by the norm before), ab = xb W13^T (bf16), h = silu(a) b (bf16), y = h W2^T (fp32)
 //   backward  dyb = bf16(dy), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
 //             dx = dab W13 (fp32, written), dW13 += dab^T xb
 // W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
@@ -144,7 +144,7 @@ void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
 void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
                  int d, int F) {
     Save s = layout(save, N, d, F);
-    to_bf16(s.xb, x, (long)N * d);
+    if (x) to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_mlp_forward wrote it
     if (W2 == W13 + 2L * F * d) { // adjacent parameters (the model's): one conversion
         to_bf16(s.w13, W13, 3L * F * d);
     } else {
@@ -154,6 +154,13 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
     gemm(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
     swiglu_fwd_bf16(s.h, s.ab, N, F);
     gemm(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
+}
+
+// the MLP's input from the residual stream's norm, written in bf16 only: no fp32 copy and
+// no conversion pass (xb is the first tensor of the layout whatever F is)
+int residual_rmsnorm_mlp_forward(float *out, const float *x, const float *y, void *save,
+                                 float *rstd, const float *w, int N, int C, float eps) {
+    return cu_residual_rmsnorm_bf16(out, x, y, layout(save, N, C, 0).xb, rstd, w, N, C, eps);
 }
 
 void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *save, int N, int d,
@@ -176,10 +183,12 @@ void cu_fill_mlp(Ops *o, int p) {
     o->mlp_save_bytes = p == 2 ? save_bytes : nullptr;
     o->mlp_forward = p == 2 ? mlp_forward : nullptr;
     o->mlp_backward = p == 2 ? mlp_backward : nullptr;
+    o->residual_rmsnorm_mlp_forward = p == 2 ? residual_rmsnorm_mlp_forward : nullptr;
 }
 #else
 void cu_fill_mlp(Ops *o, int p) {
     (void)p;
     o->mlp_save_bytes = nullptr, o->mlp_forward = nullptr, o->mlp_backward = nullptr;
+    o->residual_rmsnorm_mlp_forward = nullptr;
 }
 #endif
