@@ -143,8 +143,9 @@ typedef struct Ops {
     /* Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
      * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
      * (mlp_save_bytes(N, d, F) bytes, backend-private) between forward and backward.
-     * x = NULL: the saved input was written by residual_rmsnorm_mlp_forward. Forward writes y; backward writes dx and adds into dW13, dW2. NULL: the model
-     * composes matmul and swiglu. */
+     * Forward writes y; backward writes dx and adds into dW13, dW2. x = NULL: the saved
+     * input was written by residual_rmsnorm_mlp_forward; dy = NULL: the output gradient by
+     * rmsnorm_backward_mlp. NULL: the model composes matmul and swiglu. */
     size_t (*mlp_save_bytes)(int N, int d, int F);
     void (*mlp_forward)(real *y, const real *x, const real *W13, const real *W2, void *save, int N,
                         int d, int F);
@@ -155,6 +156,11 @@ typedef struct Ops {
      * mlp_forward is called with x = NULL. Returns 0 when it did nothing. */
     int (*residual_rmsnorm_mlp_forward)(real *out, const real *x, const real *y, void *mlp_save,
                                         real *rstd, const real *w, int N, int C, real eps);
+    /* Optional (with mlp_backward): rmsnorm_backward (write: dx =, else +=) whose dx is the
+     * MLP's output gradient, also written in bf16 into its saved state; then mlp_backward
+     * is called with dy = NULL. Returns 0 when it did nothing. */
+    int (*rmsnorm_backward_mlp)(real *dx, real *dw, const real *dout, const real *x, const real *w,
+                                const real *rstd, int N, int C, int write, void *mlp_save);
     /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
     void (*gelu_forward)(real *y, const real *x, long n);
     /* dx = dy (Phi(x) + x phi(x)) (writes) */

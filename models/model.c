@@ -48,6 +48,7 @@ typedef struct {
     int ld;
     void *save; /* the backend's whole-MLP op (ops->mlp_forward) in use: its saved state */
     int x_saved; /* the norm before wrote the input into save (residual_rmsnorm_mlp_forward) */
+    int dy_saved; /* the norm after wrote the output gradient into save (rmsnorm_backward_mlp) */
 } Mlp;
 
 struct Model {
@@ -324,7 +325,8 @@ static void mlp_backward(Model *m, int l, int N) {
     Mlp *p = &m->mlps[l];
     const real *x = m->ln[2 * l + 1];
     if (p->save) {
-        ops->mlp_backward(m->dln, G(m, p->w1), G(m, p->w2), m->dres, p->save, N, d, F);
+        ops->mlp_backward(m->dln, G(m, p->w1), G(m, p->w2), p->dy_saved ? NULL : m->dres, p->save,
+                          N, d, F);
         return;
     }
     linear_backward_beta(ops, p->dh, 0, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
@@ -366,6 +368,24 @@ void model_forward(Model *m, int B, int with_loss) {
         ops->crossentropy(m->loss, m->dlogits, m->logits, m->targets, m->inv_count, N, D->V);
 }
 
+/* dres (write: =, else +=) the gradient through the norm after residual state s (s = 2L:
+ * the final one); where MLP `mlp` reads dres next (-1: none), the backend may also write it
+ * in bf16 into the MLP's saved state, as the MLP stores it */
+static void norm_backward(Model *m, int s, int N, int write, int mlp) {
+    const Ops *ops = m->ops;
+    const ModelDims *D = &m->dims;
+    int fin = s == 2 * D->layers, d = D->d;
+    real *dw = G(m, fin ? m->p_final_norm : m->p_norm[s]), *rstd = fin ? m->fin_rstd : m->rstd[s];
+    const real *w = P(m, fin ? m->p_final_norm : m->p_norm[s]);
+    Mlp *p = mlp >= 0 ? &m->mlps[mlp] : NULL;
+    if (p && p->save && ops->rmsnorm_backward_mlp)
+        p->dy_saved = ops->rmsnorm_backward_mlp(m->dres, dw, m->dln, m->res[s], w, rstd, N, d, write,
+                                                p->save);
+    if (p && p->dy_saved) return;
+    if (write) rmsnorm_backward_write(ops, m->dres, dw, m->dln, m->res[s], w, rstd, N, d);
+    else ops->rmsnorm_backward(m->dres, dw, m->dln, m->res[s], w, rstd, N, d);
+}
+
 void model_backward(Model *m, int B) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
@@ -378,19 +398,16 @@ void model_backward(Model *m, int B) {
         ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm), m->fin_rstd,
                     m->dres, B, D->T);
     } else {
-        rmsnorm_backward_write(ops, m->dres, G(m, m->p_final_norm), m->dln, m->res[2 * L],
-                               P(m, m->p_final_norm), m->fin_rstd, N, d);
+        norm_backward(m, 2 * L, N, 1, F ? L - 1 : -1);
     }
     for (int l = L - 1; l >= 0; l--) {
         if (F) {
             mlp_backward(m, l, N);
-            ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l + 1]), m->dln, m->res[2 * l + 1],
-                                  P(m, m->p_norm[2 * l + 1]), m->rstd[2 * l + 1], N, d);
+            norm_backward(m, 2 * l + 1, N, 0, -1);
         }
         if (!m->kind->backward_writes_dx) ops->zero(m->dln, nd);
         m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->dres, m->dln, B, D->T);
-        ops->rmsnorm_backward(m->dres, G(m, m->p_norm[2 * l]), m->dln, m->res[2 * l],
-                              P(m, m->p_norm[2 * l]), m->rstd[2 * l], N, d);
+        norm_backward(m, 2 * l, N, 0, F && l > 0 ? l - 1 : -1);
     }
     ops->embedding_backward(G(m, m->p_embed), m->dres, m->tokens, N, d, D->V);
 }

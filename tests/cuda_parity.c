@@ -143,7 +143,8 @@ static void mlp_bf16_case(gsl_rng *r, int N, int d, int F) {
 /* The norm that writes the MLP's input into its saved state in bf16 only
  * (residual_rmsnorm_mlp_forward, then mlp_forward with x = NULL): the residual sum and
  * rstd as the CPU's, and the MLP's output bit for bit that of the fp32 norm output
- * converted by the MLP (both round the same float once, to nearest even). */
+ * converted by the MLP (both round the same float once, to nearest even). The same for
+ * the norm's backward that hands the MLP its output gradient (rmsnorm_backward_mlp). */
 static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     size_t nx = (size_t)N * d;
     real *x = randv(r, nx, 1), *y = randv(r, nx, 1), *w = randv(r, d, 1);
@@ -168,6 +169,39 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     cmp("residual sum", out, gout, nx, 1e-7);
     cmp("rstd", rs, grs, (size_t)N, 1e-6);
     cmp("MLP output (x = NULL)", ya, gyb, nx, 0);
+    /* backward: the norm (after the MLP) that also writes its dx in bf16 as the MLP's
+     * output gradient (rmsnorm_backward_mlp, then mlp_backward with dy = NULL), written
+     * and accumulated: everything bit for bit as the fp32 dx converted by the MLP */
+    real *dout = randv(r, nx, 1), *dx0 = randv(r, nx, 1), *h = malloc(sizeof(real) * nx);
+    real *hw = malloc(sizeof(real) * d), *h13 = malloc(sizeof(real) * 2 * F * d);
+    real *h2 = malloc(sizeof(real) * d * F), *hmx = malloc(sizeof(real) * nx);
+    real *gdout = up(GPU16, dout, sizeof(real) * nx);
+    for (int write = 1; write >= 0; write--) {
+        real *gd[2], *gdw[2], *gmx[2], *gd13[2], *gd2[2];
+        for (int k = 0; k < 2; k++) {
+            gd[k] = up(GPU16, dx0, sizeof(real) * nx), gdw[k] = GPU16->alloc(sizeof(real) * d);
+            gmx[k] = GPU16->alloc(sizeof(real) * nx), gd13[k] = GPU16->alloc(sizeof(real) * 2 * F * d);
+            gd2[k] = GPU16->alloc(sizeof(real) * d * F);
+        }
+        if (write) GPU16->rmsnorm_backward_write(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
+        else GPU16->rmsnorm_backward(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
+        GPU16->mlp_backward(gmx[0], gd13[0], gd2[0], gd[0], sa, N, d, F);
+        assert_int_equal(GPU16->rmsnorm_backward_mlp(gd[1], gdw[1], gdout, gout, gw, grs, N, d, write, sb), 1);
+        GPU16->mlp_backward(gmx[1], gd13[1], gd2[1], NULL, sb, N, d, F);
+        printf("   %s\n", write ? "norm backward written" : "norm backward accumulated");
+        GPU16->to_host(h, gd[0], sizeof(real) * nx), cmp("norm dx", h, gd[1], nx, 0);
+        GPU16->to_host(hw, gdw[0], sizeof(real) * d), cmp("norm dw", hw, gdw[1], (size_t)d, 0);
+        GPU16->to_host(hmx, gmx[0], sizeof(real) * nx), cmp("MLP dx (dy = NULL)", hmx, gmx[1], nx, 0);
+        GPU16->to_host(h13, gd13[0], sizeof(real) * 2 * F * d), cmp("MLP dW13", h13, gd13[1], 2 * F * d, 0);
+        GPU16->to_host(h2, gd2[0], sizeof(real) * d * F), cmp("MLP dW2", h2, gd2[1], (size_t)d * F, 0);
+        for (int k = 0; k < 2; k++) {
+            void *b[] = {gd[k], gdw[k], gmx[k], gd13[k], gd2[k]};
+            for (int i = 0; i < 5; i++) GPU16->release(b[i]);
+        }
+    }
+    GPU16->release(gdout);
+    real *hb2[] = {dout, dx0, h, hw, h13, h2, hmx};
+    for (size_t i = 0; i < sizeof hb2 / sizeof *hb2; i++) free(hb2[i]);
     void *bufs[] = {gx, gy, gw, gW13, gW2, gout, gn, grs, gya, gyb, sa, sb};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) GPU16->release(bufs[i]);
     real *hb[] = {x, y, w, W13, W2, out, n, rs, ya};

@@ -95,6 +95,11 @@ void cu_attn_bias(const AttnArgs *a);
 bool cu_residual_rmsnorm_bf16(float *out, const float *x, const float *y, __nv_bfloat16 *nout,
                               float *rstd, const float *w, int N, int C, float eps);
 
+// rmsnorm_backward (write: dx =, else +=) with dx also written in bf16 to dxb, for the bf16
+// MLP's output gradient (mlp_cuda.cu); false where the one-pass kernel does not apply
+bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         const float *rstd, int N, int C, bool write, __nv_bfloat16 *dxb);
+
 // cuBLAS compute type of a table's precision (0 fp32, 1 tf32, 2 bf16): fp32 in and out,
 // tensor-core operands rounded to tf32 or bf16 for 1 and 2
 inline cublasComputeType_t cu_compute_type(int precision) {

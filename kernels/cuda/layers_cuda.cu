@@ -187,11 +187,12 @@ __device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], f
             d[k] = write ? make_float4(0.f, 0.f, 0.f, 0.f) : ld4(dx + i);
         }
 }
+// dxb (may be NULL): dx also in bf16, the bf16 MLP's output gradient (cu_rmsnorm_bwd_bf16)
 template <int K> // C <= 128 K: lane owns columns 4 lane + 128 k .. + 3 for k < K
 __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float *part, const float *dout,
                                                                  const float *x, const float *w,
                                                                  const float *rstd, int N, int C,
-                                                                 bool write) {
+                                                                 bool write, __nv_bfloat16 *dxb) {
     __shared__ float red[8][256]; // [warp][column] partial dw sums
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, b = blockIdx.x;
     int n = b * NORM_BLOCK_ROWS + warp, n1 = min(N, (b + 1) * NORM_BLOCK_ROWS);
@@ -231,6 +232,12 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
                 d[k].z += r * wv[k].z * g[k].z - s * xv[k].z * dot;
                 d[k].w += r * wv[k].w * g[k].w - s * xv[k].w * dot;
                 *reinterpret_cast<float4 *>(dx + o + 4 * lane + 128 * k) = d[k];
+                if (dxb) {
+                    __nv_bfloat162 lo = __floats2bfloat162_rn(d[k].x, d[k].y);
+                    __nv_bfloat162 hi = __floats2bfloat162_rn(d[k].z, d[k].w);
+                    *reinterpret_cast<uint2 *>(dxb + o + 4 * lane + 128 * k) =
+                        make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
+                }
                 acc[k].x += g[k].x * xv[k].x * r, acc[k].y += g[k].y * xv[k].y * r;
                 acc[k].z += g[k].z * xv[k].z * r, acc[k].w += g[k].w * xv[k].w * r;
                 g[k] = gn[k], xv[k] = xn[k], d[k] = dn[k];
@@ -268,22 +275,33 @@ __global__ void __launch_bounds__(1024) rmsnorm_dw_final_kernel(float *dw, const
     }
 }
 // write: dx = (not +=) the input gradient, no zeroing pass before (rmsnorm_backward_write)
+// the one-pass kernel (16 < C <= 256, C % 4 == 0, aligned rows), dx also in bf16 where
+// dxb is given; false: nothing done
+static bool rmsnorm_bwd_fused(float *dx, float *dw, const float *dout, const float *x,
+                              const float *w, const float *rstd, int N, int C, bool write,
+                              __nv_bfloat16 *dxb) {
+    if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(dx, dout, x, w) && cu_aligned16(dxb)))
+        return false;
+    if (N <= 0) return true;
+    int S = cu_blocks(N, NORM_BLOCK_ROWS);
+    float *part = dw ? cu_scratch((size_t)S * C) : nullptr;
+    if (C <= 128)
+        rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
+    else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
+    CKL();
+    if (dw) {
+        rmsnorm_dw_final_kernel<<<cu_blocks(C, 32), dim3(32, 32), 0, cu.stream>>>(dw, part, S, C);
+        CKL();
+    }
+    return true;
+}
+bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         const float *rstd, int N, int C, bool write, __nv_bfloat16 *dxb) {
+    return rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, dxb);
+}
 static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int C, bool write) {
-    if (C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(dx, dout, x, w)) {
-        if (N <= 0) return;
-        int S = cu_blocks(N, NORM_BLOCK_ROWS);
-        float *part = dw ? cu_scratch((size_t)S * C) : nullptr;
-        if (C <= 128)
-            rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write);
-        else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write);
-        CKL();
-        if (dw) {
-            rmsnorm_dw_final_kernel<<<cu_blocks(C, 32), dim3(32, 32), 0, cu.stream>>>(dw, part, S, C);
-            CKL();
-        }
-        return;
-    }
+    if (rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, nullptr)) return;
     int nb = cu_blocks(N, 256);
     if ((C == 4 || C == 8 || C == 16) && cu_aligned16(dx, dout, x)) {
         if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);

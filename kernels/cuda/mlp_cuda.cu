@@ -5,7 +5,7 @@
 // bound by moving them. Matmuls take bf16 operands and accumulate in fp32 (cuBLAS
 // COMPUTE_32F); the MLP's output, the weight gradients and dx stay fp32.
 //   forward   xb = bf16(x) (or written by the norm before), ab = xb W13^T (bf16), h = silu(a) b (bf16), y = h W2^T (fp32)
-//   backward  dyb = bf16(dy), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
+//   backward  dyb = bf16(dy) (or written by the norm's backward), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
 //             dx = dab W13 (fp32, written), dW13 += dab^T xb
 // W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
 // rows. The CPU emulation has no bf16 matmul: there the op stays NULL and the model
@@ -19,14 +19,17 @@ namespace {
 
 typedef __nv_bfloat16 bf16;
 
-// the forward's saved tensors, in one buffer per layer (element offsets)
+// the forward's saved tensors, in one buffer per layer (element offsets), and the output
+// gradient dyb, which the norm's backward may write (rmsnorm_backward_mlp); xb and dyb
+// come first, where they are whatever F is
 struct Save {
-    bf16 *xb, *ab, *h, *w13, *w2;
+    bf16 *xb, *dyb, *ab, *h, *w13, *w2;
 };
 Save layout(void *p, int N, int d, int F) {
     bf16 *b = (bf16 *)p;
     Save s;
     s.xb = b, b += (size_t)N * d;
+    s.dyb = b, b += (size_t)N * d;
     s.ab = b, b += (size_t)N * 2 * F;
     s.h = b, b += (size_t)N * F;
     s.w13 = b, b += (size_t)2 * F * d;
@@ -34,7 +37,7 @@ Save layout(void *p, int N, int d, int F) {
     return s;
 }
 size_t save_bytes(int N, int d, int F) {
-    return sizeof(bf16) * ((size_t)N * d + (size_t)N * 3 * F + (size_t)3 * F * d);
+    return sizeof(bf16) * (2 * (size_t)N * d + (size_t)N * 3 * F + (size_t)3 * F * d);
 }
 
 __global__ void to_bf16_kernel(bf16 *y, const float *x, long n) {
@@ -157,19 +160,23 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
 }
 
 // the MLP's input from the residual stream's norm, written in bf16 only: no fp32 copy and
-// no conversion pass (xb is the first tensor of the layout whatever F is)
+// no conversion pass
 int residual_rmsnorm_mlp_forward(float *out, const float *x, const float *y, void *save,
                                  float *rstd, const float *w, int N, int C, float eps) {
     return cu_residual_rmsnorm_bf16(out, x, y, layout(save, N, C, 0).xb, rstd, w, N, C, eps);
+}
+// the norm backward whose dx is the MLP's output gradient: dx in bf16 too, as it is stored
+int rmsnorm_backward_mlp(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                         const float *rstd, int N, int C, int write, void *save) {
+    return cu_rmsnorm_bwd_bf16(dx, dw, dout, x, w, rstd, N, C, write, layout(save, N, C, 0).dyb);
 }
 
 void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *save, int N, int d,
                   int F) {
     Save s = layout(save, N, d, F);
-    // scratch: dyb [N,d], dh [N,F], dab [N,2F] in bf16
-    bf16 *dyb = (bf16 *)cu_scratch(((size_t)N * d + (size_t)N * 3 * F + 1) / 2);
-    bf16 *dh = dyb + (size_t)N * d, *dab = dh + (size_t)N * F;
-    to_bf16(dyb, dy, (long)N * d);
+    bf16 *dyb = s.dyb, *dh = (bf16 *)cu_scratch(((size_t)N * 3 * F + 1) / 2); // dh [N,F], dab [N,2F]
+    bf16 *dab = dh + (size_t)N * F;
+    if (dy) to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
     gemm(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
     gemm(dW2, CUDA_R_32F, dyb, s.h, d, F, N, 1, 0, 1.f);
     swiglu_bwd_bf16(dab, dh, s.ab, N, F);
@@ -184,11 +191,12 @@ void cu_fill_mlp(Ops *o, int p) {
     o->mlp_forward = p == 2 ? mlp_forward : nullptr;
     o->mlp_backward = p == 2 ? mlp_backward : nullptr;
     o->residual_rmsnorm_mlp_forward = p == 2 ? residual_rmsnorm_mlp_forward : nullptr;
+    o->rmsnorm_backward_mlp = p == 2 ? rmsnorm_backward_mlp : nullptr;
 }
 #else
 void cu_fill_mlp(Ops *o, int p) {
     (void)p;
     o->mlp_save_bytes = nullptr, o->mlp_forward = nullptr, o->mlp_backward = nullptr;
-    o->residual_rmsnorm_mlp_forward = nullptr;
+    o->residual_rmsnorm_mlp_forward = nullptr, o->rmsnorm_backward_mlp = nullptr;
 }
 #endif
