@@ -114,6 +114,42 @@ __global__ void residual_rmsnorm_kernel(float *out, const float *x, const float 
         if (c < C) nout[o + c] = (NT)(v[k] * r * (w ? w[c] : 1.f));
     }
 }
+// the same with 16-byte accesses (C % 4 == 0, C <= 128 K, aligned rows): lane owns columns
+// 4 lane + 128 k .. + 3, as rmsnorm_bwd_fused_kernel (MAD's d = 128: one float4 a lane)
+__device__ __forceinline__ void st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
+__device__ __forceinline__ void st4(__nv_bfloat16 *p, float4 v) {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    *reinterpret_cast<uint2 *>(p) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
+}
+template <int K, typename NT>
+__global__ void residual_rmsnorm4_kernel(float *out, const float *x, const float *y, NT *nout,
+                                         float *rstd, const float *w, int N, int C, float eps) {
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N) return;
+    size_t o = (size_t)row * C;
+    float4 v[K];
+    float ss = 0;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = 4 * lane + 128 * k;
+        if (c >= C) continue;
+        float4 a = *reinterpret_cast<const float4 *>(x + o + c), b = *reinterpret_cast<const float4 *>(y + o + c);
+        v[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+        st4(out + o + c, v[k]);
+        ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+    }
+    if (!nout) return;
+    ss = warp_sum(ss);
+    float r = (float)(1.0 / sqrt((double)(ss / C + eps)));
+    if (lane == 0) rstd[row] = r;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        int c = 4 * lane + 128 * k;
+        if (c >= C) continue;
+        float4 g = w ? *reinterpret_cast<const float4 *>(w + c) : make_float4(1.f, 1.f, 1.f, 1.f);
+        st4(nout + o + c, make_float4(v[k].x * r * g.x, v[k].y * r * g.y, v[k].z * r * g.z, v[k].w * r * g.w));
+    }
+}
 __global__ void add_kernel(float *out, const float *x, const float *y, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) out[i] = x[i] + y[i];
@@ -122,7 +158,11 @@ __global__ void add_kernel(float *out, const float *x, const float *y, long n) {
 template <typename NT>
 static bool residual_rmsnorm_fused(float *out, const float *x, const float *y, NT *nout,
                                    float *rstd, const float *w, int N, int C, float eps) {
-    if (C > 16 && C <= 128)
+    if (C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, x, y, w) && cu_aligned16(nout)) {
+        if (C <= 128)
+            residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+        else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+    } else if (C > 16 && C <= 128)
         residual_rmsnorm_kernel<4, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
     else if (C > 16 && C <= 256)
         residual_rmsnorm_kernel<8, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);

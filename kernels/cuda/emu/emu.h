@@ -119,6 +119,14 @@ template <class T> inline T *emu_dyn_smem() { return static_cast<T *>(emu::dyn_s
 // ---- synchronisation and warp collectives -------------------------------------------------
 void emu_syncthreads(const char *file, int line);
 #define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
+// one OS thread runs every fiber, switching only at collectives: device atomics and
+// fences are plain operations
+inline unsigned atomicAdd(unsigned *p, unsigned v) {
+    unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+inline void __threadfence() {}
 
 inline void __syncwarp(unsigned mask = 0xffffffffu, const char *file = __builtin_FILE(),
                        int line = __builtin_LINE()) {
