@@ -236,6 +236,19 @@ static void test_vector_ops(void **s) {
     cmp("add_bias", y, dy, n, 1e-6);
     CPU->bias_backward(db, x, N, C), GPU->bias_backward(ddb, dx, N, C);
     cmp("bias_backward", db, ddb, C, 1e-5);
+    { /* column sums at MAD's size (two-stage: 256 x 128 parts) and larger, twice in a row */
+        int rows[2] = {16384, 40000};
+        for (int k = 0; k < 2; k++) {
+            size_t m = (size_t)rows[k] * 128;
+            real *a = randv(r, m, 1), *o = randv(r, 128, 1), *ga = up(GPU, a, sizeof(real) * m);
+            real *go = up(GPU, o, sizeof(real) * 128);
+            for (int rep = 0; rep < 2; rep++)
+                CPU->bias_backward(o, a, rows[k], 128), GPU->bias_backward(go, ga, rows[k], 128);
+            printf("  bias_backward N=%d C=128, twice\n", rows[k]);
+            cmp("bias_backward", o, go, 128, 1e-5);
+            GPU->release(ga), GPU->release(go), free(a), free(o);
+        }
+    }
     CPU->axpy(y, x, (real)-0.3, (long)n), GPU->axpy(dy, dx, (real)-0.3, (long)n);
     cmp("axpy", y, dy, n, 1e-6);
     CPU->scale(y, (real)1.7, (long)n), GPU->scale(dy, (real)1.7, (long)n);

@@ -50,7 +50,7 @@ __global__ void xent_kernel(float *loss, double *part, float *dlogits, const flo
     // the last block: 256 strided sums of the parts, then a fixed tree
     __shared__ double t[256];
     double v = 0;
-    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) v += ((volatile double *)part)[i];
+    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) v += __ldcg(part + i); // L2, not L1
     t[threadIdx.x] = v;
     __syncthreads();
     for (int w = 128; w > 0; w >>= 1) {

@@ -127,6 +127,7 @@ inline unsigned atomicAdd(unsigned *p, unsigned v) {
     return old;
 }
 inline void __threadfence() {}
+template <typename T> inline T __ldcg(const T *p) { return *p; }
 
 inline void __syncwarp(unsigned mask = 0xffffffffu, const char *file = __builtin_FILE(),
                        int line = __builtin_LINE()) {
