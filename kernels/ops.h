@@ -131,6 +131,10 @@ typedef struct Ops {
                                    const real *w, const real *rstd, int N, int C);
     /* out[N,C] = table[tokens[n], :] (writes) */
     void (*embedding_forward)(real *out, const int *tokens, const real *table, int N, int C);
+    /* Optional: embedding_forward, then rmsnorm_forward(nout, rstd, out, w) in one pass
+     * (writes); returns 0 when it did nothing */
+    int (*embedding_rmsnorm_forward)(real *out, const int *tokens, const real *table, real *nout,
+                                     real *rstd, const real *w, int N, int C, real eps);
     /* dtable[V,C] += scatter of dout by token */
     void (*embedding_backward)(real *dtable, const real *dout, const int *tokens, int N, int C,
                                int V);

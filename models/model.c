@@ -344,8 +344,14 @@ void model_forward(Model *m, int B, int with_loss) {
     const ModelDims *D = &m->dims;
     int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
     size_t nd = sizeof(real) * (size_t)N * d;
-    ops->embedding_forward(m->res[0], m->tokens, P(m, m->p_embed), N, d);
-    norm_state(m, 0, N);
+    real *nout, *rstd;
+    const real *nw;
+    if (!(norm_after(m, 0, &nout, &rstd, &nw) && ops->embedding_rmsnorm_forward &&
+          ops->embedding_rmsnorm_forward(m->res[0], m->tokens, P(m, m->p_embed), nout, rstd, nw, N,
+                                         d, D->norm_eps))) {
+        ops->embedding_forward(m->res[0], m->tokens, P(m, m->p_embed), N, d);
+        norm_state(m, 0, N);
+    }
     for (int l = 0; l < L; l++) {
         /* mixer sublayer */
         m->kind->forward(m->mixers[l], ops, m->ln[2 * l], m->tmp, B, D->T);

@@ -336,6 +336,27 @@ static void test_embedding_swiglu_gate(void **s) {
     /* rows 0 and V-1 never appear: they must stay exactly as they were */
     CPU->embedding_backward(dtab, dout, tok, N, C, V), GPU->embedding_backward(gdtab, gdout, gtok, N, C, V);
     cmp("embedding backward", dtab, gdtab, (size_t)V * C, 1e-5);
+    /* the embedding with the norm after it in one pass, where the backend has it (C = 24: one
+     * column group; C = 200: two) */
+    for (int k = 0; k < 2 && GPU->embedding_rmsnorm_forward; k++) {
+        int EC = k ? 200 : 24;
+        size_t ne = (size_t)N * EC;
+        real *et = randv(r, (size_t)V * EC, 1), *w = randv(r, EC, 1), *eo = malloc(sizeof(real) * ne);
+        real *en = malloc(sizeof(real) * ne), *ers = malloc(sizeof(real) * N);
+        real *get = up(GPU, et, sizeof(real) * V * EC), *gw = up(GPU, w, sizeof(real) * EC);
+        real *geo = GPU->alloc(sizeof(real) * ne), *gen = GPU->alloc(sizeof(real) * ne);
+        real *gers = GPU->alloc(sizeof(real) * N);
+        CPU->embedding_forward(eo, tok, et, N, EC);
+        CPU->rmsnorm_forward(en, ers, eo, w, N, EC, (real)1e-5);
+        assert_int_equal(GPU->embedding_rmsnorm_forward(geo, gtok, get, gen, gers, gw, N, EC, (real)1e-5), 1);
+        printf("  embedding + norm N=%d C=%d\n", N, EC);
+        cmp("embedding (+ norm)", eo, geo, ne, 0);
+        cmp("norm after it", en, gen, ne, 1e-6);
+        cmp("its rstd", ers, gers, (size_t)N, 1e-6);
+        void *gb[] = {get, gw, geo, gen, gers};
+        for (int i = 0; i < 5; i++) GPU->release(gb[i]);
+        free(et), free(w), free(eo), free(en), free(ers);
+    }
 
     /* SwiGLU on a and b side by side in rows of 2F (as the MLP's one matmul writes them) */
     int SN = 77, F = 13;

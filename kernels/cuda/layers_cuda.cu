@@ -121,19 +121,22 @@ __device__ __forceinline__ void st4(__nv_bfloat16 *p, float4 v) {
     __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
     *reinterpret_cast<uint2 *>(p) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
 }
+// tok (then y == NULL): out = the embedding rows x[tok[row]] instead of x + y (embedding_rmsnorm_forward)
 template <int K, typename NT>
 __global__ void residual_rmsnorm4_kernel(float *out, const float *x, const float *y, NT *nout,
-                                         float *rstd, const float *w, int N, int C, float eps) {
+                                         float *rstd, const float *w, int N, int C, float eps,
+                                         const int *tok) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= N) return;
-    size_t o = (size_t)row * C;
+    size_t o = (size_t)row * C, xo = tok ? (size_t)tok[row] * C : o;
     float4 v[K];
     float ss = 0;
 #pragma unroll
     for (int k = 0; k < K; k++) {
         int c = 4 * lane + 128 * k;
         if (c >= C) continue;
-        float4 a = *reinterpret_cast<const float4 *>(x + o + c), b = *reinterpret_cast<const float4 *>(y + o + c);
+        float4 a = *reinterpret_cast<const float4 *>(x + xo + c);
+        float4 b = y ? *reinterpret_cast<const float4 *>(y + o + c) : make_float4(0.f, 0.f, 0.f, 0.f);
         v[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
         st4(out + o + c, v[k]);
         ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
@@ -160,8 +163,8 @@ static bool residual_rmsnorm_fused(float *out, const float *x, const float *y, N
                                    float *rstd, const float *w, int N, int C, float eps) {
     if (C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, x, y, w) && cu_aligned16(nout)) {
         if (C <= 128)
-            residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
-        else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
+            residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
+        else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
     } else if (C > 16 && C <= 128)
         residual_rmsnorm_kernel<4, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
     else if (C > 16 && C <= 256)
@@ -369,6 +372,20 @@ __global__ void embed_fwd_kernel(float *out, const int *tok, const float *table,
     if (i >= (long)N * C) return;
     int n = (int)(i / C), c = (int)(i % C);
     out[i] = table[(size_t)tok[n] * C + c];
+}
+// the embedding and the norm after it in one pass (the residual kernel reading table rows
+// by token, adding nothing); 0 where it does not apply (the model then runs the two ops)
+static int embedding_rmsnorm_forward(float *out, const int *tokens, const float *table, float *nout,
+                                     float *rstd, const float *w, int N, int C, float eps) {
+    if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, table, nout, w))) return 0;
+    if (C <= 128)
+        residual_rmsnorm4_kernel<1, float><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(
+            out, table, nullptr, nout, rstd, w, N, C, eps, tokens);
+    else
+        residual_rmsnorm4_kernel<2, float><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(
+            out, table, nullptr, nout, rstd, w, N, C, eps, tokens);
+    CKL();
+    return 1;
 }
 static void embedding_forward(float *out, const int *tokens, const float *table, int N, int C) {
     long n = (long)N * C;
@@ -687,6 +704,7 @@ void cu_fill_layers(Ops *o, int p) {
     o->rmsnorm_backward = rmsnorm_backward;
     o->rmsnorm_backward_write = rmsnorm_backward_write;
     o->embedding_forward = embedding_forward;
+    o->embedding_rmsnorm_forward = embedding_rmsnorm_forward;
     o->embedding_backward = p == 0   ? embedding_backward<0>
                             : p == 1 ? embedding_backward<1>
                                      : embedding_backward<2>;

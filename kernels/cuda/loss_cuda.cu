@@ -7,7 +7,11 @@
 // the last block to finish (a counter, reset by it for the next launch) adds the parts in
 // block order into the loss: a fixed order, the same bits on every run, and no second
 // launch (the single-block sum over every row that it replaces took 6.5 us at MAD's N)
-constexpr int XENT_ROWS = 8; // rows (warps) per block
+constexpr int XENT_ROWS = 16; // rows (warps) per block
+__device__ __forceinline__ double warp_sum_d(double x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
 __device__ unsigned int xent_blocks_done;
 
 __global__ void xent_kernel(float *loss, double *part, float *dlogits, const float *logits,
@@ -47,18 +51,26 @@ __global__ void xent_kernel(float *loss, double *part, float *dlogits, const flo
     __syncthreads();
     if (!last) return;
     __threadfence();
-    // the last block: 256 strided sums of the parts, then a fixed tree
-    __shared__ double t[256];
+    // the last block: strided sums of the parts (through L2, not L1; eight loads in flight
+    // a thread), then the warps' shuffle trees and the warps' sums in order
     double v = 0;
-    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x) v += __ldcg(part + i); // L2, not L1
-    t[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = 128; w > 0; w >>= 1) {
-        if ((int)threadIdx.x < w) t[threadIdx.x] += t[threadIdx.x + w];
-        __syncthreads();
+    for (int i0 = threadIdx.x; i0 < (int)gridDim.x; i0 += 8 * blockDim.x) {
+        double p[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            int i = i0 + k * blockDim.x;
+            p[k] = i < (int)gridDim.x ? __ldcg(part + i) : 0.0;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) v += p[k];
     }
+    v = warp_sum_d(v);
+    if (lane == 0) rows[warp] = v;
+    __syncthreads();
     if (threadIdx.x == 0) {
-        loss[0] += (float)(t[0] * inv_count[0]);
+        double t = 0;
+        for (int k = 0; k < XENT_ROWS; k++) t += rows[k];
+        loss[0] += (float)(t * inv_count[0]);
         xent_blocks_done = 0;
     }
 }
