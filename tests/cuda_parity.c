@@ -272,8 +272,8 @@ static void test_rmsnorm(void **s) {
     /* {257, 128}, {333, 192}, {130, 32}: the backward with the weight gradient's partial
      * sums inside (ragged last blocks, idle lanes, two column groups); {512, 8}: the
      * column sum folds narrow rows into rows of 128; C = 4, 8, 16: the per-head norms'
-     * float4 row kernels; the residual add and norm: float4 for C % 4 == 0 (one or two
-     * column groups), one float a lane for C = 70 */
+     * float4 row kernels; the residual add and norm: one pass for C % 4 == 0 (one or two
+     * column groups), an add and a norm pass for C = 70 */
     int shapes[][2] = {{257, 128}, {333, 192}, {130, 32}, {300, 8}, {33, 70}, {512, 8}, {77, 4}, {65, 16}};
     for (int k = 0; k < (int)(sizeof shapes / sizeof *shapes); k++)
         for (int with_w = 0; with_w < 2; with_w++) {

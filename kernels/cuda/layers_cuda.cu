@@ -88,34 +88,10 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
     CKL();
 }
 
-// out = x + y and its norm in one pass: a warp per row, the row kept in registers; the
-// norm written as NT (float, or bf16 for the MLP's input: cu_residual_rmsnorm_bf16)
-template <int K, typename NT> // C <= 32 K
-__global__ void residual_rmsnorm_kernel(float *out, const float *x, const float *y, NT *nout,
-                                        float *rstd, const float *w, int N, int C, float eps) {
-    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= N) return;
-    size_t o = (size_t)row * C;
-    float v[K], ss = 0;
-#pragma unroll
-    for (int k = 0; k < K; k++) {
-        int c = lane + 32 * k;
-        v[k] = c < C ? x[o + c] + y[o + c] : 0.f;
-        if (c < C) out[o + c] = v[k];
-        ss += v[k] * v[k];
-    }
-    if (!nout) return;
-    ss = warp_sum(ss);
-    float r = (float)(1.0 / sqrt((double)(ss / C + eps)));
-    if (lane == 0) rstd[row] = r;
-#pragma unroll
-    for (int k = 0; k < K; k++) {
-        int c = lane + 32 * k;
-        if (c < C) nout[o + c] = (NT)(v[k] * r * (w ? w[c] : 1.f));
-    }
-}
-// the same with 16-byte accesses (C % 4 == 0, C <= 128 K, aligned rows): lane owns columns
-// 4 lane + 128 k .. + 3, as rmsnorm_bwd_fused_kernel (MAD's d = 128: one float4 a lane)
+// out = x + y and its norm in one pass, the norm written as NT (float, or bf16 for the MLP's
+// input: cu_residual_rmsnorm_bf16): a warp per row, kept in registers, 16-byte accesses
+// (C % 4 == 0, C <= 128 K, aligned rows); lane owns columns 4 lane + 128 k .. + 3, as
+// rmsnorm_bwd_fused_kernel (MAD's d = 128: one float4 a lane)
 __device__ __forceinline__ void st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
 __device__ __forceinline__ void st4(__nv_bfloat16 *p, float4 v) {
     __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
@@ -157,19 +133,16 @@ __global__ void add_kernel(float *out, const float *x, const float *y, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) out[i] = x[i] + y[i];
 }
-// the one-pass kernel where C fits (16 < C <= 256); false: the caller runs it in passes
+// the one-pass kernel where C fits (16 < C <= 256, C % 4 == 0, aligned); false: the caller
+// runs it in passes (add, then the norm)
 template <typename NT>
 static bool residual_rmsnorm_fused(float *out, const float *x, const float *y, NT *nout,
                                    float *rstd, const float *w, int N, int C, float eps) {
-    if (C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, x, y, w) && cu_aligned16(nout)) {
-        if (C <= 128)
-            residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
-        else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
-    } else if (C > 16 && C <= 128)
-        residual_rmsnorm_kernel<4, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
-    else if (C > 16 && C <= 256)
-        residual_rmsnorm_kernel<8, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps);
-    else return false;
+    if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, x, y, w) && cu_aligned16(nout)))
+        return false;
+    if (C <= 128)
+        residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
+    else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
     CKL();
     return true;
 }
