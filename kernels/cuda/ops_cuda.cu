@@ -129,7 +129,7 @@ static void cu_graph_free(void *g) {
 // cuBLAS and cuBLASLt spend 40-90 ms of host time setting themselves up on the first
 // matmul of each combination of types in a process (not on handle creation; whatever the
 // shape). A step of precision=bf16 uses four, ~0.2 s one after another; measured on an
-// H100 on 2026-11-23, the four at once on four threads take 0.09 s. So the backend
+// H100 on 2026-11-23, the four at once on four threads take 0.09-0.13 s. So the backend
 // makes one tiny matmul of each combination its precision uses, all at once, when it starts.
 struct BlasCombo {
     bool lt;              // through cuBLASLt (linear_cuda.cu), else cublasGemmEx
