@@ -134,15 +134,16 @@ __global__ void add_kernel(float *out, const float *x, const float *y, long n) {
     if (i < n) out[i] = x[i] + y[i];
 }
 // the one-pass kernel where C fits (16 < C <= 256, C % 4 == 0, aligned); false: the caller
-// runs it in passes (add, then the norm)
+// runs it in passes (add, then the norm). tok: x's rows by token, y NULL (the embedding)
 template <typename NT>
 static bool residual_rmsnorm_fused(float *out, const float *x, const float *y, NT *nout,
-                                   float *rstd, const float *w, int N, int C, float eps) {
+                                   float *rstd, const float *w, int N, int C, float eps,
+                                   const int *tok = nullptr) {
     if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, x, y, w) && cu_aligned16(nout)))
         return false;
     if (C <= 128)
-        residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
-    else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, nullptr);
+        residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, tok);
+    else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, tok);
     CKL();
     return true;
 }
@@ -248,12 +249,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
                 d[k].z += r * wv[k].z * g[k].z - s * xv[k].z * dot;
                 d[k].w += r * wv[k].w * g[k].w - s * xv[k].w * dot;
                 *reinterpret_cast<float4 *>(dx + o + 4 * lane + 128 * k) = d[k];
-                if (dxb) {
-                    __nv_bfloat162 lo = __floats2bfloat162_rn(d[k].x, d[k].y);
-                    __nv_bfloat162 hi = __floats2bfloat162_rn(d[k].z, d[k].w);
-                    *reinterpret_cast<uint2 *>(dxb + o + 4 * lane + 128 * k) =
-                        make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
-                }
+                if (dxb) st4(dxb + o + 4 * lane + 128 * k, d[k]);
                 acc[k].x += g[k].x * xv[k].x * r, acc[k].y += g[k].y * xv[k].y * r;
                 acc[k].z += g[k].z * xv[k].z * r, acc[k].w += g[k].w * xv[k].w * r;
                 g[k] = gn[k], xv[k] = xn[k], d[k] = dn[k];
@@ -350,15 +346,7 @@ __global__ void embed_fwd_kernel(float *out, const int *tok, const float *table,
 // by token, adding nothing); 0 where it does not apply (the model then runs the two ops)
 static int embedding_rmsnorm_forward(float *out, const int *tokens, const float *table, float *nout,
                                      float *rstd, const float *w, int N, int C, float eps) {
-    if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, table, nout, w))) return 0;
-    if (C <= 128)
-        residual_rmsnorm4_kernel<1, float><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(
-            out, table, nullptr, nout, rstd, w, N, C, eps, tokens);
-    else
-        residual_rmsnorm4_kernel<2, float><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(
-            out, table, nullptr, nout, rstd, w, N, C, eps, tokens);
-    CKL();
-    return 1;
+    return residual_rmsnorm_fused(out, table, nullptr, nout, rstd, w, N, C, eps, tokens);
 }
 static void embedding_forward(float *out, const int *tokens, const float *table, int N, int C) {
     long n = (long)N * C;
