@@ -51,8 +51,10 @@ typedef struct {
      * r too with rope_r), as rope_forward / rope_backward would do it but without their
      * passes where a backend can: the forward turns q, k, r IN PLACE before using them
      * (the backward then reads the turned values); the backward (needs grads_write)
-     * leaves dq, dk, dr turned back, the gradients of q, k, r before their rotation */
-    int rope_rot, rope_r;
+     * leaves dq, dk, dr turned back, the gradients of q, k, r before their rotation.
+     * r_roped: the forward finds r turned already (rmsnorm_rope_forward did it with the
+     * probe's norm); the backward still turns dr back */
+    int rope_rot, rope_r, r_roped;
     real rope_base;
     /* backward with grads_write: when not NULL, += the column sums of dq, dk, dv as
      * written, [q | k | v] (3*H*hd reals: the projections' bias gradients); needs dq, dk,
@@ -119,6 +121,11 @@ typedef struct Ops {
     /* out[N,C] = x * rstd * w (w may be NULL), rstd[N] = 1/sqrt(mean(x^2)+eps) (writes) */
     void (*rmsnorm_forward)(real *out, real *rstd, const real *x, const real *w, int N, int C,
                             real eps);
+    /* per-head rmsnorm_forward of x [N tokens, H, hd] (rows of hd, rstd [N*H]), then
+     * rope_forward of out on its first rot dims (rot = 0: none), in one pass where a
+     * backend can: the Parallax probe's norm and rotation (attention.c) */
+    void (*rmsnorm_rope_forward)(real *out, real *rstd, const real *x, const real *w, int N, int T,
+                                 int H, int hd, int rot, real base, real eps);
     /* the residual add and the norm that reads its result, in one pass:
      * out = x + y, then (norm_out given) rmsnorm_forward(norm_out, rstd, out, w) (writes) */
     void (*residual_rmsnorm_forward)(real *out, const real *x, const real *y, real *norm_out,

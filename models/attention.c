@@ -73,6 +73,7 @@ typedef struct {
     int probe, affine, boundary, bw_learned, uses_q, uses_k, fmap, normalize, route;
     int ridge_frozen, cg_iters, cg_precond;
     int core_rope; /* the plain core turns q, k (r) by RoPE itself (AttnArgs.rope_rot) */
+    int r_roped;   /* the probe's norm turns r instead, in the same pass (AttnArgs.r_roped) */
     int core_bias; /* and sums the q, k, v bias gradients (AttnArgs.dbias, fused rows) */
     double bandwidth;
     real rope_base, eps, ridge, cg_tol;
@@ -183,6 +184,7 @@ static void *attn_create(const Config *cfg, const ModelDims *dims, ParamBuilder 
     a->probe_norm = learned && cfg_bool(cfg, "mixer.probe_norm");
     a->probe_rope = learned && cfg_bool(cfg, "mixer.probe_rope");
     a->probe_gate = learned && cfg_bool(cfg, "mixer.probe_gate");
+    a->r_roped = a->probe_norm && a->probe_rope && a->core_rope && !a->probe_gate;
     a->eps = dims->norm_eps;
     int d = dims->d;
     a->wq = a->bq = a->qn = a->wk = a->bk = a->kn = -1;
@@ -292,7 +294,7 @@ static AttnArgs attn_args(const Attn *a, int B, int T) {
                      .window = a->window, .q = a->uses_q ? a->q : a->k, .k = a->k, .v = a->v,
                      .r = a->learned ? a->r : NULL, .o = a->o, .obar = a->obar, .lse = a->lse,
                      .tbar = a->tbar, .rope_rot = a->core_rope ? a->rot : 0, .rope_r = a->probe_rope,
-                     .rope_base = a->rope_base};
+                     .r_roped = a->r_roped, .rope_base = a->rope_base};
     return args;
 }
 
@@ -345,7 +347,9 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     qkv_forward(a, ops, x, N, T);
     if (a->learned) {
         linear_forward(ops, a->rl, x, P[S_WR], NULL, N, d, d);
-        if (a->probe_norm) ops->rmsnorm_forward(a->rn_out, a->rsr, a->rl, P[S_RN], N * H, hd, a->eps);
+        if (a->probe_norm)
+            ops->rmsnorm_rope_forward(a->rn_out, a->rsr, a->rl, P[S_RN], N, T, H, hd,
+                                      a->r_roped ? a->rot : 0, a->rope_base, a->eps);
         if (a->probe_gate) {
             linear_forward(ops, a->gl, x, P[S_WG], P[S_BG], N, d, H);
             ops->gate_forward(a->r, a->rn_out, a->gl, N, H, hd);

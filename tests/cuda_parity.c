@@ -319,6 +319,32 @@ static void test_rmsnorm(void **s) {
     gsl_rng_free(r);
 }
 
+/* the probe's per-head norm with RoPE in the same pass (rmsnorm_rope_forward): the float4
+ * row kernel for hd = 4, 8, 16 (whole head or part turned, none), passes for hd = 6 */
+static void test_rmsnorm_rope(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(13);
+    int cases[][3] = {{8, 8}, {8, 4}, {16, 8}, {4, 4}, {8, 0}, {6, 4}}; /* hd, rot */
+    const int N = 74, T = 37, H = 3;
+    for (int k = 0; k < (int)(sizeof cases / sizeof *cases); k++) {
+        int hd = cases[k][0], rot = cases[k][1];
+        size_t n = (size_t)N * H * hd;
+        real *x = randv(r, n, 2), *w = randv(r, hd, 1), *out = randv(r, n, 1), *rs = randv(r, (size_t)N * H, 1);
+        real *gx = up(GPU, x, sizeof(real) * n), *gw = up(GPU, w, sizeof(real) * hd);
+        real *gout = up(GPU, out, sizeof(real) * n), *grs = up(GPU, rs, sizeof(real) * N * H);
+        CPU->rmsnorm_rope_forward(out, rs, x, w, N, T, H, hd, rot, (real)10000, (real)1e-5);
+        GPU->rmsnorm_rope_forward(gout, grs, gx, gw, N, T, H, hd, rot, (real)10000, (real)1e-5);
+        printf("  rmsnorm_rope N=%d T=%d H=%d hd=%d rot=%d\n", N, T, H, hd, rot);
+        cmp("forward", out, gout, n, 1e-6);
+        cmp("rstd", rs, grs, (size_t)N * H, 1e-6);
+        real *b[] = {gx, gw, gout, grs};
+        for (int i = 0; i < 4; i++) GPU->release(b[i]);
+        free(x), free(w), free(out), free(rs);
+    }
+    gsl_rng_free(r);
+}
+
 static void test_embedding_swiglu_gate(void **s) {
     (void)s;
     NEED_GPU();
@@ -649,6 +675,7 @@ static void test_attention_tensor_cores(void **s) {
         attention_case(GPU16, 2, 37, 3, 8, 0, px, r);    /* one block, ragged rows */
         attention_case(GPU16, 2, 300, 2, 8, 0, px, r);   /* several blocks and chunks */
         attention_case(GPU16, 1, 200, 2, 16, 7, px, r);  /* window inside one 16-key tile */
+        attention_case(GPU16, 1, 100, 2, 8, 20, px, r);  /* one block, window across tiles */
         attention_case(GPU16, 1, 150, 2, 32, 40, px, r); /* window across tiles */
         attention_case_ld(GPU16, 2, 128, 16, 8, 0, px, 1, 1, r); /* MAD's shape, fused rows, as the model */
         attention_case_ld(GPU16, 1, 300, 2, 16, 0, px, 1, 0, r); /* fused rows, several chunks */
@@ -695,7 +722,8 @@ int main(void) {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_linear_fused),
         cmocka_unit_test(test_mlp_bf16),
         cmocka_unit_test(test_vector_ops),
-        cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_embedding_swiglu_gate),
+        cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_rmsnorm_rope),
+        cmocka_unit_test(test_embedding_swiglu_gate),
         cmocka_unit_test(test_rope),            cmocka_unit_test(test_conv),            cmocka_unit_test(test_crossentropy_predict),
         cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),        cmocka_unit_test(test_attention_tensor_cores),
         cmocka_unit_test(test_models_fp32),     cmocka_unit_test(test_models_bf16),

@@ -203,6 +203,12 @@ static void cpu_rope_backward(real *dx, int N, int T, int H, int hd, int ld, int
     rope_apply(dx, N, T, H, hd, ld, rot, base, -1);
 }
 
+static void cpu_rmsnorm_rope_forward(real *out, real *rstd, const real *x, const real *w, int N,
+                                     int T, int H, int hd, int rot, real base, real eps) {
+    cpu_rmsnorm_forward(out, rstd, x, w, N * H, hd, eps);
+    if (rot) cpu_rope_forward(out, N, T, H, hd, H * hd, rot, base);
+}
+
 /* AttnArgs.rope_rot: RoPE on q, k (and r) in place, then the attention core */
 static void cpu_attention_forward_rope(const AttnArgs *args) {
     const AttnArgs a = attn_strides(args);
@@ -210,7 +216,7 @@ static void cpu_attention_forward_rope(const AttnArgs *args) {
         int N = a.B * a.T;
         cpu_rope_forward((real *)a.q, N, a.T, a.H, a.hd, a.ld_in, a.rope_rot, a.rope_base);
         cpu_rope_forward((real *)a.k, N, a.T, a.H, a.hd, a.ld_in, a.rope_rot, a.rope_base);
-        if (a.r && a.rope_r)
+        if (a.r && a.rope_r && !a.r_roped)
             cpu_rope_forward((real *)a.r, N, a.T, a.H, a.hd, a.ld_r, a.rope_rot, a.rope_base);
     }
     cpu_attention_forward(args);
@@ -363,6 +369,7 @@ static const Ops cpu_ops = {
     .gelu_forward = cpu_gelu_forward,
     .gelu_backward = cpu_gelu_backward,
     .rope_forward = cpu_rope_forward,
+    .rmsnorm_rope_forward = cpu_rmsnorm_rope_forward,
     .rope_backward = cpu_rope_backward,
     .gate_forward = cpu_gate_forward,
     .gate_backward = cpu_gate_backward,

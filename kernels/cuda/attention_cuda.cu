@@ -289,7 +289,7 @@ void cu_attn_rope(const AttnArgs *a, float sgn) {
     const int N = a->B * a->T, rot = a->rope_rot;
     const bool f = sgn > 0;
     float *x[3] = {const_cast<float *>(f ? a->q : a->dq), const_cast<float *>(f ? a->k : a->dk),
-                   a->r && a->rope_r ? const_cast<float *>(f ? a->r : a->dr) : nullptr};
+                   a->r && a->rope_r && !(f && a->r_roped) ? const_cast<float *>(f ? a->r : a->dr) : nullptr};
     const int ld[3] = {f ? a->ld_in : a->ld_dqkv, f ? a->ld_in : a->ld_dqkv, f ? a->ld_r : a->ld_out};
     const int HD = a->H * a->hd;
     if (x[1] == x[0] + HD) { // q and k side by side in one row (the model's fused q|k|v): one pass

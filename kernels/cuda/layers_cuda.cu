@@ -45,9 +45,11 @@ template <int C> __device__ __forceinline__ void store_row(float *p, const float
 #pragma unroll
     for (int c = 0; c < C; c += 4) *reinterpret_cast<float4 *>(p + c) = *reinterpret_cast<const float4 *>(v + c);
 }
+// cs (when not null): then RoPE on the row's first rot dims as rope_kernel turns them
+// (rmsnorm_rope_forward: row = token * H + head, position token % T)
 template <int C>
 __global__ void rmsnorm_fwd_rowv_kernel(float *out, float *rstd, const float *x, const float *w,
-                                        int N, float eps) {
+                                        int N, float eps, const float *cs, int T, int H, int rot) {
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= N) return;
     float v[C], ss = 0;
@@ -58,32 +60,71 @@ __global__ void rmsnorm_fwd_rowv_kernel(float *out, float *rstd, const float *x,
     rstd[row] = r;
 #pragma unroll
     for (int c = 0; c < C; c++) v[c] = v[c] * r * (w ? w[c] : 1.f);
+    if (cs) {
+        const int half = rot / 2;
+        const float *ct = cs + (size_t)2 * (row / H % T) * half;
+#pragma unroll
+        for (int k = 0; k < C / 2; k++) {
+            if (k >= half) break;
+            const float c = ct[2 * k], s = ct[2 * k + 1], x1 = v[k], x2 = v[k + half];
+            v[k] = x1 * c - x2 * s;
+            v[k + half] = x2 * c + x1 * s;
+        }
+    }
     store_row<C>(out + (size_t)row * C, v);
 }
+// part (when not null): the block's sums of dy x r per column, the weight gradient's
+// first stage (lanes by shuffles, then the 8 warps in order: deterministic), so that no
+// column-sum pass reads dy and x again; 256 threads a block
 template <int C>
-__global__ void rmsnorm_bwd_rowv_kernel(float *dx, const float *dout, const float *x, const float *w,
-                                        const float *rstd, int N, bool write) {
-    int row = blockIdx.x * blockDim.x + threadIdx.x;
-    if (row >= N) return;
-    size_t o = (size_t)row * C;
-    float g[C], xv[C], d[C] = {}, r = rstd[row], dot = 0;
-    load_row<C>(g, dout + o), load_row<C>(xv, x + o);
-    if (!write) load_row<C>(d, dx + o);
+__global__ void __launch_bounds__(256) rmsnorm_bwd_rowv_kernel(float *dx, float *part, const float *dout,
+                                                               const float *x, const float *w,
+                                                               const float *rstd, int N, bool write) {
+    __shared__ float red[8][C];
+    const int row = blockIdx.x * blockDim.x + threadIdx.x, lane = threadIdx.x % 32;
+    float g[C] = {}, xv[C] = {}, r = 0.f;
+    if (row < N) {
+        size_t o = (size_t)row * C;
+        float d[C] = {}, dot = 0;
+        r = rstd[row];
+        load_row<C>(g, dout + o), load_row<C>(xv, x + o);
+        if (!write) load_row<C>(d, dx + o);
 #pragma unroll
-    for (int c = 0; c < C; c++) dot += (w ? w[c] : 1.f) * g[c] * xv[c];
+        for (int c = 0; c < C; c++) dot += (w ? w[c] : 1.f) * g[c] * xv[c];
 #pragma unroll
-    for (int c = 0; c < C; c++) d[c] += r * (w ? w[c] : 1.f) * g[c] - r * r * r / C * xv[c] * dot;
-    store_row<C>(dx + o, d);
+        for (int c = 0; c < C; c++) d[c] += r * (w ? w[c] : 1.f) * g[c] - r * r * r / C * xv[c] * dot;
+        store_row<C>(dx + o, d);
+    }
+    if (!part) return; // block-uniform
+#pragma unroll
+    for (int c = 0; c < C; c++) {
+        const float t = warp_sum(g[c] * xv[c] * r); // rows >= N add 0
+        if (lane == 0) red[threadIdx.x / 32][c] = t;
+    }
+    __syncthreads();
+    if (threadIdx.x < C) {
+        float t = 0.f;
+        for (int k = 0; k < 8; k++) t += red[k][threadIdx.x];
+        part[(size_t)blockIdx.x * C + threadIdx.x] = t;
+    }
 }
 
+// the float4 row kernels (C = 4, 8, 16, aligned rows), with RoPE when cs is given;
+// false (nothing done) elsewhere
+static bool rmsnorm_fwd_rowv(float *out, float *rstd, const float *x, const float *w, int N, int C,
+                             float eps, const float *cs, int T, int H, int rot) {
+    if (!((C == 4 || C == 8 || C == 16) && cu_aligned16(out, x))) return false;
+    int nb = cu_blocks(N, 256);
+    if (C == 4) rmsnorm_fwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps, cs, T, H, rot);
+    if (C == 8) rmsnorm_fwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps, cs, T, H, rot);
+    if (C == 16) rmsnorm_fwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps, cs, T, H, rot);
+    CKL();
+    return true;
+}
 static void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int N, int C,
                             float eps) {
-    int nb = cu_blocks(N, 256);
-    if ((C == 4 || C == 8 || C == 16) && cu_aligned16(out, x)) {
-        if (C == 4) rmsnorm_fwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
-        if (C == 8) rmsnorm_fwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
-        if (C == 16) rmsnorm_fwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(out, rstd, x, w, N, eps);
-    } else if (C <= 16) rmsnorm_fwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
+    if (rmsnorm_fwd_rowv(out, rstd, x, w, N, C, eps, nullptr, 1, 1, 0)) return;
+    if (C <= 16) rmsnorm_fwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
     else rmsnorm_fwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, rstd, x, w, N, C, eps);
     CKL();
 }
@@ -316,9 +357,13 @@ static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x,
     if (rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, nullptr)) return;
     int nb = cu_blocks(N, 256);
     if ((C == 4 || C == 8 || C == 16) && cu_aligned16(dx, dout, x)) {
-        if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
-        if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
-        if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, write);
+        float *part = dw ? cu_scratch((size_t)nb * C) : nullptr; // the weight gradient's parts
+        if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, write);
+        if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, write);
+        if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, write);
+        CKL();
+        if (dw) cu_colsum_parts(dw, part, nb, C);
+        return;
     } else if (C <= 16)
         rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
     else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
@@ -525,6 +570,13 @@ static void rope_forward(float *x, int N, int T, int H, int hd, int ld, int rot,
 static void rope_backward(float *x, int N, int T, int H, int hd, int ld, int rot, float base) {
     cu_rope_run(x, N, T, H, hd, ld, rot, base, -1.f);
 }
+static void rmsnorm_rope_forward(float *out, float *rstd, const float *x, const float *w, int N,
+                                 int T, int H, int hd, int rot, float base, float eps) {
+    const float *cs = rot ? cu_rope_table(T, rot, base) : nullptr;
+    if (rmsnorm_fwd_rowv(out, rstd, x, w, N * H, hd, eps, cs, T, H, rot)) return;
+    rmsnorm_forward(out, rstd, x, w, N * H, hd, eps);
+    if (rot) rope_forward(out, N, T, H, hd, H * hd, rot, base);
+}
 
 // ---- sigmoid gate per (token, head) ------------------------------------------------
 
@@ -674,6 +726,7 @@ void cu_fill_layers(Ops *o, int p) {
     o->gelu_forward = gelu_forward;
     o->gelu_backward = gelu_backward;
     o->rope_forward = rope_forward;
+    o->rmsnorm_rope_forward = rmsnorm_rope_forward;
     o->rope_backward = rope_backward;
     o->gate_forward = gate_forward;
     o->gate_backward = gate_backward;
