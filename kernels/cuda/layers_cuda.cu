@@ -364,7 +364,8 @@ static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x,
         CKL();
         if (dw) cu_colsum_parts(dw, part, nb, C);
         return;
-    } else if (C <= 16)
+    }
+    if (C <= 16)
         rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
     else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
     CKL();
