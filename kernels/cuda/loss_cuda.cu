@@ -127,17 +127,15 @@ __global__ void __launch_bounds__(XENT_THREADS)
 static void crossentropy(float *loss, float *dlogits, const float *logits, const int *targets,
                          const float *inv_count, int N, int V) {
     if (N == 0) return;
-    if (V <= XENT_SMALL_V && V % 4 == 0 && cu_aligned16(logits, dlogits)) {
-        int nb = cu_blocks(N, XENT_THREADS);
-        double *part = (double *)cu_scratch(2 * (size_t)nb);
+    const bool by_thread = V <= XENT_SMALL_V && V % 4 == 0 && cu_aligned16(logits, dlogits);
+    const int nb = cu_blocks(N, by_thread ? XENT_THREADS : XENT_ROWS);
+    double *part = (double *)cu_scratch(2 * (size_t)nb);
+    if (by_thread)
         xent_row_kernel<<<nb, XENT_THREADS, 0, cu.stream>>>(loss, part, dlogits, logits, targets,
                                                             inv_count, N, V);
-    } else {
-        int nb = cu_blocks(N, XENT_ROWS);
-        double *part = (double *)cu_scratch(2 * (size_t)nb);
+    else
         xent_kernel<<<nb, 32 * XENT_ROWS, 0, cu.stream>>>(loss, part, dlogits, logits, targets,
                                                           inv_count, N, V);
-    }
     CKL();
 }
 
