@@ -91,6 +91,9 @@ typedef struct {
      * in the backward. ld = 3d there, d otherwise. */
     real *qkv, *dqkv;
     int ld;
+    /* the backend's bf16 attention block (ops->attn_block_*: projections, core and output
+     * in bf16 rows, kernels/cuda/attn_block_cuda.cu), its saved state; NULL: composed here */
+    void *block;
     int last_B, last_T;
 } Attn;
 
@@ -233,6 +236,21 @@ static int fusable(const Attn *a) {
            a->G[S_BK] == a->G[S_BQ] + d && a->G[S_BV] == a->G[S_BK] + d;
 }
 
+static real attn_scale(const Attn *a) {
+    return isinf(a->bandwidth) ? 0 : (real)(1.0 / (a->bandwidth * sqrt((double)a->hd)));
+}
+
+/* the plain core's arguments; with core_rope it applies RoPE itself, both ways */
+static AttnArgs attn_args(const Attn *a, int B, int T) {
+    AttnArgs args = {.B = B, .T = T, .H = a->H, .hd = a->hd, .ld_in = a->ld,
+                     .ld_out = a->dims.d, .ld_r = a->dims.d, .ld_dqkv = a->ld, .scale = attn_scale(a),
+                     .window = a->window, .q = a->uses_q ? a->q : a->k, .k = a->k, .v = a->v,
+                     .r = a->learned ? a->r : NULL, .o = a->o, .obar = a->obar, .lse = a->lse,
+                     .tbar = a->tbar, .rope_rot = a->core_rope ? a->rot : 0, .rope_r = a->probe_rope,
+                     .r_roped = a->r_roped, .rope_base = a->rope_base};
+    return args;
+}
+
 static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *params,
                       real *grads) {
     Attn *a = self;
@@ -245,6 +263,25 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
     size_t N = (size_t)a->dims.B * a->dims.T, d = (size_t)a->dims.d, H = (size_t)a->H;
     size_t nd = sizeof(real) * N * d, nh = sizeof(real) * N * H;
     a->ld = (int)d;
+    if (a->learned) {
+        a->rl = ops->alloc(nd), a->obar = ops->alloc(nd), a->tbar = ops->alloc(nh);
+        a->rn_out = a->probe_norm ? ops->alloc(nd) : a->rl;
+        a->r = a->probe_gate ? ops->alloc(nd) : a->rn_out;
+        a->rsr = ops->alloc(nh);
+        a->dr = ops->alloc(nd);
+        if (a->probe_gate) a->gl = ops->alloc(nh), a->dgl = ops->alloc(nh);
+    }
+    a->lse = ops->alloc(nh);
+    a->dtmp = ops->alloc(nd);
+    if (fusable(a) && ops->attn_block_save_bytes) {
+        a->ld = 3 * (int)d, a->core_bias = a->qkv_bias;
+        AttnArgs shape = attn_args(a, a->dims.B, a->dims.T);
+        size_t bytes = ops->attn_block_save_bytes(&shape);
+        if (bytes) {
+            a->block = ops->alloc(bytes);
+            return;
+        }
+    }
     if (fusable(a)) {
         a->ld = 3 * (int)d;
         a->qkv = ops->alloc(3 * nd), a->dqkv = ops->alloc(3 * nd);
@@ -263,39 +300,15 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
         }
         a->dq = ops->alloc(nd), a->dk = ops->alloc(nd), a->dv = ops->alloc(nd);
     }
-    a->o = ops->alloc(nd), a->lse = ops->alloc(nh);
+    a->o = ops->alloc(nd);
     a->rsq = ops->alloc(nh), a->rsk = ops->alloc(nh);
-    a->dtmp = ops->alloc(nd);
     a->dob = ops->alloc(nd);
-    if (a->learned) {
-        a->rl = ops->alloc(nd), a->obar = ops->alloc(nd), a->tbar = ops->alloc(nh);
-        a->rn_out = a->probe_norm ? ops->alloc(nd) : a->rl;
-        a->r = a->probe_gate ? ops->alloc(nd) : a->rn_out;
-        a->rsr = ops->alloc(nh);
-        a->dr = ops->alloc(nd);
-        if (a->probe_gate) a->gl = ops->alloc(nh), a->dgl = ops->alloc(nh);
-    }
     if (a->route != ROUTE_ATTN) a->den = ops->alloc(nh), a->resid = ops->alloc(nh);
     if (a->probe == PROBE_SOLVED) a->rho = ops->alloc(nd);
     if (a->fmap != FAM_FMAP_IDENTITY) {
         a->kf = ops->alloc(nd);
         if (a->learned) a->rf = ops->alloc(nd);
     }
-}
-
-static real attn_scale(const Attn *a) {
-    return isinf(a->bandwidth) ? 0 : (real)(1.0 / (a->bandwidth * sqrt((double)a->hd)));
-}
-
-/* the plain core's arguments; with core_rope it applies RoPE itself, both ways */
-static AttnArgs attn_args(const Attn *a, int B, int T) {
-    AttnArgs args = {.B = B, .T = T, .H = a->H, .hd = a->hd, .ld_in = a->ld,
-                     .ld_out = a->dims.d, .ld_r = a->dims.d, .ld_dqkv = a->ld, .scale = attn_scale(a),
-                     .window = a->window, .q = a->uses_q ? a->q : a->k, .k = a->k, .v = a->v,
-                     .r = a->learned ? a->r : NULL, .o = a->o, .obar = a->obar, .lse = a->lse,
-                     .tbar = a->tbar, .rope_rot = a->core_rope ? a->rot : 0, .rope_r = a->probe_rope,
-                     .r_roped = a->r_roped, .rope_base = a->rope_base};
-    return args;
 }
 
 static FamArgs fam_args(const Attn *a, int B, int T) {
@@ -344,7 +357,7 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
     a->last_B = B, a->last_T = T;
-    qkv_forward(a, ops, x, N, T);
+    if (!a->block) qkv_forward(a, ops, x, N, T);
     if (a->learned) {
         linear_forward(ops, a->rl, x, P[S_WR], NULL, N, d, d);
         if (a->probe_norm)
@@ -360,6 +373,11 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     if (a->kf) {
         ops->family->feature_map_forward(a->kf, a->k, N * H, hd, hd, a->fmap);
         if (a->rf) ops->family->feature_map_forward(a->rf, a->r, N * H, hd, hd, a->fmap);
+    }
+    if (a->block) {
+        AttnArgs args = attn_args(a, B, T);
+        ops->attn_block_forward(y, x, P[S_WQ], P[S_BQ], P[S_WO], P[S_BO], &args, a->block);
+        return;
     }
     if (a->route == ROUTE_ATTN) {
         AttnArgs args = attn_args(a, B, T);
@@ -421,14 +439,12 @@ static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int *
     proj_backward(ops, dx, dx_set, G[S_WV], G[S_BV], a->dv, x, P[S_WV], N, d, d);
 }
 
-static void attn_backward(void *self, const Ops *ops, const real *x, const real *dy, real *dx,
-                          int B, int T) {
-    Attn *a = self;
-    int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
+/* the output projection's and the core's backward: dob, then dq, dk, dv (dr) */
+static void core_backward(Attn *a, const Ops *ops, const real *dy, int B, int T) {
+    int N = B * T, d = a->dims.d;
     real **P = a->P, **G = a->G;
     size_t nd = sizeof(real) * (size_t)N * d;
     linear_backward_beta(ops, a->dob, 0, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
-    int dx_set = 0;
     if (a->route == ROUTE_ATTN) {
         /* the core writes dq, dk, dv, dr (no zeroing pass), turns them back by RoPE and
          * sums the bias gradients (no passes for either) */
@@ -438,15 +454,33 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         args.grads_write = 1;
         args.dbias = a->core_bias ? G[S_BQ] : NULL;
         ops->attention_backward(&args);
+        return;
+    }
+    if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
+    else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
+    if (a->learned) ops->zero(a->dr, nd);
+    FamArgs f = fam_args(a, B, T);
+    f.dout = a->dob, f.dq = a->dq, f.dk = a->dk, f.dv = a->dv, f.dr = a->dr;
+    f.dlog_bw = G[S_LBW];
+    if (a->route == ROUTE_RECURRENT) ops->family->linear_recurrent_backward(&f);
+    else ops->family->backward(&f);
+}
+
+static void attn_backward(void *self, const Ops *ops, const real *x, const real *dy, real *dx,
+                          int B, int T) {
+    Attn *a = self;
+    int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
+    real **P = a->P, **G = a->G;
+    size_t nd = sizeof(real) * (size_t)N * d;
+    int dx_set = 0;
+    if (a->block) { /* projections and core; dx written, the probe's part added below */
+        AttnArgs args = attn_args(a, B, T);
+        args.dr = a->learned ? a->dr : NULL;
+        args.grads_write = 1;
+        ops->attn_block_backward(dx, G[S_WQ], G[S_BQ], G[S_WO], G[S_BO], dy, &args, a->block);
+        dx_set = 1;
     } else {
-        if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
-        else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
-        if (a->learned) ops->zero(a->dr, nd);
-        FamArgs f = fam_args(a, B, T);
-        f.dout = a->dob, f.dq = a->dq, f.dk = a->dk, f.dv = a->dv, f.dr = a->dr;
-        f.dlog_bw = G[S_LBW];
-        if (a->route == ROUTE_RECURRENT) ops->family->linear_recurrent_backward(&f);
-        else ops->family->backward(&f);
+        core_backward(a, ops, dy, B, T);
     }
     if (a->kf) {
         fmap_back(a, ops, a->dk, a->k, N, nd);
@@ -470,7 +504,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         }
         proj_backward(ops, dx, &dx_set, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);
     }
-    qkv_backward(a, ops, x, dx, &dx_set, N, T);
+    if (!a->block) qkv_backward(a, ops, x, dx, &dx_set, N, T);
 }
 
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and
@@ -500,7 +534,7 @@ static void attn_destroy(void *self, const Ops *ops) {
     if (a->qkv) a->ql = a->kl = a->v = a->dq = a->dk = a->dv = NULL; /* inside qkv, dqkv */
     real *bufs[] = {a->ql, a->kl, a->v,   a->o,   a->lse, a->rsq, a->rsk, a->dq,  a->dk,
                     a->dv, a->dtmp, a->dob, a->rl, a->obar, a->tbar, a->rsr, a->dr, a->gl,
-                    a->dgl, a->den, a->resid, a->rho, a->kf, a->rf, a->qkv, a->dqkv};
+                    a->dgl, a->den, a->resid, a->rho, a->kf, a->rf, a->qkv, a->dqkv, a->block};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) ops->release(bufs[i]);
     if (a->qk_norm) {

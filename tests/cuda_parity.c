@@ -695,6 +695,96 @@ static void test_attention_tensor_cores(void **s) {
     gsl_rng_free(r);
 }
 
+/* The bf16 attention block (ops->attn_block_*, kernels/cuda/attn_block_cuda.cu: bf16 rows
+ * for q, k, v, o and their gradients) against the CPU composing the same function from
+ * its ops in fp32: y = core(x Wqkv^T + bqkv) Wo^T + bo, then dx (written), dr (written)
+ * and the weight and bias gradients (added to random values). */
+static void attn_block_case(int B, int T, int H, int window, int parallax, int bias, int rope,
+                            gsl_rng *r) {
+    const int hd = 8, d = H * hd, N = B * T;
+    const size_t nd = (size_t)N * d, n3 = 3 * nd, dd = (size_t)d * d, ns = (size_t)B * H * T;
+    /* parameters as the model lays them out: Wq Wk Wv Wo bq bk bv bo */
+    real *par = randv(r, 4 * dd + 4 * (size_t)d, 1 / sqrt((double)d)), *x = randv(r, nd, 1), *dy = randv(r, nd, 1);
+    real *rr = randv(r, nd, 0.5), *gpar = randv(r, 4 * dd + 4 * (size_t)d, 0.1);
+    real *W = par, *Wo = par + 3 * dd, *bqkv = bias ? par + 4 * dd : NULL, *bo = bias ? bqkv + 3 * d : NULL;
+    AttnArgs c = {.B = B, .T = T, .H = H, .hd = hd, .ld_in = 3 * d, .ld_out = d, .ld_r = d, .ld_dqkv = 3 * d,
+                  .scale = (real)(1.0 / sqrt((double)hd)), .window = window,
+                  .rope_rot = rope, .rope_r = 1, .r_roped = 1, .rope_base = 10000};
+    size_t bytes = GPU16->attn_block_save_bytes(&c);
+    assert_true(bytes > 0);
+    printf("  %s B=%d T=%d H=%d window=%d%s rope_rot=%d\n", parallax ? "parallax" : "softmax", B, T,
+           H, window, bias ? " biases" : "", rope);
+    /* the CPU: the same function from the table's ops */
+    real *qkv = malloc(sizeof(real) * n3), *o = malloc(sizeof(real) * nd), *y = malloc(sizeof(real) * nd);
+    real *obar = malloc(sizeof(real) * nd), *lse = malloc(sizeof(real) * ns), *tbar = malloc(sizeof(real) * ns);
+    real *dqkv = malloc(sizeof(real) * n3), *dob = malloc(sizeof(real) * nd), *dx = malloc(sizeof(real) * nd);
+    real *dr = malloc(sizeof(real) * nd), *gc = host_copy(gpar, 4 * dd + 4 * (size_t)d);
+    real *cW = gc, *cWo = gc + 3 * dd, *cb = bias ? gc + 4 * dd : NULL, *cbo = bias ? cb + 3 * d : NULL;
+    CPU->matmul(qkv, x, W, N, 3 * d, d, 0, 1, 1, 0);
+    if (bias) CPU->add_bias(qkv, bqkv, N, 3 * d);
+    c.q = qkv, c.k = qkv + d, c.v = qkv + 2 * d, c.o = o, c.lse = lse;
+    if (parallax) c.r = rr, c.obar = obar, c.tbar = tbar;
+    CPU->attention_forward(&c);
+    CPU->matmul(y, o, Wo, N, d, d, 0, 1, 1, 0);
+    if (bias) CPU->add_bias(y, bo, N, d);
+    CPU->matmul(dob, dy, Wo, N, d, d, 0, 0, 1, 0);
+    CPU->matmul(cWo, dy, o, d, d, N, 1, 0, 1, 1);
+    if (bias) CPU->bias_backward(cbo, dy, N, d);
+    c.dout = dob, c.dq = dqkv, c.dk = dqkv + d, c.dv = dqkv + 2 * d, c.dr = parallax ? dr : NULL;
+    c.grads_write = 1, c.dbias = cb;
+    CPU->attention_backward(&c);
+    CPU->matmul(dx, dqkv, W, N, d, 3 * d, 0, 0, 1, 0);
+    CPU->matmul(cW, dqkv, x, 3 * d, d, N, 1, 0, 1, 1);
+    /* the GPU block */
+    real *gp = up(GPU16, par, sizeof(real) * (4 * dd + 4 * d)), *gg = up(GPU16, gpar, sizeof(real) * (4 * dd + 4 * d));
+    real *gx = up(GPU16, x, sizeof(real) * nd), *gdy = up(GPU16, dy, sizeof(real) * nd);
+    real *gy = GPU16->alloc(sizeof(real) * nd), *gdx = up(GPU16, dy, sizeof(real) * nd);
+    AttnArgs g = {.B = B, .T = T, .H = H, .hd = hd, .scale = c.scale, .window = window,
+                  .rope_rot = rope, .rope_r = 1, .r_roped = 1, .rope_base = 10000,
+                  .lse = GPU16->alloc(sizeof(real) * ns), .grads_write = 1};
+    if (parallax) {
+        g.r = up(GPU16, rr, sizeof(real) * nd), g.obar = GPU16->alloc(sizeof(real) * nd);
+        g.tbar = GPU16->alloc(sizeof(real) * ns), g.dr = up(GPU16, dy, sizeof(real) * nd);
+    }
+    void *save = GPU16->alloc(bytes);
+    GPU16->attn_block_forward(gy, gx, gp, bias ? gp + 4 * dd : NULL, gp + 3 * dd,
+                              bias ? gp + 4 * dd + 3 * d : NULL, &g, save);
+    GPU16->attn_block_backward(gdx, gg, bias ? gg + 4 * dd : NULL, gg + 3 * dd,
+                               bias ? gg + 4 * dd + 3 * d : NULL, gdy, &g, save);
+    const double fb = 4 * BF16_EPS, bb = 8 * BF16_EPS;
+    cmp("y", y, gy, nd, fb);
+    cmp("lse", lse, g.lse, ns, fb);
+    if (parallax) cmp("obar", obar, g.obar, nd, fb), cmp("tbar", tbar, g.tbar, ns, bb);
+    cmp("dx (written)", dx, gdx, nd, bb);
+    if (parallax) cmp("dr (written)", dr, g.dr, nd, bb);
+    cmp("dWqkv (added)", cW, gg, 3 * dd, bb);
+    cmp("dWo (added)", cWo, gg + 3 * dd, dd, bb);
+    if (bias) cmp("dbqkv, dbo (added)", cb, gg + 4 * dd, 4 * (size_t)d, bb);
+    void *gb2[] = {gp, gg, gx, gdy, gy, gdx, g.lse, (void *)g.r, g.obar, g.tbar, g.dr, save};
+    for (size_t i = 0; i < sizeof gb2 / sizeof *gb2; i++)
+        if (gb2[i]) GPU16->release(gb2[i]);
+    real *hb[] = {par, x, dy, rr, gpar, qkv, o, y, obar, lse, tbar, dqkv, dob, dx, dr, gc};
+    for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
+}
+
+static void test_attn_block(void **s) {
+    (void)s;
+    NEED_GPU();
+    if (!GPU16->attn_block_forward) {
+        printf("  this CUDA build has no bf16 attention block: nothing to compare\n");
+        return;
+    }
+    AttnArgs wide = {.B = 1, .T = 8, .H = 2, .hd = 16};
+    assert_int_equal(GPU16->attn_block_save_bytes(&wide), 0); /* head dim 16: no block */
+    gsl_rng *r = test_rng(13);
+    for (int px = 0; px < 2; px++) {
+        attn_block_case(2, 128, 16, 0, px, 1, 8, r); /* MAD's shape, as the model runs it */
+        attn_block_case(2, 37, 3, 5, px, 0, 0, r);   /* ragged, a window, no biases, no RoPE */
+        attn_block_case(1, 300, 2, 0, px, 1, 8, r);  /* several query blocks */
+    }
+    gsl_rng_free(r);
+}
+
 static const char *model_cases[] = {
     "model.mixer=softmax",
     "model.mixer=softmax mixer.qk_norm=true mixer.window=9 mixer.rotary_dim=4 optim=muon",
@@ -720,7 +810,7 @@ static void test_models_bf16(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul),          cmocka_unit_test(test_linear_fused),
-        cmocka_unit_test(test_mlp_bf16),
+        cmocka_unit_test(test_mlp_bf16),        cmocka_unit_test(test_attn_block),
         cmocka_unit_test(test_vector_ops),
         cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_rmsnorm_rope),
         cmocka_unit_test(test_embedding_swiglu_gate),

@@ -78,6 +78,17 @@ __device__ __forceinline__ void pack_tiles(uint32_t a[4], const float lo[4], con
     a[2] = pack2(hi[0], hi[1]), a[3] = pack2(hi[2], hi[3]);
 }
 
+// q, k, v, o, dout and dq, dk, dv are stored as TI: float, or bf16 in the bf16 attention
+// block (AttnArgs.io_bf16, attn_block_cuda.cu); r, obar, dr, lse, tbar stay float
+__device__ __forceinline__ float ldf(const float *p) { return *p; }
+__device__ __forceinline__ float ldf(const bf16 *p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void stf(float *p, float v) { *p = v; }
+__device__ __forceinline__ void stf(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
+template <typename TI> __device__ __forceinline__ const TI *as(const float *p) {
+    return reinterpret_cast<const TI *>(p);
+}
+template <typename TI> __device__ __forceinline__ TI *as(float *p) { return reinterpret_cast<TI *>(p); }
+
 template <typename P>
 __device__ __forceinline__ P *row_ptr(P *p, int ld, int b, int t, int T, int h, int hd) {
     return p + ((size_t)b * T + t) * ld + (size_t)h * hd;
@@ -85,23 +96,23 @@ __device__ __forceinline__ P *row_ptr(P *p, int ld, int b, int t, int T, int h, 
 
 // A-operand fragments of rows r0..r0+15 of a [B,T,H,HD] tensor (times mul), rows >= T as 0:
 // a[c][0] = row g, dims 8c+2u, 8c+2u+1;  a[c][1] = row g+8, the same dims
-template <int HD>
-__device__ void load_afrag(uint32_t (&a)[HD / 8][2], const float *x, int ld, int b, int T, int h,
+template <int HD, typename T_>
+__device__ void load_afrag(uint32_t (&a)[HD / 8][2], const T_ *x, int ld, int b, int T, int h,
                            int r0, float mul) {
     const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         int t = r0 + g + 8 * half;
-        const float *p = t < T ? row_ptr(x, ld, b, t, T, h, HD) : nullptr;
+        const T_ *p = t < T ? row_ptr(x, ld, b, t, T, h, HD) : nullptr;
 #pragma unroll
         for (int c = 0; c < HD / 8; c++)
-            a[c][half] = p ? pack2(mul * p[8 * c + 2 * u], mul * p[8 * c + 2 * u + 1]) : 0u;
+            a[c][half] = p ? pack2(mul * ldf(p + 8 * c + 2 * u), mul * ldf(p + 8 * c + 2 * u + 1)) : 0u;
     }
 }
 
 // Rows [r0, r0+KC) of a [B,T,H,HD] tensor on their way to shared memory: chunk_read
-// issues a thread's loads of 4 adjacent dims (one float4 where rows are 16-byte
-// aligned, as in the model's fused [N, 3d] rows; rows >= T as 0), chunk_write stores
+// issues a thread's loads of 4 adjacent dims (one float4, or 8 bytes of bf16, where rows
+// are aligned, as in the model's fused [N, 3d] rows; rows >= T as 0), chunk_write stores
 // them in bf16 as rows (nat[KC][HD], times mn) and/or transposed (tr[HD][KC+PAD],
 // times mt). Split so that a kernel issues every load of a chunk before it waits at
 // the barrier.
@@ -109,17 +120,27 @@ template <int HD, int KC> struct Chunk {
     static constexpr int N4 = KC * HD / 4, PER = (N4 + NTHREADS - 1) / NTHREADS;
     float4 v[PER];
 };
-template <int HD, int KC>
-__device__ __forceinline__ void chunk_read(Chunk<HD, KC> &c, const float *x, int ld, int b, int T,
+__device__ __forceinline__ float4 load4(const float *p, bool vec) {
+    return vec ? *reinterpret_cast<const float4 *>(p) : make_float4(p[0], p[1], p[2], p[3]);
+}
+__device__ __forceinline__ float4 load4(const bf16 *p, bool vec) {
+    if (!vec) return make_float4(ldf(p), ldf(p + 1), ldf(p + 2), ldf(p + 3));
+    const uint2 w = *reinterpret_cast<const uint2 *>(p);
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w.x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w.y));
+    return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+template <int HD, int KC, typename T_>
+__device__ __forceinline__ void chunk_read(Chunk<HD, KC> &c, const T_ *x, int ld, int b, int T,
                                            int h, int r0) {
-    const bool v4 = ((uintptr_t)x | (uintptr_t)ld * sizeof(float)) % 16 == 0; // block-uniform
+    // 4 elements a load where every row start is aligned to them (block-uniform)
+    const bool vec = ((uintptr_t)x | (uintptr_t)ld * sizeof(T_)) % (4 * sizeof(T_)) == 0;
 #pragma unroll
     for (int k = 0; k < Chunk<HD, KC>::PER; k++) {
         const int idx = threadIdx.x + k * NTHREADS, t = r0 + idx / (HD / 4);
-        const float *p = row_ptr(x, ld, b, t, T, h, HD) + 4 * (idx % (HD / 4));
+        const T_ *p = row_ptr(x, ld, b, t, T, h, HD) + 4 * (idx % (HD / 4));
         if (idx >= Chunk<HD, KC>::N4 || t >= T) c.v[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-        else if (v4) c.v[k] = *reinterpret_cast<const float4 *>(p);
-        else c.v[k] = make_float4(p[0], p[1], p[2], p[3]);
+        else c.v[k] = load4(p, vec);
     }
 }
 template <int HD, int KC>
@@ -141,12 +162,12 @@ __device__ __forceinline__ void chunk_write(const Chunk<HD, KC> &c, bf16 *nat, f
 
 // keys j0..j0+KC-1 of k and v into shared memory, as rows (kn, vn) and/or transposed
 // (kt, vt; nullptr: not wanted); the first barrier waits for the previous chunk's readers
-template <int HD, int KC>
+template <int HD, int KC, typename TI>
 __device__ __forceinline__ void kv_chunk_in(const AttnArgs &a, int b, int h, int j0, bf16 *kn,
                                             bf16 *kt, bf16 *vn, bf16 *vt) {
     Chunk<HD, KC> ck, cv;
-    chunk_read(ck, a.k, a.ld_in, b, a.T, h, j0);
-    chunk_read(cv, a.v, a.ld_in, b, a.T, h, j0);
+    chunk_read(ck, as<TI>(a.k), a.ld_in, b, a.T, h, j0);
+    chunk_read(cv, as<TI>(a.v), a.ld_in, b, a.T, h, j0);
     __syncthreads();
     chunk_write(ck, kn, 1.f, kt, 1.f);
     chunk_write(cv, vn, 1.f, vt, 1.f);
@@ -192,7 +213,8 @@ __device__ __forceinline__ bool visible(int i, int j, int T, int W) {
 // ---- forward: one online pass per 16 keys --------------------------------------------
 // Per row: m (running max, log2 units), d (sum e), st (sum e t); per row and dim:
 // ov = sum e v, otv = sum e t v, all rescaled by 2^(m_old - m_new) when m grows.
-template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_kernel(AttnArgs a) {
+template <int HD, bool PX, typename TI>
+__global__ void __launch_bounds__(NTHREADS) tc_fwd_kernel(AttnArgs a) {
     constexpr int KC = kc<HD>();
     __shared__ __align__(16) bf16 sK[KC * HD];
     __shared__ __align__(16) bf16 sVt[HD * (KC + PAD)];
@@ -205,7 +227,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_ke
         const int q0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
         const int rows[2] = {q0 + g, q0 + g + 8};
         uint32_t qa[HD / 8][2], ra[HD / 8][2];
-        load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E); // scores in log2 units
+        load_afrag<HD>(qa, as<TI>(a.q), a.ld_in, b, T, h, q0, a.scale * L2E); // scores in log2 units
         if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
         float m[2] = {NEG_INF, NEG_INF}, d[2] = {0.f, 0.f}, st[2] = {0.f, 0.f};
         float ov[HD / 8][4], otv[HD / 8][4];
@@ -214,7 +236,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_ke
 #pragma unroll
             for (int e = 0; e < 4; e++) ov[n][e] = otv[n][e] = 0.f;
         for (int j0 = jlo; j0 <= jhi; j0 += KC) {
-            if (pass == 0 || !once) kv_chunk_in<HD, KC>(a, b, h, j0, sK, nullptr, nullptr, sVt);
+            if (pass == 0 || !once) kv_chunk_in<HD, KC, TI>(a, b, h, j0, sK, nullptr, nullptr, sVt);
             for (int kb = 0; kb < KC; kb += 16) {
                 const int jb = j0 + kb; // keys jb..jb+15
                 if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue; // warp-uniform
@@ -283,7 +305,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_ke
             const int i = rows[r];
             if (i >= T) continue;
             const float inv = 1.f / d[r], tbar = st[r] * inv;
-            float *o = row_ptr(a.o, a.ld_out, b, i, T, h, HD);
+            TI *o = row_ptr(as<TI>(a.o), a.ld_out, b, i, T, h, HD);
             float *ob = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
             for (int n = 0; n < HD / 8; n++)
@@ -291,7 +313,7 @@ template <int HD, bool PX> __global__ void __launch_bounds__(NTHREADS) tc_fwd_ke
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
                     float obar = ov[n][2 * r + e] * inv;
-                    o[c] = PX ? obar * (1.f + tbar) - otv[n][2 * r + e] * inv : obar;
+                    stf(o + c, PX ? obar * (1.f + tbar) - otv[n][2 * r + e] * inv : obar);
                     if (PX) ob[c] = obar;
                 }
             if (u == 0) {
@@ -350,7 +372,7 @@ __device__ __forceinline__ void colsum8_out(float *out, const float *sred) {
 // ---- backward, query side: dq, dr and the row scalars T_i, b_i ---------------------------
 // dS = p[(A - T_i) + (tbar_i - t)(A - b_i)], dT = -p (A - b_i), A_ij = g_i.v_j (§3.6;
 // softmax: t = tbar = 0, b_i unused);  dq += scale dS K,  dr += dT K.
-template <int HD, bool PX>
+template <int HD, bool PX, typename TI>
 // (at head dim 8, the RoPE and bias sums held to the registers the kernel had without)
 __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
     tc_bwd_q_kernel(AttnArgs a, float *Tv, float *bv, const float *cs, float *part) {
@@ -371,9 +393,9 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
         const int q0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
         const int rows[2] = {q0 + g, q0 + g + 8};
         uint32_t qa[HD / 8][2], ra[HD / 8][2], ga[HD / 8][2];
-        load_afrag<HD>(qa, a.q, a.ld_in, b, T, h, q0, a.scale * L2E);
+        load_afrag<HD>(qa, as<TI>(a.q), a.ld_in, b, T, h, q0, a.scale * L2E);
         if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
-        load_afrag<HD>(ga, a.dout, a.ld_out, b, T, h, q0, 1.f);
+        load_afrag<HD>(ga, as<TI>(a.dout), a.ld_out, b, T, h, q0, 1.f);
         // row scalars in fp32: each lane sums its dims 8c+2u, 8c+2u+1, then the quad
         float Ti[2], bi[2], lse2[2], tb[2];
 #pragma unroll
@@ -381,15 +403,17 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
             const int i = rows[r];
             float sT = 0.f, sB = 0.f;
             if (i < T) {
-                const float *gr = row_ptr(a.dout, a.ld_out, b, i, T, h, HD);
-                const float *orow = row_ptr(a.o, a.ld_out, b, i, T, h, HD);
-                const float *obr = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : orow;
+                const TI *gr = row_ptr(as<TI>(a.dout), a.ld_out, b, i, T, h, HD);
+                const TI *orow = row_ptr(as<TI>(a.o), a.ld_out, b, i, T, h, HD);
+                const float *obr = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
                 for (int c = 0; c < HD / 8; c++)
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
-                        int col = 8 * c + 2 * u + e;
-                        sT += gr[col] * orow[col], sB += gr[col] * obr[col];
+                        const int col = 8 * c + 2 * u + e;
+                        const float gv = ldf(gr + col);
+                        sT += gv * ldf(orow + col);
+                        sB += gv * (PX ? obr[col] : ldf(orow + col));
                     }
             }
             Ti[r] = quad_sum(sT), bi[r] = quad_sum(sB);
@@ -402,7 +426,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
 #pragma unroll
             for (int e = 0; e < 4; e++) dq[n][e] = dr[n][e] = 0.f;
         for (int j0 = jlo; j0 <= jhi; j0 += KC) {
-            if (pass == 0 || !once) kv_chunk_in<HD, KC>(a, b, h, j0, sK, sKt, sV, nullptr);
+            if (pass == 0 || !once) kv_chunk_in<HD, KC, TI>(a, b, h, j0, sK, sKt, sV, nullptr);
             for (int kb = 0; kb < KC; kb += 16) {
                 const int jb = j0 + kb;
                 if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue;
@@ -447,14 +471,14 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
         for (int r = 0; r < 2; r++) {
             const int i = rows[r];
             if (i >= T) continue;
-            float *dqo = row_ptr(a.dq, a.ld_dqkv, b, i, T, h, HD);
+            TI *dqo = row_ptr(as<TI>(a.dq), a.ld_dqkv, b, i, T, h, HD);
             float *dro = PX ? row_ptr(a.dr, a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
             for (int n = 0; n < HD / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
-                    dqo[c] = (a.grads_write ? 0.f : dqo[c]) + a.scale * dq[n][2 * r + e];
+                    stf(dqo + c, (a.grads_write ? 0.f : ldf(dqo + c)) + a.scale * dq[n][2 * r + e]);
                     if (PX) dro[c] = (a.grads_write ? 0.f : dro[c]) + dr[n][2 * r + e];
                 }
             if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
@@ -470,7 +494,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
 // ---- backward, key side: dk, dv ------------------------------------------------------------
 // Transposed tiles (16 keys x 8 queries): S^T = K Q^T etc.;
 // dv += P'^T G with p' = p (1 + tbar - t);  dk += scale dS^T Q + dT^T R.
-template <int HD, bool PX>
+template <int HD, bool PX, typename TI>
 __global__ void __launch_bounds__(NTHREADS)
     tc_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *bv, const float *cs, float *part) {
     constexpr int KC = kc<HD>();
@@ -494,8 +518,8 @@ __global__ void __launch_bounds__(NTHREADS)
         const int k0 = blk0 + 16 * (pass ? ROWS / 16 - 1 - warp : warp);
         const int keys[2] = {k0 + g, k0 + g + 8};
         uint32_t ka[HD / 8][2], va[HD / 8][2];
-        load_afrag<HD>(ka, a.k, a.ld_in, b, T, h, k0, 1.f);
-        load_afrag<HD>(va, a.v, a.ld_in, b, T, h, k0, 1.f);
+        load_afrag<HD>(ka, as<TI>(a.k), a.ld_in, b, T, h, k0, 1.f);
+        load_afrag<HD>(va, as<TI>(a.v), a.ld_in, b, T, h, k0, 1.f);
         float dks[HD / 8][4], dkt[HD / 8][4], dv[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
@@ -504,8 +528,8 @@ __global__ void __launch_bounds__(NTHREADS)
         for (int i0 = blk0; i0 <= ihi; i0 += KC) {
             if (pass == 0 || !once) {
                 Chunk<HD, KC> cq, cg;
-                chunk_read(cq, a.q, a.ld_in, b, T, h, i0);
-                chunk_read(cg, a.dout, a.ld_out, b, T, h, i0);
+                chunk_read(cq, as<TI>(a.q), a.ld_in, b, T, h, i0);
+                chunk_read(cg, as<TI>(a.dout), a.ld_out, b, T, h, i0);
                 __syncthreads();
                 chunk_write(cq, sQs, a.scale * L2E, sQt, 1.f);
                 chunk_write(cg, sG, 1.f, sGt, 1.f);
@@ -575,16 +599,16 @@ __global__ void __launch_bounds__(NTHREADS)
         for (int r = 0; r < 2; r++) {
             const int j = keys[r];
             if (j >= T) continue;
-            float *dko = row_ptr(a.dk, a.ld_dqkv, b, j, T, h, HD);
-            float *dvo = row_ptr(a.dv, a.ld_dqkv, b, j, T, h, HD);
+            TI *dko = row_ptr(as<TI>(a.dk), a.ld_dqkv, b, j, T, h, HD);
+            TI *dvo = row_ptr(as<TI>(a.dv), a.ld_dqkv, b, j, T, h, HD);
 #pragma unroll
             for (int n = 0; n < HD / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
-                    const float dk0 = a.grads_write ? 0.f : dko[c], dv0 = a.grads_write ? 0.f : dvo[c];
-                    dko[c] = dk0 + dks[n][2 * r + e];
-                    dvo[c] = dv0 + dv[n][2 * r + e];
+                    const float dk0 = a.grads_write ? 0.f : ldf(dko + c), dv0 = a.grads_write ? 0.f : ldf(dvo + c);
+                    stf(dko + c, dk0 + dks[n][2 * r + e]);
+                    stf(dvo + c, dv0 + dv[n][2 * r + e]);
                 }
         }
     }
@@ -597,16 +621,52 @@ __global__ void __launch_bounds__(NTHREADS)
         }
 }
 
+// RoPE on bf16 q and k (AttnArgs.io_bf16) at head dim 8, rot 8: dims c and c + 4 of each
+// head turn together; a thread per (token, head) of the fused q|k rows (2H heads), one
+// 16-byte load and store
+__global__ void rope8_bf16_kernel(bf16 *x, const float *cs, long NH2, int T, int H2, int ld) {
+    const long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= NH2) return;
+    const long n = i / H2;
+    const int t = (int)(n % T);
+    bf16 *p = x + (size_t)n * ld + (size_t)(i % H2) * 8;
+    uint4 w = *reinterpret_cast<const uint4 *>(p);
+    __nv_bfloat162 *v = reinterpret_cast<__nv_bfloat162 *>(&w);
+    const float4 *c4 = reinterpret_cast<const float4 *>(cs + 8 * (size_t)t);
+    const float4 cs01 = c4[0], cs23 = c4[1];
+    const float c[4] = {cs01.x, cs01.z, cs23.x, cs23.z}, sn[4] = {cs01.y, cs01.w, cs23.y, cs23.w};
+    const float2 a01 = __bfloat1622float2(v[0]), a23 = __bfloat1622float2(v[1]);
+    const float2 b01 = __bfloat1622float2(v[2]), b23 = __bfloat1622float2(v[3]);
+    const float x1[4] = {a01.x, a01.y, a23.x, a23.y}, x2[4] = {b01.x, b01.y, b23.x, b23.y};
+    float y1[4], y2[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        y1[e] = x1[e] * c[e] - x2[e] * sn[e];
+        y2[e] = x2[e] * c[e] + x1[e] * sn[e];
+    }
+    v[0] = __floats2bfloat162_rn(y1[0], y1[1]), v[1] = __floats2bfloat162_rn(y1[2], y1[3]);
+    v[2] = __floats2bfloat162_rn(y2[0], y2[1]), v[3] = __floats2bfloat162_rn(y2[2], y2[3]);
+    *reinterpret_cast<uint4 *>(p) = w;
+}
+
 // RoPE (AttnArgs.rope_rot): the forward's by a pass before it (turning q, k, r as the
 // kernel reads them cost the H100 more than the pass, 2026-11-23); the backward's as
 // the gradients are written at head dim 8, else by a pass after.
-template <int HD, bool PX> void tc_fwd(const AttnArgs *a) {
-    cu_attn_rope(a, 1.f);
+template <int HD, bool PX, typename TI> void tc_fwd(const AttnArgs *a) {
+    if (a->io_bf16 && a->rope_rot) { // (cu_attention_tc_io_bf16: HD = rot = 8, q | k fused)
+        const long nh2 = (long)a->B * a->T * 2 * a->H;
+        rope8_bf16_kernel<<<cu_blocks(nh2, 256), 256, 0, cu.stream>>>(
+            reinterpret_cast<bf16 *>(const_cast<float *>(a->q)), cu_rope_table(a->T, 8, a->rope_base),
+            nh2, a->T, 2 * a->H, a->ld_in);
+        CKL();
+    } else {
+        cu_attn_rope(a, 1.f);
+    }
     dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
-    tc_fwd_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a);
+    tc_fwd_kernel<HD, PX, TI><<<grid, NTHREADS, 0, cu.stream>>>(*a);
     CKL();
 }
-template <int HD, bool PX> void tc_bwd(const AttnArgs *a) {
+template <int HD, bool PX, typename TI> void tc_bwd(const AttnArgs *a) {
     const size_t n = (size_t)a->B * a->H * a->T;
     const int nblk = cu_blocks(a->T, ROWS);
     // inside the kernels at head dim 8: RoPE (rot = 8), then the bias sums (one partial
@@ -617,9 +677,9 @@ template <int HD, bool PX> void tc_bwd(const AttnArgs *a) {
     float *bv = Tv + n, *part = bias ? bv + n : nullptr;
     const float *cs = rope ? cu_rope_table(a->T, HD, a->rope_base) : nullptr;
     dim3 grid(nblk, a->B * a->H);
-    tc_bwd_q_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
+    tc_bwd_q_kernel<HD, PX, TI><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
     CKL();
-    tc_bwd_kv_kernel<HD, PX><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
+    tc_bwd_kv_kernel<HD, PX, TI><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
     CKL();
     if (!rope) cu_attn_rope(a, -1.f);
     if (bias) cu_colsum_parts(a->dbias, part, (int)S, (int)C3);
@@ -635,15 +695,31 @@ int cu_attention_tc(const AttnArgs *a, int backward) {
     void (*fn)(const AttnArgs *) = nullptr;
 #define CASE(D)                                                                                   \
     case D:                                                                                       \
-        fn = backward ? (px ? tc_bwd<D, true> : tc_bwd<D, false>)                                 \
-                      : (px ? tc_fwd<D, true> : tc_fwd<D, false>);                                \
+        fn = backward ? (px ? tc_bwd<D, true, float> : tc_bwd<D, false, float>)                   \
+                      : (px ? tc_fwd<D, true, float> : tc_fwd<D, false, float>);                  \
         break;
-    switch (a->hd) {
-        CASE(8) CASE(16) CASE(32)
-    default: return 0;
+    if (a->io_bf16) {
+        if (!cu_attention_tc_io_bf16(a)) cu_die(__FILE__, __LINE__, "cu_attention_tc", "io_bf16 "
+                                                "arguments without a kernel");
+        fn = backward ? (px ? tc_bwd<8, true, bf16> : tc_bwd<8, false, bf16>)
+                      : (px ? tc_fwd<8, true, bf16> : tc_fwd<8, false, bf16>);
+    } else {
+        switch (a->hd) {
+            CASE(8) CASE(16) CASE(32)
+        default: return 0;
+        }
     }
 #undef CASE
     const AttnArgs s = attn_strides(a);
     if (a->T > 0 && a->B > 0) fn(&s);
     return 1;
+}
+
+// bf16 storage (AttnArgs.io_bf16) where everything stays inside the kernels: head dim 8,
+// RoPE on the whole head or none (the forward's bf16 pass turns q and k, side by side in
+// one row; the backward turns dq, dk, dr back as it writes them, and sums the q, k, v bias
+// gradients), r given turned already or not turned at all
+bool cu_attention_tc_io_bf16(const AttnArgs *a) {
+    if (a->hd != 8 || (a->rope_rot != 0 && a->rope_rot != 8)) return false;
+    return !(a->r && a->rope_r && a->rope_rot && !a->r_roped);
 }

@@ -77,6 +77,11 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// bf16 helpers (dense_cuda.cu): y = bf16(x), rounded to nearest; row-major C[M,N] = op(A) op(B)
+// (+ beta C) with A, B bf16 and C bf16 or fp32 (ct), fp32 arithmetic (cublasGemmEx)
+void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n);
+void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_bfloat16 *B, int M,
+                  int N, int K, int tA, int tB, float beta);
 // out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);
 // its second stage alone: out[c] += sum_{s < S} part[s, c] in a fixed order
@@ -122,3 +127,12 @@ void cu_fill_delta(Ops *o);  // delta_cuda.cu: o->delta (DeltaNet, GDN, KDA, Mes
 
 // tensor-core attention for bf16 (attention_tc_cuda.cu): 0 when the head dim has no kernel
 int cu_attention_tc(const AttnArgs *a, int backward);
+// whether it runs these arguments on bf16 storage (AttnArgs.io_bf16) with q, k, v (dq, dk,
+// dv) side by side in 16-byte aligned rows, as the bf16 attention block lays them out
+bool cu_attention_tc_io_bf16(const AttnArgs *a);
+void cu_fill_attn_block(Ops *o, int precision); // attn_block_cuda.cu
+
+// y[N,out] = x[N,in] W[out,in]^T + b (b's type: y's) with bf16 x and W, y bf16 or fp32, on
+// cuBLASLt with the bias in its epilogue (linear_cuda.cu); false where it has no kernel
+bool cu_linear_bf16(void *y, cudaDataType yt, const __nv_bfloat16 *x, const __nv_bfloat16 *W,
+                    const void *b, int N, int in, int out);

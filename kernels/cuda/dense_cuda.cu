@@ -24,6 +24,38 @@ static void mm_strided(float *C, const float *A, const float *B, int M, int N, i
                                    CUDA_R_32F, N, sC, batch, cu_compute_type(P), CUBLAS_GEMM_DEFAULT));
 }
 
+// row-major C[M,N] = op(A) op(B) (+ beta C), A and B bf16, C bf16 or fp32, fp32 arithmetic
+void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_bfloat16 *B, int M,
+                  int N, int K, int tA, int tB, float beta) {
+    if (M == 0 || N == 0) return;
+    const float alpha = 1.f;
+    CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                     K, &alpha, B, CUDA_R_16BF, tB ? K : N, A, CUDA_R_16BF, tA ? M : K, &beta, C,
+                     ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16 *y, const float *x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
+}
+// 4 elements a thread: one float4 load, one 8-byte store
+__global__ void to_bf16_v4_kernel(__nv_bfloat16 *y, const float *x, long n4) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n4) return;
+    float4 v = reinterpret_cast<const float4 *>(x)[i];
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    reinterpret_cast<uint2 *>(y)[i] = make_uint2(*reinterpret_cast<uint32_t *>(&lo),
+                                                 *reinterpret_cast<uint32_t *>(&hi));
+}
+void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n) {
+    if (n == 0) return;
+    if (n % 4 == 0 && cu_aligned16(y, x))
+        to_bf16_v4_kernel<<<cu_blocks(n / 4, 256), 256, 0, cu.stream>>>(y, x, n / 4);
+    else
+        to_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, x, n);
+    CKL();
+}
+
 __global__ void add_bias_kernel(float *y, const float *b, long n, int C) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) y[i] += b[i % C];

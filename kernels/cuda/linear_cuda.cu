@@ -19,7 +19,8 @@ cublasLtHandle_t lt;
 
 // one planned matmul per shape: descriptors and the algorithm the heuristic chose
 struct Plan {
-    int m, n, k, ta, tb, ep, prec;
+    int m, n, k, ta, tb, ep, prec; // prec -1: bf16 operands (then ct is C's and D's type)
+    cudaDataType ct;
     bool ok; // false: cuBLASLt has no kernel, use the unfused ops
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
@@ -29,26 +30,28 @@ Plan plans[64];
 int nplans;
 
 // column-major D[m,n] = op_a(A) op_b(B), A stored [m,k] (or [k,m] when ta), B [k,n] (or [n,k])
-Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec, const void *bias) {
+Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec, const void *bias,
+           cudaDataType ct = CUDA_R_32F) {
     for (int i = 0; i < nplans; i++) {
         Plan *p = &plans[i];
         if (p->m == m && p->n == n && p->k == k && p->ta == ta && p->tb == tb && p->ep == (int)ep &&
-            p->prec == prec)
+            p->prec == prec && p->ct == ct)
             return p;
     }
     if (nplans == (int)(sizeof plans / sizeof plans[0])) return nullptr;
     if (!lt) CKB(cublasLtCreate(&lt));
     Plan *p = &plans[nplans++];
-    *p = Plan{m, n, k, ta, tb, (int)ep, prec, false, {}, {}, {}, {}, {}};
-    CKB(cublasLtMatmulDescCreate(&p->op, cu_compute_type(prec), CUDA_R_32F));
+    *p = Plan{m, n, k, ta, tb, (int)ep, prec, ct, false, {}, {}, {}, {}, {}};
+    const cudaDataType abt = prec < 0 ? CUDA_R_16BF : CUDA_R_32F;
+    CKB(cublasLtMatmulDescCreate(&p->op, prec < 0 ? CUBLAS_COMPUTE_32F : cu_compute_type(prec), CUDA_R_32F));
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    CKB(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, ta ? k : m, ta ? m : k, ta ? k : m));
-    CKB(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, tb ? n : k, tb ? k : n, tb ? n : k));
-    CKB(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, m, n, m));
+    CKB(cublasLtMatrixLayoutCreate(&p->a, abt, ta ? k : m, ta ? m : k, ta ? k : m));
+    CKB(cublasLtMatrixLayoutCreate(&p->b, abt, tb ? n : k, tb ? k : n, tb ? n : k));
+    CKB(cublasLtMatrixLayoutCreate(&p->c, ct, m, n, m));
     cublasLtMatmulPreference_t pref;
     CKB(cublasLtMatmulPreferenceCreate(&pref));
     size_t ws = CU_BLAS_WS; // cu.blas_ws: one stream runs cuBLAS and cuBLASLt in turn
@@ -64,7 +67,7 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
     return p;
 }
 
-void run(Plan *p, const void *bias, float *D, const float *A, const float *B, float beta) {
+void run(Plan *p, const void *bias, void *D, const void *A, const void *B, float beta) {
     const float alpha = 1.f;
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                         sizeof bias));
@@ -85,12 +88,25 @@ int linear_bias_forward(float *y, const float *x, const float *W, const float *b
 
 } // namespace
 
+bool cu_linear_bf16(void *y, cudaDataType yt, const __nv_bfloat16 *x, const __nv_bfloat16 *W,
+                    const void *b, int N, int in, int out) {
+    if (N == 0 || out == 0) return false;
+    Plan *p = plan(out, N, in, 1, 0, b ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, -1, b, yt);
+    if (!p || !p->ok) return false;
+    run(p, b, y, W, x, 0.f);
+    return true;
+}
+
 void cu_fill_linear(Ops *o, int p) {
     o->linear_bias_forward = p == 0   ? linear_bias_forward<0>
                              : p == 1 ? linear_bias_forward<1>
                                       : linear_bias_forward<2>;
 }
 #else
+bool cu_linear_bf16(void *, cudaDataType, const __nv_bfloat16 *, const __nv_bfloat16 *, const void *,
+                    int, int, int) {
+    return false;
+}
 void cu_fill_linear(Ops *o, int p) {
     (void)p;
     o->linear_bias_forward = nullptr;

@@ -40,36 +40,6 @@ size_t save_bytes(int N, int d, int F) {
     return sizeof(bf16) * (2 * (size_t)N * d + (size_t)N * 3 * F + (size_t)3 * F * d);
 }
 
-__global__ void to_bf16_kernel(bf16 *y, const float *x, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __float2bfloat16_rn(x[i]);
-}
-// 4 elements a thread: one float4 load, one 8-byte store
-__global__ void to_bf16_v4_kernel(bf16 *y, const float *x, long n4) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= n4) return;
-    float4 v = reinterpret_cast<const float4 *>(x)[i];
-    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-    reinterpret_cast<uint2 *>(y)[i] = make_uint2(*reinterpret_cast<uint32_t *>(&lo),
-                                                 *reinterpret_cast<uint32_t *>(&hi));
-}
-void to_bf16(bf16 *y, const float *x, long n) {
-    if (n % 4 == 0 && cu_aligned16(y, x))
-        to_bf16_v4_kernel<<<cu_blocks(n / 4, 256), 256, 0, cu.stream>>>(y, x, n / 4);
-    else
-        to_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, x, n);
-    CKL();
-}
-
-// row-major C[M,N] = op(A) op(B) (+ beta C), A and B bf16, C bf16 or fp32 (as dense_cuda.cu)
-void gemm(void *C, cudaDataType ct, const bf16 *A, const bf16 *B, int M, int N, int K, int tA,
-          int tB, float beta) {
-    const float alpha = 1.f;
-    CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
-                     K, &alpha, B, CUDA_R_16BF, tB ? K : N, A, CUDA_R_16BF, tA ? M : K, &beta, C,
-                     ct, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
 // h = silu(a) b in fp32 from bf16 a, b (rows 2F apart), rounded once to bf16
 __global__ void swiglu_fwd_bf16_kernel(bf16 *h, const bf16 *ab, int F, long n) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
@@ -147,16 +117,16 @@ void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
 void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
                  int d, int F) {
     Save s = layout(save, N, d, F);
-    if (x) to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_mlp_forward wrote it
+    if (x) cu_to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_mlp_forward wrote it
     if (W2 == W13 + 2L * F * d) { // adjacent parameters (the model's): one conversion
-        to_bf16(s.w13, W13, 3L * F * d);
+        cu_to_bf16(s.w13, W13, 3L * F * d);
     } else {
-        to_bf16(s.w13, W13, 2L * F * d);
-        to_bf16(s.w2, W2, (long)d * F);
+        cu_to_bf16(s.w13, W13, 2L * F * d);
+        cu_to_bf16(s.w2, W2, (long)d * F);
     }
-    gemm(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
+    cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
     swiglu_fwd_bf16(s.h, s.ab, N, F);
-    gemm(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
+    cu_gemm_bf16(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
 }
 
 // the MLP's input from the residual stream's norm, written in bf16 only: no fp32 copy and
@@ -176,12 +146,12 @@ void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *sav
     Save s = layout(save, N, d, F);
     bf16 *dyb = s.dyb, *dh = (bf16 *)cu_scratch(((size_t)N * 3 * F + 1) / 2); // dh [N,F], dab [N,2F]
     bf16 *dab = dh + (size_t)N * F;
-    if (dy) to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
-    gemm(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
-    gemm(dW2, CUDA_R_32F, dyb, s.h, d, F, N, 1, 0, 1.f);
+    if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
+    cu_gemm_bf16(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
+    cu_gemm_bf16(dW2, CUDA_R_32F, dyb, s.h, d, F, N, 1, 0, 1.f);
     swiglu_bwd_bf16(dab, dh, s.ab, N, F);
-    gemm(dx, CUDA_R_32F, dab, s.w13, N, d, 2 * F, 0, 0, 0.f);
-    gemm(dW13, CUDA_R_32F, dab, s.xb, 2 * F, d, N, 1, 0, 1.f);
+    cu_gemm_bf16(dx, CUDA_R_32F, dab, s.w13, N, d, 2 * F, 0, 0, 0.f);
+    cu_gemm_bf16(dW13, CUDA_R_32F, dab, s.xb, 2 * F, d, N, 1, 0, 1.f);
 }
 
 } // namespace

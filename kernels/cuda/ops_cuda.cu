@@ -247,6 +247,7 @@ extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, siz
         cu_fill_dense(o, prec);
         cu_fill_linear(o, prec);
         cu_fill_mlp(o, prec);
+        cu_fill_attn_block(o, prec);
         cu_fill_layers(o, prec);
         cu_fill_loss(o);
         cu_fill_attention(o, prec);

@@ -39,5 +39,6 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
     return {__nv_bfloat16(lo), __nv_bfloat16(hi)};
 }
 inline __nv_bfloat162 __float22bfloat162_rn(float2 v) { return __floats2bfloat162_rn(v.x, v.y); }
+inline float2 __bfloat1622float2(__nv_bfloat162 v) { return {(float)v.x, (float)v.y}; }
 inline float __low2float(__nv_bfloat162 v) { return (float)v.x; }
 inline float __high2float(__nv_bfloat162 v) { return (float)v.y; }

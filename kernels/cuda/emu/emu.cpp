@@ -1028,7 +1028,15 @@ float round_bf16(float f) { return emu_bf_bits2f(emu_f2bf_bits(f)); }
 size_t extent(int rows, int cols, int ld) { return rows && cols ? (size_t)(cols - 1) * ld + rows : 0; }
 
 // the operand as the compute type reads it: rounded to tf32 / bf16 (mode 1 / 2)
-const float *operand(const float *x, size_t n, int mode, std::vector<float> &tmp) {
+// (bf16 storage: widened to fp32, exact)
+const float *operand(const void *p, cudaDataType t, size_t n, int mode, std::vector<float> &tmp) {
+    if (t == CUDA_R_16BF) {
+        const __nv_bfloat16 *x = (const __nv_bfloat16 *)p;
+        tmp.resize(n);
+        for (size_t i = 0; i < n; i++) tmp[i] = (float)x[i];
+        return tmp.data();
+    }
+    const float *x = (const float *)p;
     if (!mode) return x;
     tmp.resize(n);
     for (size_t i = 0; i < n; i++) tmp[i] = mode == 1 ? round_tf32(x[i]) : round_bf16(x[i]);
@@ -1040,7 +1048,10 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
                     cudaDataType bt, int ldb, long long sB, const void *beta, void *C, cudaDataType ct,
                     int ldc, long long sC, int batch, cublasComputeType_t compute, const char *what) {
     if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    // fp32 or bf16 storage (bf16 A and B together, as cuBLAS pairs them), fp32 arithmetic
+    auto known = [](cudaDataType t) { return t == CUDA_R_32F || t == CUDA_R_16BF; };
+    if (!known(at) || !known(bt) || !known(ct) || at != bt) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const int ea = at == CUDA_R_16BF ? 2 : 4, ec = ct == CUDA_R_16BF ? 2 : 4;
     int mode;
     switch (compute) {
     case CUBLAS_COMPUTE_32F:
@@ -1063,24 +1074,38 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
     if (!m || !n || !batch) return CUBLAS_STATUS_SUCCESS;
     const float al = *(const float *)alpha, be = *(const float *)beta; // host scalars, read now
     const size_t na = extent(ra, ca, lda), nb = extent(rb, cb, ldb), nc = extent(m, n, ldc);
-    const float *a = (const float *)A, *b = (const float *)B;
-    float *c = (float *)C;
+    const char *a = (const char *)A, *b = (const char *)B;
+    char *c = (char *)C;
     for (long long i : {0LL, (long long)batch - 1}) { // strides are >= 0: first and last bound all
         char w[128];
         snprintf(w, sizeof w, "%s A (batch %lld)", what, i);
-        if (k) need_device(a + i * sA, na * 4, w);
+        if (k) need_device(a + i * sA * ea, na * ea, w);
         snprintf(w, sizeof w, "%s B (batch %lld)", what, i);
-        if (k) need_device(b + i * sB, nb * 4, w);
+        if (k) need_device(b + i * sB * ea, nb * ea, w);
         snprintf(w, sizeof w, "%s C (batch %lld)", what, i);
-        need_device(c + i * sC, nc * 4, w);
+        need_device(c + i * sC * ec, nc * ec, w);
     }
     submit(h->stream, [=] {
-        std::vector<float> ta_, tb_;
+        std::vector<float> ta_, tb_, tc_;
         for (int i = 0; i < batch; i++) {
-            const float *ai = operand(a + i * sA, na, mode, ta_), *bi = operand(b + i * sB, nb, mode, tb_);
+            const float *ai = operand(a + i * sA * ea, at, na, mode, ta_);
+            const float *bi = operand(b + i * sB * ea, bt, nb, mode, tb_);
+            float *ci = ct == CUDA_R_32F ? (float *)(c + i * sC * ec) : nullptr;
+            __nv_bfloat16 *cb16 = (__nv_bfloat16 *)(c + i * sC * ec);
+            if (!ci) { // bf16 C: computed in fp32, rounded once as it is stored
+                tc_.resize(nc);
+                for (size_t e = 0; e < nc; e++) tc_[e] = (float)cb16[e];
+                ci = tc_.data();
+            }
             cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                         tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, al, ai, lda, bi, ldb, be,
-                        c + i * sC, ldc);
+                        ci, ldc);
+            if (ct == CUDA_R_16BF)
+                for (int col = 0; col < n; col++)
+                    for (int row = 0; row < m; row++) {
+                        size_t e = (size_t)col * ldc + row;
+                        cb16[e] = __nv_bfloat16(ci[e]);
+                    }
         }
     });
     return CUBLAS_STATUS_SUCCESS;
