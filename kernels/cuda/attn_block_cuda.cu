@@ -6,7 +6,7 @@
 // and writes bf16 rows (AttnArgs.io_bf16, attention_tc_cuda.cu), and the weight gradients,
 // dx and the output y stay fp32.
 //   forward   xb = bf16(x), qkv = xb Wqkv^T + bqkv (bf16), o = core (bf16), y = o Wo^T + bo
-//   backward  dyb = bf16(dy), dbo += colsum(dy), dob = dyb Wo (bf16), dWo += dyb^T o,
+//   backward  dyb = bf16(dy) and dbo += colsum(dy) in one pass, dob = dyb Wo (bf16), dWo += dyb^T o,
 //             dqkv = core backward (bf16; the bias sums dbqkv and dr fp32),
 //             dx = dqkv Wqkv (fp32, written), dWqkv += dqkv^T xb
 // The weights and biases are rounded to bf16 once per forward (autocast casts them too).
@@ -102,8 +102,8 @@ void backward(float *dx, float *dWqkv, float *dbqkv, float *dWo, float *dbo, con
               const AttnArgs *core, void *save) {
     const int N = core->B * core->T, d = core->H * core->hd;
     Save s = layout(save, N, d);
-    cu_to_bf16(s.dyb, dy, (long)N * d);
-    if (dbo) cu_colsum(dbo, dy, nullptr, nullptr, N, d);
+    if (dbo) cu_colsum(dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy's bf16 copy in the same pass
+    else cu_to_bf16(s.dyb, dy, (long)N * d);
     cu_gemm_bf16(s.dob, CUDA_R_16BF, s.dyb, s.wo, N, d, d, 0, 0, 0.f);
     cu_gemm_bf16(dWo, CUDA_R_32F, s.dyb, s.o, d, d, N, 1, 0, 1.f);
     AttnArgs c = core_args(core, s);

@@ -82,8 +82,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n);
 void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_bfloat16 *B, int M,
                   int N, int K, int tA, int tB, float beta);
-// out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu)
-void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C);
+// out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu);
+// ab: a is also written in bf16 there, in the same pass where it can
+void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
+               __nv_bfloat16 *ab = nullptr);
 // its second stage alone: out[c] += sum_{s < S} part[s, c] in a fixed order
 void cu_colsum_parts(float *out, const float *part, int S, int C);
 // RoPE (layers_cuda.cu): the table of (cos, sin) [T, rot/2, 2], made on first use (never

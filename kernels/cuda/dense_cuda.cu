@@ -74,9 +74,10 @@ static void add_bias(float *y, const float *b, int N, int C) {
 //          row lanes combined in lane order (VW = 4: float4 loads);
 // stage 2: a block per output column c adds part[s, c + kC] over s and k.
 constexpr int COLSUM_ROWS = 64; // view rows per chunk: enough blocks at C = 128
+// (ab: also writes a in bf16 there, VW = 4 only: the bf16 attention block's dy)
 template <int VW>
 __global__ void colsum_part_kernel(float *part, const float *a, const float *b, const float *r,
-                                   int R, int W, int C) {
+                                   int R, int W, int C, __nv_bfloat16 *ab) {
     __shared__ float acc[8][32 * VW + 1];
     int w0 = (blockIdx.x * 32 + threadIdx.x) * VW, s = blockIdx.y;
     int n0 = s * COLSUM_ROWS, n1 = min(R, n0 + COLSUM_ROWS);
@@ -88,6 +89,11 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
             if (VW == 4) {
                 *reinterpret_cast<float4 *>(x) = *reinterpret_cast<const float4 *>(a + i);
                 if (b) *reinterpret_cast<float4 *>(y) = *reinterpret_cast<const float4 *>(b + i);
+                if (ab) {
+                    __nv_bfloat162 lo = __floats2bfloat162_rn(x[0], x[1]), hi = __floats2bfloat162_rn(x[2], x[3]);
+                    *reinterpret_cast<uint2 *>(ab + i) = make_uint2(*reinterpret_cast<uint32_t *>(&lo),
+                                                                    *reinterpret_cast<uint32_t *>(&hi));
+                }
             } else {
                 x[0] = a[i];
                 if (b) y[0] = b[i];
@@ -124,19 +130,22 @@ __global__ void colsum_final_kernel(float *out, const float *part, int S, int W,
     }
     if (threadIdx.x == 0) out[c] += t[0];
 }
-void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C) {
+void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
+               __nv_bfloat16 *ab) {
     if (N == 0 || C == 0) return;
     int W = C, R = N;
     if (C < 128 && 128 % C == 0 && (long)N * C % 128 == 0) W = 128, R = (int)((long)N * C / 128);
     int S = (R + COLSUM_ROWS - 1) / COLSUM_ROWS;
     float *part = cu_scratch((size_t)S * W);
-    if (C % 4 == 0 && cu_aligned16(a, b))
+    const bool v4 = C % 4 == 0 && cu_aligned16(a, b) && (uintptr_t)ab % 8 == 0;
+    if (v4)
         colsum_part_kernel<4><<<dim3(cu_blocks(W, 128), S), dim3(32, 8), 0, cu.stream>>>(
-            part, a, b, r, R, W, C);
+            part, a, b, r, R, W, C, ab);
     else
         colsum_part_kernel<1><<<dim3(cu_blocks(W, 32), S), dim3(32, 8), 0, cu.stream>>>(
-            part, a, b, r, R, W, C);
+            part, a, b, r, R, W, C, nullptr);
     CKL();
+    if (ab && !v4) cu_to_bf16(ab, a, (long)N * C);
     colsum_final_kernel<<<C, 256, 0, cu.stream>>>(out, part, S, W, C);
     CKL();
 }
