@@ -61,10 +61,28 @@ typedef struct {
      * dv side by side in one row (dk = dq + H*hd, dv = dk + H*hd), the model's fused rows */
     real *dbias;
     real *scratch;           /* >= 2*B*H*T reals */
-    /* q, k, v, o, dout, dq, dk, dv hold bf16, not real: set only inside the CUDA backend's
-     * bf16 attention block (attn_block_forward); r, obar, dr, lse, tbar stay real */
+    /* q, k, v, r, o, obar, dout, dq, dk, dv, dr hold bf16, not real: set only inside the
+     * CUDA backend's bf16 attention block (attn_block_forward); lse, tbar stay real */
     int io_bf16;
 } AttnArgs;
+
+/* The attention block of the softmax / Parallax core for a backend that runs it whole
+ * with bf16 activations (Ops.attn_block_*):
+ *   q | k | v = x Wqkv^T + bqkv      (one matmul, bf16 rows)
+ *   r = RoPE(RMSNorm_head(x Wr^T) * r_norm)   (Parallax's probe, parallax_lla.md §3.2;
+ *                                     turned when core.rope_r and core.rope_rot)
+ *   o = attention core (q, k, v, r)  (AttnArgs core: B, T, H, hd, scale, window, RoPE,
+ *                                     lse and tbar as attention_forward takes them; the
+ *                                     rest is the block's own)
+ *   y = o Wo^T + bo
+ * Wqkv = [Wq; Wk; Wv] [3d,d], Wo [d,d], Wr [d,d], r_norm [hd]; bqkv [3d] and bo [d] both
+ * or neither; Wr NULL: no probe (softmax). The backward adds into the d* gradients. */
+typedef struct {
+    const real *Wqkv, *bqkv, *Wo, *bo, *Wr, *r_norm;
+    real *dWqkv, *dbqkv, *dWo, *dbo, *dWr, *dr_norm;
+    real eps; /* of the probe's norm */
+    AttnArgs core;
+} AttnBlock;
 
 /* a copy with the defaulted strides filled in (what every backend reads) */
 static inline AttnArgs attn_strides(const AttnArgs *a) {
@@ -176,22 +194,13 @@ typedef struct Ops {
     int (*rmsnorm_backward_mlp)(real *dx, real *dw, const real *dout, const real *x, const real *w,
                                 const real *rstd, int N, int C, int write, void *mlp_save);
     /* Optional (CUDA bf16): the plain attention core's whole block with its activations in
-     * bf16, as PyTorch's bf16 autocast stores them (MAD-Lab's mixed precision):
-     *   qkv = x Wqkv^T + bqkv  (bf16 rows [q | k | v], one matmul, bf16 operands)
-     *   o = attention core (q, k, v, r)  (bf16; r, obar, lse, tbar fp32 as usual)
-     *   y = o Wo^T + bo  (fp32, written)
-     * x, y [N,d]; Wqkv = [Wq; Wk; Wv] [3d,d], bqkv [3d] and bo [d] (both NULL: no biases),
-     * Wo [d,d]. core: the core's arguments as attention_forward takes them, but for q, k, v,
-     * o (dout, dq, dk, dv) and their strides, which are the block's own (obar, dr [N,d]; r's
-     * rows ld_r apart, 0: d). save: per layer,
-     * attn_block_save_bytes(core) bytes, kept from forward to backward; 0 bytes: no block
-     * for these arguments (the model composes the other ops). The backward writes dx and,
-     * with core->r, core->dr (core->grads_write); it adds into dWqkv, dbqkv, dWo, dbo. */
-    size_t (*attn_block_save_bytes)(const AttnArgs *core);
-    void (*attn_block_forward)(real *y, const real *x, const real *Wqkv, const real *bqkv,
-                               const real *Wo, const real *bo, const AttnArgs *core, void *save);
-    void (*attn_block_backward)(real *dx, real *dWqkv, real *dbqkv, real *dWo, real *dbo,
-                                const real *dy, const AttnArgs *core, void *save);
+     * bf16 (AttnBlock, above), as PyTorch's bf16 autocast stores them. save: per layer,
+     * attn_block_save_bytes bytes, kept from forward to backward; 0 bytes: no block for
+     * these arguments (the model composes the other ops). Forward writes y [N,d] (fp32)
+     * and core.lse, core.tbar; backward writes dx [N,d] and adds into the gradients. */
+    size_t (*attn_block_save_bytes)(const AttnBlock *blk);
+    void (*attn_block_forward)(real *y, const real *x, const AttnBlock *blk, void *save);
+    void (*attn_block_backward)(real *dx, const real *dy, const AttnBlock *blk, void *save);
     /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
     void (*gelu_forward)(real *y, const real *x, long n);
     /* dx = dy (Phi(x) + x phi(x)) (writes) */

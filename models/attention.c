@@ -91,8 +91,9 @@ typedef struct {
      * in the backward. ld = 3d there, d otherwise. */
     real *qkv, *dqkv;
     int ld;
-    /* the backend's bf16 attention block (ops->attn_block_*: projections, core and output
-     * in bf16 rows, kernels/cuda/attn_block_cuda.cu), its saved state; NULL: composed here */
+    /* the backend's bf16 attention block (Ops.attn_block_*: projections, probe, core and
+     * output on bf16 rows, kernels/cuda/attn_block_cuda.cu), its saved state; NULL: the
+     * block is composed here */
     void *block;
     int last_B, last_T;
 } Attn;
@@ -251,6 +252,30 @@ static AttnArgs attn_args(const Attn *a, int B, int T) {
     return args;
 }
 
+/* the whole block's arguments, for a backend that runs it on bf16 rows */
+static AttnBlock block_args(const Attn *a, int B, int T) {
+    real *const *P = a->P, *const *G = a->G;
+    AttnBlock k = {.Wqkv = P[S_WQ], .bqkv = P[S_BQ], .Wo = P[S_WO], .bo = P[S_BO], .Wr = P[S_WR],
+                   .r_norm = P[S_RN], .dWqkv = G[S_WQ], .dbqkv = G[S_BQ], .dWo = G[S_WO],
+                   .dbo = G[S_BO], .dWr = G[S_WR], .dr_norm = G[S_RN], .eps = a->eps,
+                   .core = attn_args(a, B, T)};
+    return k;
+}
+
+/* the backend's bf16 block where it has one for this layer: the plain core on fused rows,
+ * a probe (if any) normed and not gated; then only lse and tbar are the model's */
+static int bind_block(Attn *a, const Ops *ops) {
+    if (!ops->attn_block_save_bytes || !fusable(a) || (a->learned && (!a->probe_norm || a->probe_gate)))
+        return 0;
+    AttnBlock shape = block_args(a, a->dims.B, a->dims.T);
+    size_t bytes = ops->attn_block_save_bytes(&shape), nh = sizeof(real) * a->dims.B * a->dims.T * a->H;
+    if (!bytes) return 0;
+    a->block = ops->alloc(bytes);
+    a->lse = ops->alloc(nh);
+    if (a->learned) a->tbar = ops->alloc(nh);
+    return 1;
+}
+
 static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *params,
                       real *grads) {
     Attn *a = self;
@@ -263,25 +288,7 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
     size_t N = (size_t)a->dims.B * a->dims.T, d = (size_t)a->dims.d, H = (size_t)a->H;
     size_t nd = sizeof(real) * N * d, nh = sizeof(real) * N * H;
     a->ld = (int)d;
-    if (a->learned) {
-        a->rl = ops->alloc(nd), a->obar = ops->alloc(nd), a->tbar = ops->alloc(nh);
-        a->rn_out = a->probe_norm ? ops->alloc(nd) : a->rl;
-        a->r = a->probe_gate ? ops->alloc(nd) : a->rn_out;
-        a->rsr = ops->alloc(nh);
-        a->dr = ops->alloc(nd);
-        if (a->probe_gate) a->gl = ops->alloc(nh), a->dgl = ops->alloc(nh);
-    }
-    a->lse = ops->alloc(nh);
-    a->dtmp = ops->alloc(nd);
-    if (fusable(a) && ops->attn_block_save_bytes) {
-        a->ld = 3 * (int)d, a->core_bias = a->qkv_bias;
-        AttnArgs shape = attn_args(a, a->dims.B, a->dims.T);
-        size_t bytes = ops->attn_block_save_bytes(&shape);
-        if (bytes) {
-            a->block = ops->alloc(bytes);
-            return;
-        }
-    }
+    if (bind_block(a, ops)) return;
     if (fusable(a)) {
         a->ld = 3 * (int)d;
         a->qkv = ops->alloc(3 * nd), a->dqkv = ops->alloc(3 * nd);
@@ -300,9 +307,18 @@ static void attn_bind(void *self, const Ops *ops, const ParamSpec *specs, real *
         }
         a->dq = ops->alloc(nd), a->dk = ops->alloc(nd), a->dv = ops->alloc(nd);
     }
-    a->o = ops->alloc(nd);
+    a->o = ops->alloc(nd), a->lse = ops->alloc(nh);
     a->rsq = ops->alloc(nh), a->rsk = ops->alloc(nh);
+    a->dtmp = ops->alloc(nd);
     a->dob = ops->alloc(nd);
+    if (a->learned) {
+        a->rl = ops->alloc(nd), a->obar = ops->alloc(nd), a->tbar = ops->alloc(nh);
+        a->rn_out = a->probe_norm ? ops->alloc(nd) : a->rl;
+        a->r = a->probe_gate ? ops->alloc(nd) : a->rn_out;
+        a->rsr = ops->alloc(nh);
+        a->dr = ops->alloc(nd);
+        if (a->probe_gate) a->gl = ops->alloc(nh), a->dgl = ops->alloc(nh);
+    }
     if (a->route != ROUTE_ATTN) a->den = ops->alloc(nh), a->resid = ops->alloc(nh);
     if (a->probe == PROBE_SOLVED) a->rho = ops->alloc(nd);
     if (a->fmap != FAM_FMAP_IDENTITY) {
@@ -357,7 +373,12 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P;
     a->last_B = B, a->last_T = T;
-    if (!a->block) qkv_forward(a, ops, x, N, T);
+    if (a->block) {
+        AttnBlock k = block_args(a, B, T);
+        ops->attn_block_forward(y, x, &k, a->block);
+        return;
+    }
+    qkv_forward(a, ops, x, N, T);
     if (a->learned) {
         linear_forward(ops, a->rl, x, P[S_WR], NULL, N, d, d);
         if (a->probe_norm)
@@ -373,11 +394,6 @@ static void attn_forward(void *self, const Ops *ops, const real *x, real *y, int
     if (a->kf) {
         ops->family->feature_map_forward(a->kf, a->k, N * H, hd, hd, a->fmap);
         if (a->rf) ops->family->feature_map_forward(a->rf, a->r, N * H, hd, hd, a->fmap);
-    }
-    if (a->block) {
-        AttnArgs args = attn_args(a, B, T);
-        ops->attn_block_forward(y, x, P[S_WQ], P[S_BQ], P[S_WO], P[S_BO], &args, a->block);
-        return;
     }
     if (a->route == ROUTE_ATTN) {
         AttnArgs args = attn_args(a, B, T);
@@ -439,12 +455,19 @@ static void qkv_backward(Attn *a, const Ops *ops, const real *x, real *dx, int *
     proj_backward(ops, dx, dx_set, G[S_WV], G[S_BV], a->dv, x, P[S_WV], N, d, d);
 }
 
-/* the output projection's and the core's backward: dob, then dq, dk, dv (dr) */
-static void core_backward(Attn *a, const Ops *ops, const real *dy, int B, int T) {
-    int N = B * T, d = a->dims.d;
+static void attn_backward(void *self, const Ops *ops, const real *x, const real *dy, real *dx,
+                          int B, int T) {
+    Attn *a = self;
+    int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
     real **P = a->P, **G = a->G;
     size_t nd = sizeof(real) * (size_t)N * d;
+    if (a->block) { /* writes dx (MixerKind.backward_writes_dx) */
+        AttnBlock k = block_args(a, B, T);
+        ops->attn_block_backward(dx, dy, &k, a->block);
+        return;
+    }
     linear_backward_beta(ops, a->dob, 0, G[S_WO], G[S_BO], dy, a->o, P[S_WO], N, d, d);
+    int dx_set = 0;
     if (a->route == ROUTE_ATTN) {
         /* the core writes dq, dk, dv, dr (no zeroing pass), turns them back by RoPE and
          * sums the bias gradients (no passes for either) */
@@ -454,33 +477,15 @@ static void core_backward(Attn *a, const Ops *ops, const real *dy, int B, int T)
         args.grads_write = 1;
         args.dbias = a->core_bias ? G[S_BQ] : NULL;
         ops->attention_backward(&args);
-        return;
-    }
-    if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
-    else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
-    if (a->learned) ops->zero(a->dr, nd);
-    FamArgs f = fam_args(a, B, T);
-    f.dout = a->dob, f.dq = a->dq, f.dk = a->dk, f.dv = a->dv, f.dr = a->dr;
-    f.dlog_bw = G[S_LBW];
-    if (a->route == ROUTE_RECURRENT) ops->family->linear_recurrent_backward(&f);
-    else ops->family->backward(&f);
-}
-
-static void attn_backward(void *self, const Ops *ops, const real *x, const real *dy, real *dx,
-                          int B, int T) {
-    Attn *a = self;
-    int N = B * T, d = a->dims.d, H = a->H, hd = a->hd;
-    real **P = a->P, **G = a->G;
-    size_t nd = sizeof(real) * (size_t)N * d;
-    int dx_set = 0;
-    if (a->block) { /* projections and core; dx written, the probe's part added below */
-        AttnArgs args = attn_args(a, B, T);
-        args.dr = a->learned ? a->dr : NULL;
-        args.grads_write = 1;
-        ops->attn_block_backward(dx, G[S_WQ], G[S_BQ], G[S_WO], G[S_BO], dy, &args, a->block);
-        dx_set = 1;
     } else {
-        core_backward(a, ops, dy, B, T);
+        if (a->dqkv) ops->zero(a->dqkv, 3 * nd);
+        else ops->zero(a->dq, nd), ops->zero(a->dk, nd), ops->zero(a->dv, nd);
+        if (a->learned) ops->zero(a->dr, nd);
+        FamArgs f = fam_args(a, B, T);
+        f.dout = a->dob, f.dq = a->dq, f.dk = a->dk, f.dv = a->dv, f.dr = a->dr;
+        f.dlog_bw = G[S_LBW];
+        if (a->route == ROUTE_RECURRENT) ops->family->linear_recurrent_backward(&f);
+        else ops->family->backward(&f);
     }
     if (a->kf) {
         fmap_back(a, ops, a->dk, a->k, N, nd);
@@ -504,7 +509,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
         }
         proj_backward(ops, dx, &dx_set, G[S_WR], NULL, dpre, x, P[S_WR], N, d, d);
     }
-    if (!a->block) qkv_backward(a, ops, x, dx, &dx_set, N, T);
+    qkv_backward(a, ops, x, dx, &dx_set, N, T);
 }
 
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and
@@ -541,7 +546,7 @@ static void attn_destroy(void *self, const Ops *ops) {
         if (a->uses_q) ops->release(a->q);
         if (a->uses_k) ops->release(a->k);
     }
-    if (a->learned && a->probe_norm) ops->release(a->rn_out);
+    if (a->learned && a->probe_norm && a->rn_out) ops->release(a->rn_out); /* none with block */
     if (a->learned && a->probe_gate) ops->release(a->r);
     free(a);
 }

@@ -13,6 +13,7 @@
 
 #include <gsl/gsl_randist.h>
 
+#include "../models/layers.h"
 #include "../optim/optim.h"
 
 /* backends, NEED_GPU, up/down/randv/host_copy/cmp, model_case: tests/cudautil.h */
@@ -695,22 +696,29 @@ static void test_attention_tensor_cores(void **s) {
     gsl_rng_free(r);
 }
 
-/* The bf16 attention block (ops->attn_block_*, kernels/cuda/attn_block_cuda.cu: bf16 rows
- * for q, k, v, o and their gradients) against the CPU composing the same function from
- * its ops in fp32: y = core(x Wqkv^T + bqkv) Wo^T + bo, then dx (written), dr (written)
- * and the weight and bias gradients (added to random values). */
+/* The bf16 attention block (Ops.attn_block_*, kernels/cuda/attn_block_cuda.cu: bf16 rows
+ * for q, k, v, r, o and their gradients) against the CPU composing the same function from
+ * its ops in fp32: y = core(x Wqkv^T + bqkv, r) Wo^T + bo with Parallax's probe
+ * r = RoPE(RMSNorm_head(x Wr^T) r_norm), then dx (written) and every weight and bias
+ * gradient (added to random values). */
 static void attn_block_case(int B, int T, int H, int window, int parallax, int bias, int rope,
                             gsl_rng *r) {
     const int hd = 8, d = H * hd, N = B * T;
     const size_t nd = (size_t)N * d, n3 = 3 * nd, dd = (size_t)d * d, ns = (size_t)B * H * T;
-    /* parameters as the model lays them out: Wq Wk Wv Wo bq bk bv bo */
-    real *par = randv(r, 4 * dd + 4 * (size_t)d, 1 / sqrt((double)d)), *x = randv(r, nd, 1), *dy = randv(r, nd, 1);
-    real *rr = randv(r, nd, 0.5), *gpar = randv(r, 4 * dd + 4 * (size_t)d, 0.1);
-    real *W = par, *Wo = par + 3 * dd, *bqkv = bias ? par + 4 * dd : NULL, *bo = bias ? bqkv + 3 * d : NULL;
+    const size_t np = 5 * dd + 4 * (size_t)d + hd;
+    const real eps = (real)1e-5;
+    /* parameters as the model lays them out: Wq Wk Wv Wo bq bk bv bo Wr r_norm */
+    real *par = randv(r, np, 1 / sqrt((double)d)), *x = randv(r, nd, 1), *dy = randv(r, nd, 1);
+    real *gpar = randv(r, np, 0.1);
+    for (int c = 0; c < hd; c++) par[np - hd + c] += 1; /* r_norm near 1 */
+    AttnBlock k = {.Wqkv = par, .Wo = par + 3 * dd, .bqkv = bias ? par + 4 * dd : NULL,
+                   .bo = bias ? par + 4 * dd + 3 * d : NULL, .Wr = parallax ? par + 4 * dd + 4 * d : NULL,
+                   .r_norm = parallax ? par + 5 * dd + 4 * d : NULL, .eps = eps};
     AttnArgs c = {.B = B, .T = T, .H = H, .hd = hd, .ld_in = 3 * d, .ld_out = d, .ld_r = d, .ld_dqkv = 3 * d,
                   .scale = (real)(1.0 / sqrt((double)hd)), .window = window,
                   .rope_rot = rope, .rope_r = 1, .r_roped = 1, .rope_base = 10000};
-    size_t bytes = GPU16->attn_block_save_bytes(&c);
+    k.core = c;
+    size_t bytes = GPU16->attn_block_save_bytes(&k);
     assert_true(bytes > 0);
     printf("  %s B=%d T=%d H=%d window=%d%s rope_rot=%d\n", parallax ? "parallax" : "softmax", B, T,
            H, window, bias ? " biases" : "", rope);
@@ -718,52 +726,62 @@ static void attn_block_case(int B, int T, int H, int window, int parallax, int b
     real *qkv = malloc(sizeof(real) * n3), *o = malloc(sizeof(real) * nd), *y = malloc(sizeof(real) * nd);
     real *obar = malloc(sizeof(real) * nd), *lse = malloc(sizeof(real) * ns), *tbar = malloc(sizeof(real) * ns);
     real *dqkv = malloc(sizeof(real) * n3), *dob = malloc(sizeof(real) * nd), *dx = malloc(sizeof(real) * nd);
-    real *dr = malloc(sizeof(real) * nd), *gc = host_copy(gpar, 4 * dd + 4 * (size_t)d);
+    real *rl = malloc(sizeof(real) * nd), *rn = malloc(sizeof(real) * nd), *rsr = malloc(sizeof(real) * ns);
+    real *dr = malloc(sizeof(real) * nd), *dl = malloc(sizeof(real) * nd), *gc = host_copy(gpar, np);
     real *cW = gc, *cWo = gc + 3 * dd, *cb = bias ? gc + 4 * dd : NULL, *cbo = bias ? cb + 3 * d : NULL;
-    CPU->matmul(qkv, x, W, N, 3 * d, d, 0, 1, 1, 0);
-    if (bias) CPU->add_bias(qkv, bqkv, N, 3 * d);
+    real *cWr = gc + 4 * dd + 4 * d, *crn = gc + 5 * dd + 4 * d;
+    CPU->matmul(qkv, x, k.Wqkv, N, 3 * d, d, 0, 1, 1, 0);
+    if (bias) CPU->add_bias(qkv, k.bqkv, N, 3 * d);
     c.q = qkv, c.k = qkv + d, c.v = qkv + 2 * d, c.o = o, c.lse = lse;
-    if (parallax) c.r = rr, c.obar = obar, c.tbar = tbar;
+    if (parallax) {
+        CPU->matmul(rl, x, k.Wr, N, d, d, 0, 1, 1, 0);
+        CPU->rmsnorm_rope_forward(rn, rsr, rl, k.r_norm, N, T, H, hd, rope, 10000, eps);
+        c.r = rn, c.obar = obar, c.tbar = tbar;
+    }
     CPU->attention_forward(&c);
-    CPU->matmul(y, o, Wo, N, d, d, 0, 1, 1, 0);
-    if (bias) CPU->add_bias(y, bo, N, d);
-    CPU->matmul(dob, dy, Wo, N, d, d, 0, 0, 1, 0);
+    CPU->matmul(y, o, k.Wo, N, d, d, 0, 1, 1, 0);
+    if (bias) CPU->add_bias(y, k.bo, N, d);
+    CPU->matmul(dob, dy, k.Wo, N, d, d, 0, 0, 1, 0);
     CPU->matmul(cWo, dy, o, d, d, N, 1, 0, 1, 1);
     if (bias) CPU->bias_backward(cbo, dy, N, d);
     c.dout = dob, c.dq = dqkv, c.dk = dqkv + d, c.dv = dqkv + 2 * d, c.dr = parallax ? dr : NULL;
     c.grads_write = 1, c.dbias = cb;
     CPU->attention_backward(&c);
-    CPU->matmul(dx, dqkv, W, N, d, 3 * d, 0, 0, 1, 0);
+    CPU->matmul(dx, dqkv, k.Wqkv, N, d, 3 * d, 0, 0, 1, 0);
     CPU->matmul(cW, dqkv, x, 3 * d, d, N, 1, 0, 1, 1);
+    if (parallax) {
+        rmsnorm_backward_write(CPU, dl, crn, dr, rl, k.r_norm, rsr, N * H, hd);
+        CPU->matmul(dx, dl, k.Wr, N, d, d, 0, 0, 1, 1);
+        CPU->matmul(cWr, dl, x, d, d, N, 1, 0, 1, 1);
+    }
     /* the GPU block */
-    real *gp = up(GPU16, par, sizeof(real) * (4 * dd + 4 * d)), *gg = up(GPU16, gpar, sizeof(real) * (4 * dd + 4 * d));
+    real *gp = up(GPU16, par, sizeof(real) * np), *gg = up(GPU16, gpar, sizeof(real) * np);
     real *gx = up(GPU16, x, sizeof(real) * nd), *gdy = up(GPU16, dy, sizeof(real) * nd);
     real *gy = GPU16->alloc(sizeof(real) * nd), *gdx = up(GPU16, dy, sizeof(real) * nd);
-    AttnArgs g = {.B = B, .T = T, .H = H, .hd = hd, .scale = c.scale, .window = window,
-                  .rope_rot = rope, .rope_r = 1, .r_roped = 1, .rope_base = 10000,
-                  .lse = GPU16->alloc(sizeof(real) * ns), .grads_write = 1};
-    if (parallax) {
-        g.r = up(GPU16, rr, sizeof(real) * nd), g.obar = GPU16->alloc(sizeof(real) * nd);
-        g.tbar = GPU16->alloc(sizeof(real) * ns), g.dr = up(GPU16, dy, sizeof(real) * nd);
-    }
+    AttnBlock g = {.Wqkv = gp, .Wo = gp + 3 * dd, .bqkv = bias ? gp + 4 * dd : NULL,
+                   .bo = bias ? gp + 4 * dd + 3 * d : NULL, .Wr = parallax ? gp + 4 * dd + 4 * d : NULL,
+                   .r_norm = parallax ? gp + 5 * dd + 4 * d : NULL, .dWqkv = gg, .dWo = gg + 3 * dd,
+                   .dbqkv = bias ? gg + 4 * dd : NULL, .dbo = bias ? gg + 4 * dd + 3 * d : NULL,
+                   .dWr = parallax ? gg + 4 * dd + 4 * d : NULL,
+                   .dr_norm = parallax ? gg + 5 * dd + 4 * d : NULL, .eps = eps, .core = k.core};
+    g.core.lse = GPU16->alloc(sizeof(real) * ns);
+    if (parallax) g.core.tbar = GPU16->alloc(sizeof(real) * ns);
     void *save = GPU16->alloc(bytes);
-    GPU16->attn_block_forward(gy, gx, gp, bias ? gp + 4 * dd : NULL, gp + 3 * dd,
-                              bias ? gp + 4 * dd + 3 * d : NULL, &g, save);
-    GPU16->attn_block_backward(gdx, gg, bias ? gg + 4 * dd : NULL, gg + 3 * dd,
-                               bias ? gg + 4 * dd + 3 * d : NULL, gdy, &g, save);
+    GPU16->attn_block_forward(gy, gx, &g, save);
+    GPU16->attn_block_backward(gdx, gdy, &g, save);
     const double fb = 4 * BF16_EPS, bb = 8 * BF16_EPS;
     cmp("y", y, gy, nd, fb);
-    cmp("lse", lse, g.lse, ns, fb);
-    if (parallax) cmp("obar", obar, g.obar, nd, fb), cmp("tbar", tbar, g.tbar, ns, bb);
+    cmp("lse", lse, g.core.lse, ns, fb);
+    if (parallax) cmp("tbar", tbar, g.core.tbar, ns, bb);
     cmp("dx (written)", dx, gdx, nd, bb);
-    if (parallax) cmp("dr (written)", dr, g.dr, nd, bb);
     cmp("dWqkv (added)", cW, gg, 3 * dd, bb);
     cmp("dWo (added)", cWo, gg + 3 * dd, dd, bb);
     if (bias) cmp("dbqkv, dbo (added)", cb, gg + 4 * dd, 4 * (size_t)d, bb);
-    void *gb2[] = {gp, gg, gx, gdy, gy, gdx, g.lse, (void *)g.r, g.obar, g.tbar, g.dr, save};
+    if (parallax) cmp("dWr (added)", cWr, gg + 4 * dd + 4 * d, dd, bb), cmp("dr_norm (added)", crn, gg + 5 * dd + 4 * d, hd, bb);
+    void *gb2[] = {gp, gg, gx, gdy, gy, gdx, g.core.lse, g.core.tbar, save};
     for (size_t i = 0; i < sizeof gb2 / sizeof *gb2; i++)
         if (gb2[i]) GPU16->release(gb2[i]);
-    real *hb[] = {par, x, dy, rr, gpar, qkv, o, y, obar, lse, tbar, dqkv, dob, dx, dr, gc};
+    real *hb[] = {par, x, dy, gpar, qkv, o, y, obar, lse, tbar, dqkv, dob, dx, rl, rn, rsr, dr, dl, gc};
     for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
 }
 
@@ -774,7 +792,7 @@ static void test_attn_block(void **s) {
         printf("  this CUDA build has no bf16 attention block: nothing to compare\n");
         return;
     }
-    AttnArgs wide = {.B = 1, .T = 8, .H = 2, .hd = 16};
+    AttnBlock wide = {.core = {.B = 1, .T = 8, .H = 2, .hd = 16}};
     assert_int_equal(GPU16->attn_block_save_bytes(&wide), 0); /* head dim 16: no block */
     gsl_rng *r = test_rng(13);
     for (int px = 0; px < 2; px++) {

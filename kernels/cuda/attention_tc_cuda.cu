@@ -78,8 +78,8 @@ __device__ __forceinline__ void pack_tiles(uint32_t a[4], const float lo[4], con
     a[2] = pack2(hi[0], hi[1]), a[3] = pack2(hi[2], hi[3]);
 }
 
-// q, k, v, o, dout and dq, dk, dv are stored as TI: float, or bf16 in the bf16 attention
-// block (AttnArgs.io_bf16, attn_block_cuda.cu); r, obar, dr, lse, tbar stay float
+// q, k, v, r, o, obar, dout and dq, dk, dv, dr are stored as TI: float, or bf16 in the bf16
+// attention block (AttnArgs.io_bf16, attn_block_cuda.cu); lse and tbar stay float
 __device__ __forceinline__ float ldf(const float *p) { return *p; }
 __device__ __forceinline__ float ldf(const bf16 *p) { return __bfloat162float(*p); }
 __device__ __forceinline__ void stf(float *p, float v) { *p = v; }
@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(NTHREADS) tc_fwd_kernel(AttnArgs a) {
         const int rows[2] = {q0 + g, q0 + g + 8};
         uint32_t qa[HD / 8][2], ra[HD / 8][2];
         load_afrag<HD>(qa, as<TI>(a.q), a.ld_in, b, T, h, q0, a.scale * L2E); // scores in log2 units
-        if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
+        if (PX) load_afrag<HD>(ra, as<TI>(a.r), a.ld_r, b, T, h, q0, 1.f);
         float m[2] = {NEG_INF, NEG_INF}, d[2] = {0.f, 0.f}, st[2] = {0.f, 0.f};
         float ov[HD / 8][4], otv[HD / 8][4];
 #pragma unroll
@@ -306,7 +306,7 @@ __global__ void __launch_bounds__(NTHREADS) tc_fwd_kernel(AttnArgs a) {
             if (i >= T) continue;
             const float inv = 1.f / d[r], tbar = st[r] * inv;
             TI *o = row_ptr(as<TI>(a.o), a.ld_out, b, i, T, h, HD);
-            float *ob = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : nullptr;
+            TI *ob = PX ? row_ptr(as<TI>(a.obar), a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
             for (int n = 0; n < HD / 8; n++)
 #pragma unroll
@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(NTHREADS) tc_fwd_kernel(AttnArgs a) {
                     int c = 8 * n + 2 * u + e;
                     float obar = ov[n][2 * r + e] * inv;
                     stf(o + c, PX ? obar * (1.f + tbar) - otv[n][2 * r + e] * inv : obar);
-                    if (PX) ob[c] = obar;
+                    if (PX) stf(ob + c, obar);
                 }
             if (u == 0) {
                 size_t si = ((size_t)b * H + h) * T + i;
@@ -394,7 +394,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
         const int rows[2] = {q0 + g, q0 + g + 8};
         uint32_t qa[HD / 8][2], ra[HD / 8][2], ga[HD / 8][2];
         load_afrag<HD>(qa, as<TI>(a.q), a.ld_in, b, T, h, q0, a.scale * L2E);
-        if (PX) load_afrag<HD>(ra, a.r, a.ld_r, b, T, h, q0, 1.f);
+        if (PX) load_afrag<HD>(ra, as<TI>(a.r), a.ld_r, b, T, h, q0, 1.f);
         load_afrag<HD>(ga, as<TI>(a.dout), a.ld_out, b, T, h, q0, 1.f);
         // row scalars in fp32: each lane sums its dims 8c+2u, 8c+2u+1, then the quad
         float Ti[2], bi[2], lse2[2], tb[2];
@@ -405,7 +405,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
             if (i < T) {
                 const TI *gr = row_ptr(as<TI>(a.dout), a.ld_out, b, i, T, h, HD);
                 const TI *orow = row_ptr(as<TI>(a.o), a.ld_out, b, i, T, h, HD);
-                const float *obr = PX ? row_ptr(a.obar, a.ld_out, b, i, T, h, HD) : nullptr;
+                const TI *obr = PX ? row_ptr(as<TI>(a.obar), a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
                 for (int c = 0; c < HD / 8; c++)
 #pragma unroll
@@ -413,7 +413,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
                         const int col = 8 * c + 2 * u + e;
                         const float gv = ldf(gr + col);
                         sT += gv * ldf(orow + col);
-                        sB += gv * (PX ? obr[col] : ldf(orow + col));
+                        sB += gv * ldf((PX ? obr : orow) + col);
                     }
             }
             Ti[r] = quad_sum(sT), bi[r] = quad_sum(sB);
@@ -472,14 +472,14 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
             const int i = rows[r];
             if (i >= T) continue;
             TI *dqo = row_ptr(as<TI>(a.dq), a.ld_dqkv, b, i, T, h, HD);
-            float *dro = PX ? row_ptr(a.dr, a.ld_out, b, i, T, h, HD) : nullptr;
+            TI *dro = PX ? row_ptr(as<TI>(a.dr), a.ld_out, b, i, T, h, HD) : nullptr;
 #pragma unroll
             for (int n = 0; n < HD / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     int c = 8 * n + 2 * u + e;
                     stf(dqo + c, (a.grads_write ? 0.f : ldf(dqo + c)) + a.scale * dq[n][2 * r + e]);
-                    if (PX) dro[c] = (a.grads_write ? 0.f : dro[c]) + dr[n][2 * r + e];
+                    if (PX) stf(dro + c, (a.grads_write ? 0.f : ldf(dro + c)) + dr[n][2 * r + e]);
                 }
             if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
         }
@@ -535,7 +535,7 @@ __global__ void __launch_bounds__(NTHREADS)
                 chunk_write(cg, sG, 1.f, sGt, 1.f);
                 if (PX) {
                     Chunk<HD, KC> cr;
-                    chunk_read(cr, a.r, a.ld_r, b, T, h, i0);
+                    chunk_read(cr, as<TI>(a.r), a.ld_r, b, T, h, i0);
                     chunk_write(cr, sR, 1.f, sRt, 1.f);
                 }
                 for (int x = threadIdx.x; x < KC; x += blockDim.x) {
