@@ -176,18 +176,19 @@ typedef struct Ops {
      * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
      * (mlp_save_bytes(N, d, F) bytes, backend-private) between forward and backward.
      * Forward writes y; backward writes dx and adds into dW13, dW2. x = NULL: the saved
-     * input was written by residual_rmsnorm_mlp_forward; dy = NULL: the output gradient by
+     * input was written by residual_rmsnorm_bf16_forward; dy = NULL: the output gradient by
      * rmsnorm_backward_mlp. NULL: the model composes matmul and swiglu. */
     size_t (*mlp_save_bytes)(int N, int d, int F);
     void (*mlp_forward)(real *y, const real *x, const real *W13, const real *W2, void *save, int N,
                         int d, int F);
     void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, void *save, int N, int d,
                          int F);
-    /* Optional (with mlp_forward): residual_rmsnorm_forward whose norm output goes, in bf16
-     * only, into the MLP's saved input (the bf16 MLP reads nothing else of it); then
-     * mlp_forward is called with x = NULL. Returns 0 when it did nothing. */
-    int (*residual_rmsnorm_mlp_forward)(real *out, const real *x, const real *y, void *mlp_save,
-                                        real *rstd, const real *w, int N, int C, real eps);
+    /* Optional (bf16): residual_rmsnorm_forward whose norm output goes, in bf16 only, into
+     * the first N*C bf16 of `save`: the saved input of a bf16 block that reads nothing else
+     * of it (mlp_forward's, attn_block_forward's), which is then called with x = NULL.
+     * Returns 0 when it did nothing. */
+    int (*residual_rmsnorm_bf16_forward)(real *out, const real *x, const real *y, void *save,
+                                         real *rstd, const real *w, int N, int C, real eps);
     /* Optional (with mlp_backward): rmsnorm_backward (write: dx =, else +=) whose dx is the
      * MLP's output gradient, also written in bf16 into its saved state; then mlp_backward
      * is called with dy = NULL. Returns 0 when it did nothing. */
@@ -197,7 +198,8 @@ typedef struct Ops {
      * bf16 (AttnBlock, above), as PyTorch's bf16 autocast stores them. save: per layer,
      * attn_block_save_bytes bytes, kept from forward to backward; 0 bytes: no block for
      * these arguments (the model composes the other ops). Forward writes y [N,d] (fp32)
-     * and core.lse, core.tbar; backward writes dx [N,d] and adds into the gradients. */
+     * and core.lse, core.tbar (x = NULL: its input was written into save by
+     * residual_rmsnorm_bf16_forward); backward writes dx [N,d] and adds into the gradients. */
     size_t (*attn_block_save_bytes)(const AttnBlock *blk);
     void (*attn_block_forward)(real *y, const real *x, const AttnBlock *blk, void *save);
     void (*attn_block_backward)(real *dx, const real *dy, const AttnBlock *blk, void *save);

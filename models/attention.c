@@ -512,6 +512,8 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
     qkv_backward(a, ops, x, dx, &dx_set, N, T);
 }
 
+static void *attn_bf16_input(void *self) { return ((Attn *)self)->block; }
+
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and
  * the mean relative residual |r|/|b| over rows, so a run shows whether
  * mixer.cg_iters is enough. */
@@ -570,6 +572,7 @@ static int attn_check_ops(const void *self, const Ops *ops, Err *err) {
     const MixerKind ident = {.name = nm, .help = hp, .preset = pre, .create = attn_create,     \
                              .bind = attn_bind, .forward = attn_forward,                      \
                              .backward = attn_backward, .backward_writes_dx = 1,              \
+                             .bf16_input = attn_bf16_input,                                   \
                              .destroy = attn_destroy,                                         \
                              .diagnostics = attn_diagnostics, .check_ops = attn_check_ops}
 

@@ -25,6 +25,10 @@ typedef struct MixerKind {
     void (*backward)(void *self, const Ops *ops, const real *x, const real *dy, real *dx, int B,
                      int T);
     int backward_writes_dx;
+    /* optional: the backend's bf16 state of this layer (Ops.attn_block_*) whose input the
+     * norm before may write in bf16 (Ops.residual_rmsnorm_bf16_forward); forward is then
+     * called with x = NULL and reads it from there. NULL (or returning NULL): none */
+    void *(*bf16_input)(void *self);
     void (*destroy)(void *self, const Ops *ops);
     /* reals of recurrent state one layer keeps per sequence (MAD compares at matched
      * state); NULL when the state grows with the sequence (softmax's KV cache) */

@@ -47,7 +47,7 @@ typedef struct {
      * matmul writes a and b side by side (one launch instead of two, each way) */
     int ld;
     void *save; /* the backend's whole-MLP op (ops->mlp_forward) in use: its saved state */
-    int x_saved; /* the norm before wrote the input into save (residual_rmsnorm_mlp_forward) */
+    int x_saved; /* the norm before wrote the input into save (residual_rmsnorm_bf16_forward) */
     int dy_saved; /* the norm after wrote the output gradient into save (rmsnorm_backward_mlp) */
 } Mlp;
 
@@ -58,6 +58,7 @@ struct Model {
     real *params, *grads;
     const MixerKind *kind;
     void **mixers;
+    int *mixer_x_saved; /* the norm before wrote layer l's input into its mixer's bf16 state */
     Mlp *mlps;
     AutoEncoder *ae; /* model.backbone=autoencoder (compression), else NULL */
     int p_embed, p_final_norm, p_head_w, p_head_b;
@@ -116,6 +117,7 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
     m->p_embed = pb_add(pb, "embed", D->V, d, 0, INIT_NORMAL, 0.02);
     m->p_norm = xcalloc((size_t)(2 * L), sizeof(int));
     m->mixers = xcalloc((size_t)L, sizeof(void *));
+    m->mixer_x_saved = xcalloc((size_t)L, sizeof(int));
     m->mlps = xcalloc((size_t)L, sizeof(Mlp));
     for (int l = 0; l < L; l++) {
         snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.", l);
@@ -129,7 +131,8 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
         }
         if (!m->mixers[l]) {
             for (int j = 0; j < l; j++) kind->destroy(m->mixers[j], ops);
-            free(m->mixers), free(m->mlps), free(m->p_norm), free(pb->specs), free(m);
+            free(m->mixers), free(m->mixer_x_saved), free(m->mlps), free(m->p_norm), free(pb->specs);
+            free(m);
             return NULL;
         }
         if (F) {
@@ -213,7 +216,8 @@ void model_free(Model *m) {
     void *bufs[] = {m->tmp, m->fin, m->fin_rstd, m->logits, m->dlogits, m->dres, m->dln,
                     m->batch, m->pred, m->nll, m->loss, m->params, m->grads};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) ops->release(bufs[i]);
-    free(m->res), free(m->ln), free(m->rstd), free(m->mixers), free(m->mlps), free(m->p_norm);
+    free(m->res), free(m->ln), free(m->rstd), free(m->mixers), free(m->mixer_x_saved), free(m->mlps);
+    free(m->p_norm);
     free(m->pb.specs);
     free(m->host_batch);
     free(m);
@@ -284,16 +288,29 @@ static void norm_state(Model *m, int s, int N) {
         m->ops->rmsnorm_forward(out, rstd, m->res[s], w, N, m->dims.d, m->dims.norm_eps);
 }
 
+/* the bf16 state whose input the norm after residual state s may write (the MLP's after
+ * an odd state, the mixer's after an even one), and the flag that says it did; NULL: none */
+static void *bf16_input(Model *m, int s, int **saved) {
+    int l = s / 2;
+    if (s >= 2 * m->dims.layers) return NULL;
+    if (s % 2) {
+        *saved = m->dims.mlp_width ? &m->mlps[l].x_saved : NULL;
+        return *saved ? m->mlps[l].save : NULL;
+    }
+    *saved = &m->mixer_x_saved[l];
+    return m->kind->bf16_input ? m->kind->bf16_input(m->mixers[l]) : NULL;
+}
+
 /* res[s] = res[s-1] + y, and the norm after it in the same pass */
 static void residual(Model *m, int s, const real *y, int N) {
     real *out, *rstd;
     const real *w;
-    int norm = norm_after(m, s, &out, &rstd, &w);
-    Mlp *p = s % 2 && s < 2 * m->dims.layers && m->dims.mlp_width ? &m->mlps[s / 2] : NULL;
-    if (p && p->save && m->ops->residual_rmsnorm_mlp_forward) /* the MLP's input, in bf16 */
-        p->x_saved = m->ops->residual_rmsnorm_mlp_forward(m->res[s], m->res[s - 1], y, p->save,
-                                                          rstd, w, N, m->dims.d, m->dims.norm_eps);
-    if (p && p->x_saved) return;
+    int norm = norm_after(m, s, &out, &rstd, &w), *saved;
+    void *save = bf16_input(m, s, &saved);
+    if (save && m->ops->residual_rmsnorm_bf16_forward && /* the block's input, in bf16 only */
+        (*saved = m->ops->residual_rmsnorm_bf16_forward(m->res[s], m->res[s - 1], y, save, rstd, w,
+                                                         N, m->dims.d, m->dims.norm_eps)))
+        return;
     m->ops->residual_rmsnorm_forward(m->res[s], m->res[s - 1], y, norm ? out : NULL, rstd, w, N,
                                      m->dims.d, m->dims.norm_eps);
 }
@@ -354,7 +371,8 @@ void model_forward(Model *m, int B, int with_loss) {
     }
     for (int l = 0; l < L; l++) {
         /* mixer sublayer */
-        m->kind->forward(m->mixers[l], ops, m->ln[2 * l], m->tmp, B, D->T);
+        m->kind->forward(m->mixers[l], ops, m->mixer_x_saved[l] ? NULL : m->ln[2 * l], m->tmp, B,
+                         D->T);
         residual(m, 2 * l + 1, m->tmp, N);
         /* MLP sublayer (identity when model.mlp=none) */
         if (!F) {

@@ -19,7 +19,8 @@ typedef __nv_bfloat16 bf16;
 constexpr int HD = 8; // the head dim the core runs on bf16 rows (cu_attention_tc_io_bf16)
 
 // the layer's tensors in one buffer (bf16 element offsets, each a multiple of 8: 16-byte
-// aligned): activations and gradients [N, d or 3d]; the weights in the parameter vector's
+// aligned): activations and gradients [N, d or 3d], the input xb first (where
+// residual_rmsnorm_bf16_forward writes it); the weights in the parameter vector's
 // order (wq wk wv wo bq bk bv bo wr), so that one conversion serves them where they are
 // adjacent; then the probe norm's rstd [N*H] (fp32)
 struct Save {
@@ -167,7 +168,7 @@ void forward(float *y, const float *x, const AttnBlock *blk, void *save) {
     const int N = core->B * core->T, d = core->H * core->hd;
     const size_t dd = (size_t)d * d;
     Save s = layout(save, N, d);
-    cu_to_bf16(s.xb, x, (long)N * d);
+    if (x) cu_to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_bf16_forward wrote it
     const float *W = blk->Wqkv, *b = blk->bqkv;
     if (blk->Wo == W + 3 * dd && (!b || (b == W + 4 * dd && blk->bo == b + 3 * d)) &&
         (!blk->Wr || (b && blk->Wr == b + 4 * d))) {

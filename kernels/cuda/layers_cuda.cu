@@ -200,6 +200,12 @@ bool cu_residual_rmsnorm_bf16(float *out, const float *x, const float *y, __nv_b
                               float *rstd, const float *w, int N, int C, float eps) {
     return residual_rmsnorm_fused(out, x, y, nout, rstd, w, N, C, eps);
 }
+// residual_rmsnorm_bf16_forward: the norm written into the first N*C bf16 of a bf16 block's
+// state (its input: no fp32 copy and no conversion pass)
+static int residual_rmsnorm_bf16_forward(float *out, const float *x, const float *y, void *save,
+                                         float *rstd, const float *w, int N, int C, float eps) {
+    return cu_residual_rmsnorm_bf16(out, x, y, (__nv_bfloat16 *)save, rstd, w, N, C, eps);
+}
 
 // dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
 __global__ void rmsnorm_bwd_kernel(float *dx, const float *dout, const float *x, const float *w,
@@ -715,6 +721,7 @@ static void conv_backward(float *dx, float *dw, float *db, const float *dy, cons
 void cu_fill_layers(Ops *o, int p) {
     o->rmsnorm_forward = rmsnorm_forward;
     o->residual_rmsnorm_forward = residual_rmsnorm_forward;
+    o->residual_rmsnorm_bf16_forward = p == 2 ? residual_rmsnorm_bf16_forward : nullptr;
     o->rmsnorm_backward = rmsnorm_backward;
     o->rmsnorm_backward_write = rmsnorm_backward_write;
     o->embedding_forward = embedding_forward;

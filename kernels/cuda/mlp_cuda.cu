@@ -20,8 +20,8 @@ namespace {
 typedef __nv_bfloat16 bf16;
 
 // the forward's saved tensors, in one buffer per layer (element offsets), and the output
-// gradient dyb, which the norm's backward may write (rmsnorm_backward_mlp); xb and dyb
-// come first, where they are whatever F is
+// gradient dyb, which the norm's backward may write (rmsnorm_backward_mlp); xb (which
+// residual_rmsnorm_bf16_forward may write) and dyb come first, where they are whatever F is
 struct Save {
     bf16 *xb, *dyb, *ab, *h, *w13, *w2;
 };
@@ -117,7 +117,7 @@ void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
 void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
                  int d, int F) {
     Save s = layout(save, N, d, F);
-    if (x) cu_to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_mlp_forward wrote it
+    if (x) cu_to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_bf16_forward wrote it
     if (W2 == W13 + 2L * F * d) { // adjacent parameters (the model's): one conversion
         cu_to_bf16(s.w13, W13, 3L * F * d);
     } else {
@@ -129,12 +129,6 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
     cu_gemm_bf16(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
 }
 
-// the MLP's input from the residual stream's norm, written in bf16 only: no fp32 copy and
-// no conversion pass
-int residual_rmsnorm_mlp_forward(float *out, const float *x, const float *y, void *save,
-                                 float *rstd, const float *w, int N, int C, float eps) {
-    return cu_residual_rmsnorm_bf16(out, x, y, layout(save, N, C, 0).xb, rstd, w, N, C, eps);
-}
 // the norm backward whose dx is the MLP's output gradient: dx in bf16 too, as it is stored
 int rmsnorm_backward_mlp(float *dx, float *dw, const float *dout, const float *x, const float *w,
                          const float *rstd, int N, int C, int write, void *save) {
@@ -160,13 +154,12 @@ void cu_fill_mlp(Ops *o, int p) {
     o->mlp_save_bytes = p == 2 ? save_bytes : nullptr;
     o->mlp_forward = p == 2 ? mlp_forward : nullptr;
     o->mlp_backward = p == 2 ? mlp_backward : nullptr;
-    o->residual_rmsnorm_mlp_forward = p == 2 ? residual_rmsnorm_mlp_forward : nullptr;
     o->rmsnorm_backward_mlp = p == 2 ? rmsnorm_backward_mlp : nullptr;
 }
 #else
 void cu_fill_mlp(Ops *o, int p) {
     (void)p;
     o->mlp_save_bytes = nullptr, o->mlp_forward = nullptr, o->mlp_backward = nullptr;
-    o->residual_rmsnorm_mlp_forward = nullptr, o->rmsnorm_backward_mlp = nullptr;
+    o->rmsnorm_backward_mlp = nullptr;
 }
 #endif
