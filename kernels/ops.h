@@ -186,9 +186,11 @@ typedef struct Ops {
     /* Optional (bf16): residual_rmsnorm_forward whose norm output goes, in bf16 only, into
      * the first N*C bf16 of `save`: the saved input of a bf16 block that reads nothing else
      * of it (mlp_forward's, attn_block_forward's), which is then called with x = NULL.
+     * tokens (then y = NULL): out = x[tokens[n], :], embedding_rmsnorm_forward's sum.
      * Returns 0 when it did nothing. */
-    int (*residual_rmsnorm_bf16_forward)(real *out, const real *x, const real *y, void *save,
-                                         real *rstd, const real *w, int N, int C, real eps);
+    int (*residual_rmsnorm_bf16_forward)(real *out, const real *x, const real *y,
+                                         const int *tokens, void *save, real *rstd, const real *w,
+                                         int N, int C, real eps);
     /* Optional (with mlp_backward): rmsnorm_backward (write: dx =, else +=) whose dx is the
      * MLP's output gradient, also written in bf16 into its saved state; then mlp_backward
      * is called with dy = NULL. Returns 0 when it did nothing. */

@@ -308,8 +308,8 @@ static void residual(Model *m, int s, const real *y, int N) {
     int norm = norm_after(m, s, &out, &rstd, &w), *saved;
     void *save = bf16_input(m, s, &saved);
     if (save && m->ops->residual_rmsnorm_bf16_forward && /* the block's input, in bf16 only */
-        (*saved = m->ops->residual_rmsnorm_bf16_forward(m->res[s], m->res[s - 1], y, save, rstd, w,
-                                                         N, m->dims.d, m->dims.norm_eps)))
+        (*saved = m->ops->residual_rmsnorm_bf16_forward(m->res[s], m->res[s - 1], y, NULL, save,
+                                                         rstd, w, N, m->dims.d, m->dims.norm_eps)))
         return;
     m->ops->residual_rmsnorm_forward(m->res[s], m->res[s - 1], y, norm ? out : NULL, rstd, w, N,
                                      m->dims.d, m->dims.norm_eps);
@@ -363,7 +363,13 @@ void model_forward(Model *m, int B, int with_loss) {
     size_t nd = sizeof(real) * (size_t)N * d;
     real *nout, *rstd;
     const real *nw;
-    if (!(norm_after(m, 0, &nout, &rstd, &nw) && ops->embedding_rmsnorm_forward &&
+    int norm = norm_after(m, 0, &nout, &rstd, &nw), *saved;
+    void *save = bf16_input(m, 0, &saved); /* the first mixer's, its input in bf16 only */
+    if (save && norm && ops->residual_rmsnorm_bf16_forward)
+        *saved = ops->residual_rmsnorm_bf16_forward(m->res[0], P(m, m->p_embed), NULL, m->tokens,
+                                                    save, rstd, nw, N, d, D->norm_eps);
+    if (!(save && *saved) &&
+        !(norm && ops->embedding_rmsnorm_forward &&
           ops->embedding_rmsnorm_forward(m->res[0], m->tokens, P(m, m->p_embed), nout, rstd, nw, N,
                                          d, D->norm_eps))) {
         ops->embedding_forward(m->res[0], m->tokens, P(m, m->p_embed), N, d);

@@ -97,11 +97,6 @@ void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float b
 void cu_attn_rope(const AttnArgs *a, float sgn);
 void cu_attn_bias(const AttnArgs *a);
 
-// residual_rmsnorm_forward with the norm written in bf16 (layers_cuda.cu), for the bf16
-// MLP's input (mlp_cuda.cu); false where C has no one-pass kernel (nothing is done)
-bool cu_residual_rmsnorm_bf16(float *out, const float *x, const float *y, __nv_bfloat16 *nout,
-                              float *rstd, const float *w, int N, int C, float eps);
-
 // rmsnorm_backward (write: dx =, else +=) with dx also written in bf16 to dxb, for the bf16
 // MLP's output gradient (mlp_cuda.cu); false where the one-pass kernel does not apply
 bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,

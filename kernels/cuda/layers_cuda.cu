@@ -129,8 +129,8 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
     CKL();
 }
 
-// out = x + y and its norm in one pass, the norm written as NT (float, or bf16 for the MLP's
-// input: cu_residual_rmsnorm_bf16): a warp per row, kept in registers, 16-byte accesses
+// out = x + y and its norm in one pass, the norm written as NT (float, or bf16 for a bf16
+// block's input: residual_rmsnorm_bf16_forward): a warp per row, kept in registers, 16-byte accesses
 // (C % 4 == 0, C <= 128 K, aligned rows); lane owns columns 4 lane + 128 k .. + 3, as
 // rmsnorm_bwd_fused_kernel (MAD's d = 128: one float4 a lane)
 __device__ __forceinline__ void st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
@@ -196,15 +196,11 @@ static void residual_rmsnorm_forward(float *out, const float *x, const float *y,
     CKL();
     if (nout) rmsnorm_forward(nout, rstd, out, w, N, C, eps);
 }
-bool cu_residual_rmsnorm_bf16(float *out, const float *x, const float *y, __nv_bfloat16 *nout,
-                              float *rstd, const float *w, int N, int C, float eps) {
-    return residual_rmsnorm_fused(out, x, y, nout, rstd, w, N, C, eps);
-}
-// residual_rmsnorm_bf16_forward: the norm written into the first N*C bf16 of a bf16 block's
-// state (its input: no fp32 copy and no conversion pass)
-static int residual_rmsnorm_bf16_forward(float *out, const float *x, const float *y, void *save,
-                                         float *rstd, const float *w, int N, int C, float eps) {
-    return cu_residual_rmsnorm_bf16(out, x, y, (__nv_bfloat16 *)save, rstd, w, N, C, eps);
+// the norm written into the first N*C bf16 of a bf16 block's state, its input: no fp32 copy
+// and no conversion pass (tokens: the embedding's rows, as embedding_rmsnorm_forward)
+static int residual_rmsnorm_bf16_forward(float *out, const float *x, const float *y, const int *tokens,
+                                         void *save, float *rstd, const float *w, int N, int C, float eps) {
+    return residual_rmsnorm_fused(out, x, y, (__nv_bfloat16 *)save, rstd, w, N, C, eps, tokens);
 }
 
 // dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
