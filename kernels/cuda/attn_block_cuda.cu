@@ -11,6 +11,8 @@
 //             dqkv, dr = core backward (the bias sums dbqkv inside), dl = norm backward (dr),
 //             dx = dqkv Wqkv + dl Wr (fp32), dWqkv += dqkv^T xb, dWr += dl^T xb
 // The weights and biases are rounded to bf16 once per forward (autocast casts them too).
+#include <cstring>
+
 #include "cuda_common.cuh"
 
 namespace {
@@ -220,8 +222,12 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
 
 } // namespace
 
+// PLAB_ATTN_BLOCK=0 leaves the block out (the model composes the fp32-row ops, as before it):
+// for A/B runs and as a fallback
 void cu_fill_attn_block(Ops *o, int p) {
-    o->attn_block_save_bytes = p == 2 ? save_bytes : nullptr;
-    o->attn_block_forward = p == 2 ? forward : nullptr;
-    o->attn_block_backward = p == 2 ? backward : nullptr;
+    const char *e = getenv("PLAB_ATTN_BLOCK");
+    const bool on = p == 2 && !(e && !strcmp(e, "0"));
+    o->attn_block_save_bytes = on ? save_bytes : nullptr;
+    o->attn_block_forward = on ? forward : nullptr;
+    o->attn_block_backward = on ? backward : nullptr;
 }
