@@ -52,7 +52,7 @@ size_t save_bytes(const AttnBlock *blk) {
     if (!cu_attention_tc_io_bf16(&shape) || (blk->Wr && !blk->r_norm)) return 0;
     if ((blk->bqkv == nullptr) != (blk->bo == nullptr)) return 0;
     const size_t N = (size_t)c->B * c->T, d = (size_t)c->H * c->hd;
-    return sizeof(bf16) * (9 * up8(N * d) + 6 * up8(N * d) + up8(5 * d * d + 4 * d)) +
+    return sizeof(bf16) * (15 * up8(N * d) + up8(5 * d * d + 4 * d)) + /* layout: 9 [N,d], 2 [N,3d] */
            sizeof(float) * N * c->H;
 }
 
