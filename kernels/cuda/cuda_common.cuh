@@ -133,3 +133,8 @@ void cu_fill_attn_block(Ops *o, int precision); // attn_block_cuda.cu
 // cuBLASLt with the bias in its epilogue (linear_cuda.cu); false where it has no kernel
 bool cu_linear_bf16(void *y, cudaDataType yt, const __nv_bfloat16 *x, const __nv_bfloat16 *W,
                     const void *b, int N, int in, int out);
+// row-major C[M,N] = alpha op(A) op(B) + beta C on cuBLASLt with the split-K reduction scheme
+// PLAB_SPLITK asks for (linear_cuda.cu): A, B bf16 (prec -1) or fp32 at a table's precision;
+// false where PLAB_SPLITK is unset or cuBLASLt has no kernel
+bool cu_gemm_lt(void *C, cudaDataType ct, const void *A, const void *B, int M, int N, int K, int tA,
+                int tB, float alpha, float beta, int prec);

@@ -9,6 +9,7 @@ template <int P>
 static void mm(float *C, const float *A, const float *B, int M, int N, int K, int tA, int tB,
                float alpha, float beta) {
     if (M == 0 || N == 0) return;
+    if (cu_gemm_lt(C, CUDA_R_32F, A, B, M, N, K, tA, tB, alpha, beta, P)) return;
     CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
                      K, &alpha, B, CUDA_R_32F, tB ? K : N, A, CUDA_R_32F, tA ? M : K, &beta, C,
                      CUDA_R_32F, N, cu_compute_type(P), CUBLAS_GEMM_DEFAULT));
@@ -28,6 +29,7 @@ static void mm_strided(float *C, const float *A, const float *B, int M, int N, i
 void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_bfloat16 *B, int M,
                   int N, int K, int tA, int tB, float beta) {
     if (M == 0 || N == 0) return;
+    if (cu_gemm_lt(C, ct, A, B, M, N, K, tA, tB, 1.f, beta, -1)) return;
     const float alpha = 1.f;
     CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
                      K, &alpha, B, CUDA_R_16BF, tB ? K : N, A, CUDA_R_16BF, tA ? M : K, &beta, C,
