@@ -818,11 +818,15 @@ static void test_models_fp32(void **s) {
     run_model_cases(model_cases, NCASES(model_cases), GPU, 1e-4);
 }
 
-/* bf16 operands in every matmul: errors of a few eps per layer, 2 layers deep */
+/* bf16 operands in every matmul, and the attention block and the MLP store their
+ * activations and gradients in bf16 (as autocast does): each stored tensor rounds once,
+ * and layer 0's gradients pass through about eight such roundings a layer, two layers
+ * deep. Worst seen: Parallax's r_norm gradient, 4.1e-2 under the emulation (exact
+ * matmuls); a sign error in the bf16 RoPE gives 0.23. */
 static void test_models_bf16(void **s) {
     (void)s;
     NEED_GPU();
-    run_model_cases(model_cases, NCASES(model_cases), GPU16, 8 * BF16_EPS);
+    run_model_cases(model_cases, NCASES(model_cases), GPU16, 16 * BF16_EPS);
 }
 
 int main(void) {

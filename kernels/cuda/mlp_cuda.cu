@@ -8,13 +8,11 @@
 //   backward  dyb = bf16(dy) (or written by the norm's backward), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
 //             dx = dab W13 (fp32, written), dW13 += dab^T xb
 // W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
-// rows. The CPU emulation has no bf16 matmul: there the op stays NULL and the model
-// composes the fp32 ops.
+// rows.
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
 
-#ifndef PLAB_EMU
 namespace {
 
 typedef __nv_bfloat16 bf16;
@@ -156,10 +154,3 @@ void cu_fill_mlp(Ops *o, int p) {
     o->mlp_backward = p == 2 ? mlp_backward : nullptr;
     o->rmsnorm_backward_mlp = p == 2 ? rmsnorm_backward_mlp : nullptr;
 }
-#else
-void cu_fill_mlp(Ops *o, int p) {
-    (void)p;
-    o->mlp_save_bytes = nullptr, o->mlp_forward = nullptr, o->mlp_backward = nullptr;
-    o->rmsnorm_backward_mlp = nullptr;
-}
-#endif
