@@ -64,7 +64,7 @@ $(BUILD)/f64/%.o: %.c
 	$(CC) $(CFLAGS) -DPLAB_DOUBLE -c $< -o $@
 
 ifndef EMU
-$(BUILD)/cuda/%.o: %.cu kernels/cuda/cuda_common.cuh $(wildcard kernels/*.h) core/real.h
+$(BUILD)/cuda/%.o: %.cu $(wildcard kernels/cuda/*.cuh) $(wildcard kernels/*.h) core/real.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 else

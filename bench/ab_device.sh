@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B of two builds on one warm GPU (docs/DEVICE.md): the CUDA suites of the new build, then
-# step_bench of old and new alternated, then the bf16 attention block off and on in the new
-# build (PLAB_ATTN_BLOCK), then one MAD solve per mixer with the new build.
+# step_bench of old and new alternated, each round also the new build under each setting of
+# VARIANTS (default: the bf16 attention block off, the fused MLP off), then one MAD solve per
+# mixer with the new build.
 #   OLD=build/devold NEW=build/devcarry bash bench/ab_device.sh
 # (each folder holds a plab-device.tar.xz of `make devcarry`; ROUNDS, MIXERS, SOLVE_SEEDS,
 # NOTEST=1 to skip the suites). Logs and RESULT lines go to $OUT (default /tmp/plab-out).
@@ -22,7 +23,9 @@ fi
 bench() { MIXERS=${MIXERS:-softmax,parallax} "$@" precision=bf16 2>&1 | grep -E "^RESULT" | cut -c1-150; }
 for i in $(seq "${ROUNDS:-2}"); do
     for v in old new; do echo "== $v, round $i"; bench /tmp/pb-$v/bench/step_bench; done
-    for e in 0 1; do echo "== new, PLAB_ATTN_BLOCK=$e, round $i"; PLAB_ATTN_BLOCK=$e bench /tmp/pb-new/bench/step_bench; done
+    for e in ${VARIANTS:-PLAB_ATTN_BLOCK=0 PLAB_MLP_FUSED=0}; do
+        echo "== new, $e, round $i"; (export "$e"; bench /tmp/pb-new/bench/step_bench)
+    done
 done | tee -a "$OUT/ab.txt"
 for m in softmax parallax; do
     for seed in ${SOLVE_SEEDS:-1}; do

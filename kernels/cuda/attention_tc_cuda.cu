@@ -26,6 +26,7 @@
 #include <cuda_bf16.h>
 
 #include "cuda_common.cuh"
+#include "mma_bf16.cuh"
 
 namespace {
 
@@ -40,37 +41,6 @@ template <int HD> __host__ __device__ constexpr int kc() { return HD <= 16 ? 128
 typedef __nv_bfloat16 bf16;
 constexpr float L2E = 1.4426950408889634f;
 constexpr float NEG_INF = -__builtin_huge_valf();
-
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // .x (low half) = lo
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-__device__ __forceinline__ uint32_t ld2(const __nv_bfloat16 *p) { // two adjacent bf16
-    return *reinterpret_cast<const uint32_t *>(p);
-}
-
-// d += A(16x8) B(8x8): A rows g / g+8 in a0 / a1, B column g in b
-__device__ __forceinline__ void mma8(float d[4], uint32_t a0, uint32_t a1, uint32_t b) {
-#ifdef PLAB_EMU
-    emu_mma_m16n8k8_bf16(d, a0, a1, b);
-#else
-    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a0), "r"(a1), "r"(b));
-#endif
-}
-// d += A(16x16) B(16x8)
-__device__ __forceinline__ void mma16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-#ifdef PLAB_EMU
-    emu_mma_m16n8k16_bf16(d, a, b0, b1);
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
 
 // The P operand of P V (16 rows x 16 columns) from two 16x8 tiles (columns 0-7, 8-15)
 __device__ __forceinline__ void pack_tiles(uint32_t a[4], const float lo[4], const float hi[4]) {

@@ -11,7 +11,10 @@
 // rows.
 #include <cuda_bf16.h>
 
+#include <cstring>
+
 #include "cuda_common.cuh"
+#include "mma_bf16.cuh"
 
 namespace {
 
@@ -112,6 +115,163 @@ void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
     CKL();
 }
 
+// ---- the fused MLP at d = 128 (MAD's width) --------------------------------------------
+// The [N, 2F] gate/up activations (the step's largest tensor) are never stored: the
+// forward computes ab = xb W13^T a tile at a time on tensor cores and writes only
+// h = silu(a) b; the backward computes the same tiles again, with dh = dyb W2 beside them,
+// and writes dab = SwiGLU'(a, b, dh) for the two matmuls that follow (dx, dW13). a, b and dh
+// are rounded to bf16 before SwiGLU, as the unfused path stores them: the same function.
+// A block of 8 warps takes 128 tokens (a warp 16, its x and dy rows as A fragments in
+// registers); the weights stream through shared memory FC hidden units at a time, the
+// next chunk's loads in flight while the warps multiply the current one.
+constexpr int FD = 128, FC = 32, FS = FD + 8; // width; hidden units a chunk; row stride (4 banks apart)
+constexpr int FWARPS = 8, FTHREADS = 32 * FWARPS, FROWS = 16 * FWARPS;
+
+// A fragments (m16n8k16) of rows r0..r0+15 of a row-major bf16 [N, FD] tensor, rows >= N as 0
+__device__ __forceinline__ void rows_afrag(uint32_t (&a)[FD / 16][4], const bf16 *x, int N, int r0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const bf16 *p0 = x + (size_t)(r0 + g) * FD + 2 * u, *p1 = p0 + 8 * FD;
+    const bool in0 = r0 + g < N, in1 = r0 + g + 8 < N;
+#pragma unroll
+    for (int c = 0; c < FD / 16; c++) {
+        a[c][0] = in0 ? ld2(p0 + 16 * c) : 0u, a[c][1] = in1 ? ld2(p1 + 16 * c) : 0u;
+        a[c][2] = in0 ? ld2(p0 + 16 * c + 8) : 0u, a[c][3] = in1 ? ld2(p1 + 16 * c + 8) : 0u;
+    }
+}
+// c = A (16 x FD) B^T for the 8 rows of bt[8][FS] (B's columns)
+__device__ __forceinline__ void tile16x8(float c[4], const uint32_t (&a)[FD / 16][4], const bf16 *bt) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const bf16 *p = bt + g * FS + 2 * u;
+    c[0] = c[1] = c[2] = c[3] = 0.f;
+#pragma unroll
+    for (int k = 0; k < FD / 16; k++) mma16(c, a[k], ld2(p + 16 * k), ld2(p + 16 * k + 8));
+}
+__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+// rows j0..j0+FC-1 of W1 and of W3 (W13 rows F + j), 16 bytes a load: [2 FC][FD]
+constexpr int W13_LOADS = 2 * FC * FD / 8 / FTHREADS;
+__device__ __forceinline__ void w13_read(uint4 (&v)[W13_LOADS], const bf16 *W13, int F, int j0) {
+#pragma unroll
+    for (int k = 0; k < W13_LOADS; k++) {
+        const int i = threadIdx.x + k * FTHREADS, r = i / (FD / 8), c = 8 * (i % (FD / 8));
+        v[k] = *reinterpret_cast<const uint4 *>(W13 + (size_t)(r < FC ? j0 + r : F + j0 + r - FC) * FD + c);
+    }
+}
+__device__ __forceinline__ void w13_write(const uint4 (&v)[W13_LOADS], bf16 *s) {
+#pragma unroll
+    for (int k = 0; k < W13_LOADS; k++) {
+        const int i = threadIdx.x + k * FTHREADS;
+        *reinterpret_cast<uint4 *>(s + (i / (FD / 8)) * FS + 8 * (i % (FD / 8))) = v[k];
+    }
+}
+
+// y-side of the forward: h[N, F] = silu(a) b, ab = xb W13^T never stored
+__global__ void __launch_bounds__(FTHREADS) mlp_up_kernel(bf16 *h, const bf16 *xb, const bf16 *W13, int N, int F) {
+    __shared__ __align__(16) bf16 sW[2 * FC * FS];
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const int r0 = blockIdx.x * FROWS + 16 * (threadIdx.x >> 5);
+    uint32_t xa[FD / 16][4];
+    rows_afrag(xa, xb, N, r0);
+    uint4 next[W13_LOADS];
+    w13_read(next, W13, F, 0);
+    for (int j0 = 0; j0 < F; j0 += FC) {
+        __syncthreads(); // the previous chunk's readers are done
+        w13_write(next, sW);
+        __syncthreads();
+        if (j0 + FC < F) w13_read(next, W13, F, j0 + FC);
+#pragma unroll
+        for (int n = 0; n < FC / 8; n++) {
+            float ca[4], cb[4];
+            tile16x8(ca, xa, sW + 8 * n * FS);
+            tile16x8(cb, xa, sW + (FC + 8 * n) * FS);
+            float hv[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float a = round_bf16(ca[e]), b = round_bf16(cb[e]);
+                hv[e] = a * cu_sigmoid(a) * b;
+            }
+            const int col = j0 + 8 * n + 2 * u;
+            if (r0 + g < N) *reinterpret_cast<uint32_t *>(h + (size_t)(r0 + g) * F + col) = pack2(hv[0], hv[1]);
+            if (r0 + g + 8 < N) *reinterpret_cast<uint32_t *>(h + (size_t)(r0 + g + 8) * F + col) = pack2(hv[2], hv[3]);
+        }
+    }
+}
+
+// W2[:, j0..j0+FC) transposed into s[FC][FS] (B^T of dh = dy W2), 16 bytes a load
+constexpr int W2_LOADS = FD * FC / 8 / FTHREADS;
+__device__ __forceinline__ void w2t_read(uint4 (&v)[W2_LOADS], const bf16 *W2, int F, int j0) {
+#pragma unroll
+    for (int k = 0; k < W2_LOADS; k++) {
+        const int i = threadIdx.x + k * FTHREADS, o = i / (FC / 8), c = 8 * (i % (FC / 8));
+        v[k] = *reinterpret_cast<const uint4 *>(W2 + (size_t)o * F + j0 + c);
+    }
+}
+__device__ __forceinline__ void w2t_write(const uint4 (&v)[W2_LOADS], bf16 *s) {
+#pragma unroll
+    for (int k = 0; k < W2_LOADS; k++) {
+        const int i = threadIdx.x + k * FTHREADS, o = i / (FC / 8), c = 8 * (i % (FC / 8));
+        const bf16 *e = reinterpret_cast<const bf16 *>(&v[k]);
+#pragma unroll
+        for (int q = 0; q < 8; q++) s[(c + q) * FS + o] = e[q];
+    }
+}
+
+// the backward's SwiGLU side: dab[N, 2F] = SwiGLU'(a, b, dh) with ab = xb W13^T and
+// dh = dyb W2 computed here (neither stored)
+__global__ void __launch_bounds__(FTHREADS)
+    mlp_dswiglu_kernel(bf16 *dab, const bf16 *xb, const bf16 *dyb, const bf16 *W13, const bf16 *W2, int N, int F) {
+    __shared__ __align__(16) bf16 sW[2 * FC * FS];
+    __shared__ __align__(16) bf16 sW2t[FC * FS];
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const int r0 = blockIdx.x * FROWS + 16 * (threadIdx.x >> 5);
+    uint32_t xa[FD / 16][4], ya[FD / 16][4];
+    rows_afrag(xa, xb, N, r0);
+    rows_afrag(ya, dyb, N, r0);
+    uint4 next[W13_LOADS], next2[W2_LOADS];
+    w13_read(next, W13, F, 0);
+    w2t_read(next2, W2, F, 0);
+    for (int j0 = 0; j0 < F; j0 += FC) {
+        __syncthreads();
+        w13_write(next, sW);
+        w2t_write(next2, sW2t);
+        __syncthreads();
+        if (j0 + FC < F) w13_read(next, W13, F, j0 + FC), w2t_read(next2, W2, F, j0 + FC);
+#pragma unroll
+        for (int n = 0; n < FC / 8; n++) {
+            float ca[4], cb[4], cd[4];
+            tile16x8(ca, xa, sW + 8 * n * FS);
+            tile16x8(cb, xa, sW + (FC + 8 * n) * FS);
+            tile16x8(cd, ya, sW2t + 8 * n * FS);
+            float da[4], db[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) { // swiglu_bwd_bf16_kernel's arithmetic
+                const float a = round_bf16(ca[e]), b = round_bf16(cb[e]), gv = round_bf16(cd[e]);
+                const float s = cu_sigmoid(a);
+                da[e] = gv * b * s * (1.f + a * (1.f - s));
+                db[e] = gv * a * s;
+            }
+            const int col = j0 + 8 * n + 2 * u;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int row = r0 + g + 8 * r;
+                if (row >= N) continue;
+                bf16 *o = dab + (size_t)row * 2 * F + col;
+                *reinterpret_cast<uint32_t *>(o) = pack2(da[2 * r], da[2 * r + 1]);
+                *reinterpret_cast<uint32_t *>(o + F) = pack2(db[2 * r], db[2 * r + 1]);
+            }
+        }
+    }
+}
+
+// whether the fused kernels take this shape (PLAB_MLP_FUSED=0: never, for A/B runs)
+bool fused(int d, int F, const Save &s) {
+    static const bool on = [] {
+        const char *e = getenv("PLAB_MLP_FUSED");
+        return !(e && !strcmp(e, "0"));
+    }();
+    return on && d == FD && F % FC == 0 && cu_aligned16(s.w13, s.w2); // uint4 weight loads
+}
+
 void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
                  int d, int F) {
     Save s = layout(save, N, d, F);
@@ -122,8 +282,13 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
         cu_to_bf16(s.w13, W13, 2L * F * d);
         cu_to_bf16(s.w2, W2, (long)d * F);
     }
-    cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
-    swiglu_fwd_bf16(s.h, s.ab, N, F);
+    if (fused(d, F, s)) {
+        mlp_up_kernel<<<cu_blocks(N, FROWS), FTHREADS, 0, cu.stream>>>(s.h, s.xb, s.w13, N, F);
+        CKL();
+    } else {
+        cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
+        swiglu_fwd_bf16(s.h, s.ab, N, F);
+    }
     cu_gemm_bf16(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
 }
 
@@ -139,9 +304,14 @@ void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *sav
     bf16 *dyb = s.dyb, *dh = (bf16 *)cu_scratch(((size_t)N * 3 * F + 1) / 2); // dh [N,F], dab [N,2F]
     bf16 *dab = dh + (size_t)N * F;
     if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
-    cu_gemm_bf16(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
+    if (fused(d, F, s)) {
+        mlp_dswiglu_kernel<<<cu_blocks(N, FROWS), FTHREADS, 0, cu.stream>>>(dab, s.xb, dyb, s.w13, s.w2, N, F);
+        CKL();
+    } else {
+        cu_gemm_bf16(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
+        swiglu_bwd_bf16(dab, dh, s.ab, N, F);
+    }
     cu_gemm_bf16(dW2, CUDA_R_32F, dyb, s.h, d, F, N, 1, 0, 1.f);
-    swiglu_bwd_bf16(dab, dh, s.ab, N, F);
     cu_gemm_bf16(dx, CUDA_R_32F, dab, s.w13, N, d, 2 * F, 0, 0, 0.f);
     cu_gemm_bf16(dW13, CUDA_R_32F, dab, s.xb, 2 * F, d, N, 1, 0, 1.f);
 }
