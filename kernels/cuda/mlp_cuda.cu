@@ -121,11 +121,12 @@ void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
 // h = silu(a) b; the backward computes the same tiles again, with dh = dyb W2 beside them,
 // and writes dab = SwiGLU'(a, b, dh) for the two matmuls that follow (dx, dW13). a, b and dh
 // are rounded to bf16 before SwiGLU, as the unfused path stores them: the same function.
-// A block of 8 warps takes 128 tokens (a warp 16, its x and dy rows as A fragments in
+// A block of W warps takes 16 W tokens (a warp 16, its x and dy rows as A fragments in
 // registers); the weights stream through shared memory FC hidden units at a time, the
-// next chunk's loads in flight while the warps multiply the current one.
+// next chunk's loads in flight while the warps multiply the current one. W = 8 (128
+// tokens): every block reads the weights once from L2, one block an SM at MAD's N;
+// PLAB_MLP_WARPS=4 takes 64 tokens a block (twice the blocks and weight reads).
 constexpr int FD = 128, FC = 32, FS = FD + 8; // width; hidden units a chunk; row stride (4 banks apart)
-constexpr int FWARPS = 8, FTHREADS = 32 * FWARPS, FROWS = 16 * FWARPS;
 
 // A fragments (m16n8k16) of rows r0..r0+15 of a row-major bf16 [N, FD] tensor, rows >= N as 0
 __device__ __forceinline__ void rows_afrag(uint32_t (&a)[FD / 16][4], const bf16 *x, int N, int r0) {
@@ -149,36 +150,38 @@ __device__ __forceinline__ void tile16x8(float c[4], const uint32_t (&a)[FD / 16
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
 // rows j0..j0+FC-1 of W1 and of W3 (W13 rows F + j), 16 bytes a load: [2 FC][FD]
-constexpr int W13_LOADS = 2 * FC * FD / 8 / FTHREADS;
-__device__ __forceinline__ void w13_read(uint4 (&v)[W13_LOADS], const bf16 *W13, int F, int j0) {
+template <int W> constexpr int w13_loads() { return 2 * FC * FD / 8 / (32 * W); }
+template <int W>
+__device__ __forceinline__ void w13_read(uint4 (&v)[w13_loads<W>()], const bf16 *W13, int F, int j0) {
 #pragma unroll
-    for (int k = 0; k < W13_LOADS; k++) {
-        const int i = threadIdx.x + k * FTHREADS, r = i / (FD / 8), c = 8 * (i % (FD / 8));
+    for (int k = 0; k < w13_loads<W>(); k++) {
+        const int i = threadIdx.x + k * 32 * W, r = i / (FD / 8), c = 8 * (i % (FD / 8));
         v[k] = *reinterpret_cast<const uint4 *>(W13 + (size_t)(r < FC ? j0 + r : F + j0 + r - FC) * FD + c);
     }
 }
-__device__ __forceinline__ void w13_write(const uint4 (&v)[W13_LOADS], bf16 *s) {
+template <int W> __device__ __forceinline__ void w13_write(const uint4 (&v)[w13_loads<W>()], bf16 *s) {
 #pragma unroll
-    for (int k = 0; k < W13_LOADS; k++) {
-        const int i = threadIdx.x + k * FTHREADS;
+    for (int k = 0; k < w13_loads<W>(); k++) {
+        const int i = threadIdx.x + k * 32 * W;
         *reinterpret_cast<uint4 *>(s + (i / (FD / 8)) * FS + 8 * (i % (FD / 8))) = v[k];
     }
 }
 
 // y-side of the forward: h[N, F] = silu(a) b, ab = xb W13^T never stored
-__global__ void __launch_bounds__(FTHREADS) mlp_up_kernel(bf16 *h, const bf16 *xb, const bf16 *W13, int N, int F) {
+template <int W>
+__global__ void __launch_bounds__(32 * W) mlp_up_kernel(bf16 *h, const bf16 *xb, const bf16 *W13, int N, int F) {
     __shared__ __align__(16) bf16 sW[2 * FC * FS];
     const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int r0 = blockIdx.x * FROWS + 16 * (threadIdx.x >> 5);
+    const int r0 = blockIdx.x * 16 * W + 16 * (threadIdx.x >> 5);
     uint32_t xa[FD / 16][4];
     rows_afrag(xa, xb, N, r0);
-    uint4 next[W13_LOADS];
-    w13_read(next, W13, F, 0);
+    uint4 next[w13_loads<W>()];
+    w13_read<W>(next, W13, F, 0);
     for (int j0 = 0; j0 < F; j0 += FC) {
         __syncthreads(); // the previous chunk's readers are done
-        w13_write(next, sW);
+        w13_write<W>(next, sW);
         __syncthreads();
-        if (j0 + FC < F) w13_read(next, W13, F, j0 + FC);
+        if (j0 + FC < F) w13_read<W>(next, W13, F, j0 + FC);
 #pragma unroll
         for (int n = 0; n < FC / 8; n++) {
             float ca[4], cb[4];
@@ -198,18 +201,19 @@ __global__ void __launch_bounds__(FTHREADS) mlp_up_kernel(bf16 *h, const bf16 *x
 }
 
 // W2[:, j0..j0+FC) transposed into s[FC][FS] (B^T of dh = dy W2), 16 bytes a load
-constexpr int W2_LOADS = FD * FC / 8 / FTHREADS;
-__device__ __forceinline__ void w2t_read(uint4 (&v)[W2_LOADS], const bf16 *W2, int F, int j0) {
+template <int W> constexpr int w2_loads() { return FD * FC / 8 / (32 * W); }
+template <int W>
+__device__ __forceinline__ void w2t_read(uint4 (&v)[w2_loads<W>()], const bf16 *W2, int F, int j0) {
 #pragma unroll
-    for (int k = 0; k < W2_LOADS; k++) {
-        const int i = threadIdx.x + k * FTHREADS, o = i / (FC / 8), c = 8 * (i % (FC / 8));
+    for (int k = 0; k < w2_loads<W>(); k++) {
+        const int i = threadIdx.x + k * 32 * W, o = i / (FC / 8), c = 8 * (i % (FC / 8));
         v[k] = *reinterpret_cast<const uint4 *>(W2 + (size_t)o * F + j0 + c);
     }
 }
-__device__ __forceinline__ void w2t_write(const uint4 (&v)[W2_LOADS], bf16 *s) {
+template <int W> __device__ __forceinline__ void w2t_write(const uint4 (&v)[w2_loads<W>()], bf16 *s) {
 #pragma unroll
-    for (int k = 0; k < W2_LOADS; k++) {
-        const int i = threadIdx.x + k * FTHREADS, o = i / (FC / 8), c = 8 * (i % (FC / 8));
+    for (int k = 0; k < w2_loads<W>(); k++) {
+        const int i = threadIdx.x + k * 32 * W, o = i / (FC / 8), c = 8 * (i % (FC / 8));
         const bf16 *e = reinterpret_cast<const bf16 *>(&v[k]);
 #pragma unroll
         for (int q = 0; q < 8; q++) s[(c + q) * FS + o] = e[q];
@@ -218,24 +222,25 @@ __device__ __forceinline__ void w2t_write(const uint4 (&v)[W2_LOADS], bf16 *s) {
 
 // the backward's SwiGLU side: dab[N, 2F] = SwiGLU'(a, b, dh) with ab = xb W13^T and
 // dh = dyb W2 computed here (neither stored)
-__global__ void __launch_bounds__(FTHREADS)
+template <int W>
+__global__ void __launch_bounds__(32 * W)
     mlp_dswiglu_kernel(bf16 *dab, const bf16 *xb, const bf16 *dyb, const bf16 *W13, const bf16 *W2, int N, int F) {
     __shared__ __align__(16) bf16 sW[2 * FC * FS];
     __shared__ __align__(16) bf16 sW2t[FC * FS];
     const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int r0 = blockIdx.x * FROWS + 16 * (threadIdx.x >> 5);
+    const int r0 = blockIdx.x * 16 * W + 16 * (threadIdx.x >> 5);
     uint32_t xa[FD / 16][4], ya[FD / 16][4];
     rows_afrag(xa, xb, N, r0);
     rows_afrag(ya, dyb, N, r0);
-    uint4 next[W13_LOADS], next2[W2_LOADS];
-    w13_read(next, W13, F, 0);
-    w2t_read(next2, W2, F, 0);
+    uint4 next[w13_loads<W>()], next2[w2_loads<W>()];
+    w13_read<W>(next, W13, F, 0);
+    w2t_read<W>(next2, W2, F, 0);
     for (int j0 = 0; j0 < F; j0 += FC) {
         __syncthreads();
-        w13_write(next, sW);
-        w2t_write(next2, sW2t);
+        w13_write<W>(next, sW);
+        w2t_write<W>(next2, sW2t);
         __syncthreads();
-        if (j0 + FC < F) w13_read(next, W13, F, j0 + FC), w2t_read(next2, W2, F, j0 + FC);
+        if (j0 + FC < F) w13_read<W>(next, W13, F, j0 + FC), w2t_read<W>(next2, W2, F, j0 + FC);
 #pragma unroll
         for (int n = 0; n < FC / 8; n++) {
             float ca[4], cb[4], cd[4];
@@ -271,6 +276,23 @@ bool fused(int d, int F, const Save &s) {
     }();
     return on && d == FD && F % FC == 0 && cu_aligned16(s.w13, s.w2); // uint4 weight loads
 }
+int fused_warps() {
+    static const int w = [] {
+        const char *e = getenv("PLAB_MLP_WARPS");
+        return e && !strcmp(e, "4") ? 4 : 8;
+    }();
+    return w;
+}
+void mlp_up(bf16 *h, const bf16 *xb, const bf16 *W13, int N, int F) {
+    if (fused_warps() == 4) mlp_up_kernel<4><<<cu_blocks(N, 64), 128, 0, cu.stream>>>(h, xb, W13, N, F);
+    else mlp_up_kernel<8><<<cu_blocks(N, 128), 256, 0, cu.stream>>>(h, xb, W13, N, F);
+    CKL();
+}
+void mlp_dswiglu(bf16 *dab, const bf16 *xb, const bf16 *dyb, const bf16 *W13, const bf16 *W2, int N, int F) {
+    if (fused_warps() == 4) mlp_dswiglu_kernel<4><<<cu_blocks(N, 64), 128, 0, cu.stream>>>(dab, xb, dyb, W13, W2, N, F);
+    else mlp_dswiglu_kernel<8><<<cu_blocks(N, 128), 256, 0, cu.stream>>>(dab, xb, dyb, W13, W2, N, F);
+    CKL();
+}
 
 void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
                  int d, int F) {
@@ -283,8 +305,7 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
         cu_to_bf16(s.w2, W2, (long)d * F);
     }
     if (fused(d, F, s)) {
-        mlp_up_kernel<<<cu_blocks(N, FROWS), FTHREADS, 0, cu.stream>>>(s.h, s.xb, s.w13, N, F);
-        CKL();
+        mlp_up(s.h, s.xb, s.w13, N, F);
     } else {
         cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
         swiglu_fwd_bf16(s.h, s.ab, N, F);
@@ -305,8 +326,7 @@ void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *sav
     bf16 *dab = dh + (size_t)N * F;
     if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
     if (fused(d, F, s)) {
-        mlp_dswiglu_kernel<<<cu_blocks(N, FROWS), FTHREADS, 0, cu.stream>>>(dab, s.xb, dyb, s.w13, s.w2, N, F);
-        CKL();
+        mlp_dswiglu(dab, s.xb, dyb, s.w13, s.w2, N, F);
     } else {
         cu_gemm_bf16(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
         swiglu_bwd_bf16(dab, dh, s.ab, N, F);
