@@ -150,7 +150,7 @@ __device__ __forceinline__ void tile16x8(float c[4], const uint32_t (&a)[FD / 16
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
 // rows j0..j0+FC-1 of W1 and of W3 (W13 rows F + j), 16 bytes a load: [2 FC][FD]
-template <int W> constexpr int w13_loads() { return 2 * FC * FD / 8 / (32 * W); }
+template <int W> __host__ __device__ constexpr int w13_loads() { return 2 * FC * FD / 8 / (32 * W); }
 template <int W>
 __device__ __forceinline__ void w13_read(uint4 (&v)[w13_loads<W>()], const bf16 *W13, int F, int j0) {
 #pragma unroll
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(32 * W) mlp_up_kernel(bf16 *h, const bf16 *xb,
 }
 
 // W2[:, j0..j0+FC) transposed into s[FC][FS] (B^T of dh = dy W2), 16 bytes a load
-template <int W> constexpr int w2_loads() { return FD * FC / 8 / (32 * W); }
+template <int W> __host__ __device__ constexpr int w2_loads() { return FD * FC / 8 / (32 * W); }
 template <int W>
 __device__ __forceinline__ void w2t_read(uint4 (&v)[w2_loads<W>()], const bf16 *W2, int F, int j0) {
 #pragma unroll
