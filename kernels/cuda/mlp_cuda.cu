@@ -167,49 +167,91 @@ template <int W> __device__ __forceinline__ void w13_write(const uint4 (&v)[w13_
     }
 }
 
-// y-side of the forward: h[N, F] = silu(a) b, ab = xb W13^T never stored
-template <int W>
-__global__ void __launch_bounds__(32 * W) mlp_up_kernel(bf16 *h, const bf16 *xb, const bf16 *W13, int N, int F) {
-    __shared__ __align__(16) bf16 sW[2 * FC * FS];
-    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int r0 = blockIdx.x * 16 * W + 16 * (threadIdx.x >> 5);
-    uint32_t xa[FD / 16][4];
-    rows_afrag(xa, xb, N, r0);
-    uint4 next[w13_loads<W>()];
-    w13_read<W>(next, W13, F, 0);
-    for (int j0 = 0; j0 < F; j0 += FC) {
-        __syncthreads(); // the previous chunk's readers are done
-        w13_write<W>(next, sW);
-        __syncthreads();
-        if (j0 + FC < F) w13_read<W>(next, W13, F, j0 + FC);
-#pragma unroll
-        for (int n = 0; n < FC / 8; n++) {
-            float ca[4], cb[4];
-            tile16x8(ca, xa, sW + 8 * n * FS);
-            tile16x8(cb, xa, sW + (FC + 8 * n) * FS);
-            float hv[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const float a = round_bf16(ca[e]), b = round_bf16(cb[e]);
-                hv[e] = a * cu_sigmoid(a) * b;
-            }
-            const int col = j0 + 8 * n + 2 * u;
-            if (r0 + g < N) *reinterpret_cast<uint32_t *>(h + (size_t)(r0 + g) * F + col) = pack2(hv[0], hv[1]);
-            if (r0 + g + 8 < N) *reinterpret_cast<uint32_t *>(h + (size_t)(r0 + g + 8) * F + col) = pack2(hv[2], hv[3]);
-        }
-    }
-}
-
-// W2[:, j0..j0+FC) transposed into s[FC][FS] (B^T of dh = dy W2), 16 bytes a load
+// W2[:, j0..j0+FC) as rows into s[FD][FC + 8] (B^T of y = h W2^T), 16 bytes a load
+constexpr int FS2 = FC + 8; // rows 20 words apart: a fragment's 8 rows x 4 words on 32 banks
 template <int W> __host__ __device__ constexpr int w2_loads() { return FD * FC / 8 / (32 * W); }
 template <int W>
-__device__ __forceinline__ void w2t_read(uint4 (&v)[w2_loads<W>()], const bf16 *W2, int F, int j0) {
+__device__ __forceinline__ void w2_read(uint4 (&v)[w2_loads<W>()], const bf16 *W2, int F, int j0) {
 #pragma unroll
     for (int k = 0; k < w2_loads<W>(); k++) {
         const int i = threadIdx.x + k * 32 * W, o = i / (FC / 8), c = 8 * (i % (FC / 8));
         v[k] = *reinterpret_cast<const uint4 *>(W2 + (size_t)o * F + j0 + c);
     }
 }
+template <int W> __device__ __forceinline__ void w2_write(const uint4 (&v)[w2_loads<W>()], bf16 *s) {
+#pragma unroll
+    for (int k = 0; k < w2_loads<W>(); k++) {
+        const int i = threadIdx.x + k * 32 * W, o = i / (FC / 8), c = 8 * (i % (FC / 8));
+        *reinterpret_cast<uint4 *>(s + o * FS2 + c) = v[k];
+    }
+}
+
+// The forward: h[N, F] = silu(a) b with ab = xb W13^T never stored; DOWN: also
+// y[N, FD] = h W2^T (fp32, written), h's tiles re-packed as the A operand (rounded to bf16
+// as h is stored), so the down projection needs no pass over h
+template <int W, bool DOWN>
+__global__ void __launch_bounds__(32 * W)
+    mlp_up_kernel(bf16 *h, float *y, const bf16 *xb, const bf16 *W13, const bf16 *W2, int N, int F) {
+    __shared__ __align__(16) bf16 sW[2 * FC * FS];
+    __shared__ __align__(16) bf16 sW2[DOWN ? FD * FS2 : 8];
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const int r0 = blockIdx.x * 16 * W + 16 * (threadIdx.x >> 5);
+    uint32_t xa[FD / 16][4];
+    rows_afrag(xa, xb, N, r0);
+    float yc[DOWN ? FD / 8 : 1][4] = {};
+    uint4 next[w13_loads<W>()], next2[DOWN ? w2_loads<W>() : 1];
+    w13_read<W>(next, W13, F, 0);
+    if constexpr (DOWN) w2_read<W>(next2, W2, F, 0);
+    for (int j0 = 0; j0 < F; j0 += FC) {
+        __syncthreads(); // the previous chunk's readers are done
+        w13_write<W>(next, sW);
+        if constexpr (DOWN) w2_write<W>(next2, sW2);
+        __syncthreads();
+        if (j0 + FC < F) {
+            w13_read<W>(next, W13, F, j0 + FC);
+            if constexpr (DOWN) w2_read<W>(next2, W2, F, j0 + FC);
+        }
+        float hc[FC / 8][4];
+#pragma unroll
+        for (int n = 0; n < FC / 8; n++) {
+            float ca[4], cb[4];
+            tile16x8(ca, xa, sW + 8 * n * FS);
+            tile16x8(cb, xa, sW + (FC + 8 * n) * FS);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float a = round_bf16(ca[e]), b = round_bf16(cb[e]);
+                hc[n][e] = a * cu_sigmoid(a) * b;
+            }
+            const int col = j0 + 8 * n + 2 * u;
+            if (r0 + g < N) *reinterpret_cast<uint32_t *>(h + (size_t)(r0 + g) * F + col) = pack2(hc[n][0], hc[n][1]);
+            if (r0 + g + 8 < N) *reinterpret_cast<uint32_t *>(h + (size_t)(r0 + g + 8) * F + col) = pack2(hc[n][2], hc[n][3]);
+        }
+        if constexpr (DOWN) {
+#pragma unroll
+            for (int kk = 0; kk < FC / 16; kk++) { // h columns j0 + 16 kk .. + 15 as an A fragment
+                const uint32_t ha[4] = {pack2(hc[2 * kk][0], hc[2 * kk][1]), pack2(hc[2 * kk][2], hc[2 * kk][3]),
+                                        pack2(hc[2 * kk + 1][0], hc[2 * kk + 1][1]),
+                                        pack2(hc[2 * kk + 1][2], hc[2 * kk + 1][3])};
+#pragma unroll
+                for (int n = 0; n < FD / 8; n++) {
+                    const bf16 *p = sW2 + (8 * n + g) * FS2 + 16 * kk + 2 * u;
+                    mma16(yc[n], ha, ld2(p), ld2(p + 8));
+                }
+            }
+        }
+    }
+    if constexpr (DOWN) {
+#pragma unroll
+        for (int n = 0; n < FD / 8; n++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                if (r0 + g + 8 * r < N)
+                    *reinterpret_cast<float2 *>(y + (size_t)(r0 + g + 8 * r) * FD + 8 * n + 2 * u) =
+                        make_float2(yc[n][2 * r], yc[n][2 * r + 1]);
+    }
+}
+
+// w2_read's loads transposed into s[FC][FS] (B^T of dh = dy W2)
 template <int W> __device__ __forceinline__ void w2t_write(const uint4 (&v)[w2_loads<W>()], bf16 *s) {
 #pragma unroll
     for (int k = 0; k < w2_loads<W>(); k++) {
@@ -234,13 +276,13 @@ __global__ void __launch_bounds__(32 * W)
     rows_afrag(ya, dyb, N, r0);
     uint4 next[w13_loads<W>()], next2[w2_loads<W>()];
     w13_read<W>(next, W13, F, 0);
-    w2t_read<W>(next2, W2, F, 0);
+    w2_read<W>(next2, W2, F, 0);
     for (int j0 = 0; j0 < F; j0 += FC) {
         __syncthreads();
         w13_write<W>(next, sW);
         w2t_write<W>(next2, sW2t);
         __syncthreads();
-        if (j0 + FC < F) w13_read<W>(next, W13, F, j0 + FC), w2t_read<W>(next2, W2, F, j0 + FC);
+        if (j0 + FC < F) w13_read<W>(next, W13, F, j0 + FC), w2_read<W>(next2, W2, F, j0 + FC);
 #pragma unroll
         for (int n = 0; n < FC / 8; n++) {
             float ca[4], cb[4], cd[4];
@@ -268,13 +310,14 @@ __global__ void __launch_bounds__(32 * W)
     }
 }
 
-// whether the fused kernels take this shape (PLAB_MLP_FUSED=0: never, for A/B runs)
-bool fused(int d, int F, const Save &s) {
-    static const bool on = [] {
+// the fused kernels' level for this shape: 0 none, 1 the gate/up projection with SwiGLU,
+// 2 also the down projection in the forward (PLAB_MLP_FUSED=0/1/2, default 1, for A/B runs)
+int fused(int d, int F, const Save &s) {
+    static const int level = [] {
         const char *e = getenv("PLAB_MLP_FUSED");
-        return !(e && !strcmp(e, "0"));
+        return !e ? 1 : !strcmp(e, "0") ? 0 : !strcmp(e, "2") ? 2 : 1;
     }();
-    return on && d == FD && F % FC == 0 && cu_aligned16(s.w13, s.w2); // uint4 weight loads
+    return d == FD && F % FC == 0 && cu_aligned16(s.w13, s.w2) ? level : 0; // uint4 weight loads
 }
 int fused_warps() {
     static const int w = [] {
@@ -283,9 +326,14 @@ int fused_warps() {
     }();
     return w;
 }
-void mlp_up(bf16 *h, const bf16 *xb, const bf16 *W13, int N, int F) {
-    if (fused_warps() == 4) mlp_up_kernel<4><<<cu_blocks(N, 64), 128, 0, cu.stream>>>(h, xb, W13, N, F);
-    else mlp_up_kernel<8><<<cu_blocks(N, 128), 256, 0, cu.stream>>>(h, xb, W13, N, F);
+// y: also the down projection (level 2), else nullptr
+void mlp_up(bf16 *h, float *y, const bf16 *xb, const bf16 *W13, const bf16 *W2, int N, int F) {
+    const bool w4 = fused_warps() == 4;
+    const dim3 grid(cu_blocks(N, w4 ? 64 : 128)), block(w4 ? 128 : 256);
+    if (w4 && y) mlp_up_kernel<4, true><<<grid, block, 0, cu.stream>>>(h, y, xb, W13, W2, N, F);
+    else if (w4) mlp_up_kernel<4, false><<<grid, block, 0, cu.stream>>>(h, y, xb, W13, W2, N, F);
+    else if (y) mlp_up_kernel<8, true><<<grid, block, 0, cu.stream>>>(h, y, xb, W13, W2, N, F);
+    else mlp_up_kernel<8, false><<<grid, block, 0, cu.stream>>>(h, y, xb, W13, W2, N, F);
     CKL();
 }
 void mlp_dswiglu(bf16 *dab, const bf16 *xb, const bf16 *dyb, const bf16 *W13, const bf16 *W2, int N, int F) {
@@ -304,8 +352,10 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
         cu_to_bf16(s.w13, W13, 2L * F * d);
         cu_to_bf16(s.w2, W2, (long)d * F);
     }
-    if (fused(d, F, s)) {
-        mlp_up(s.h, s.xb, s.w13, N, F);
+    const int level = fused(d, F, s);
+    if (level) {
+        mlp_up(s.h, level == 2 ? y : nullptr, s.xb, s.w13, s.w2, N, F);
+        if (level == 2) return;
     } else {
         cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
         swiglu_fwd_bf16(s.h, s.ab, N, F);
