@@ -808,6 +808,7 @@ static const char *model_cases[] = {
     "model.mixer=parallax mixer.probe_gate=true mixer.probe_rope=false optim=muon",
     "model.mixer=parallax mixer.probe_norm=false mixer.qkv_bias=false model.init=normal",
     "task=compression model.mixer=softmax", /* the autoencoder backbone (GELU decoder) */
+    "model.mixer=parallax model.d_model=128 model.heads=16", /* MAD's width: the fused bf16 MLP */
 };
 
 static void test_models_fp32(void **s) {
