@@ -62,6 +62,12 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
                                               sizeof ws));
     CKB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &red,
                                               sizeof red));
+    if (red != CUBLASLT_REDUCTION_SCHEME_MASK) { // cu_gemm_lt's operands: 16-byte aligned, no more
+        const uint32_t al = 16;
+        for (auto at : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+            CKB(cublasLtMatmulPreferenceSetAttribute(pref, at, &al, sizeof al));
+    }
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->a, p->b, p->c, p->c, pref, 1,
@@ -112,7 +118,7 @@ bool cu_gemm_lt(void *C, cudaDataType ct, const void *A, const void *B, int M, i
                        : !strcmp(e, "none")    ? CUBLASLT_REDUCTION_SCHEME_NONE
                                                : -1;
     }();
-    if (red < 0) return false;
+    if (red < 0 || ((uintptr_t)A | (uintptr_t)B | (uintptr_t)C) % 16) return false;
     // row-major C[M,N] is column-major C^T[N,M] = op(B)^T op(A)^T
     Plan *p = plan(N, M, K, tB, tA, CUBLASLT_EPILOGUE_DEFAULT, prec, nullptr, ct, (uint32_t)red);
     if (!p || !p->ok) return false;
