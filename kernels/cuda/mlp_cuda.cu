@@ -8,7 +8,8 @@
 //   backward  dyb = bf16(dy) (or written by the norm's backward), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
 //             dx = dab W13 (fp32, written), dW13 += dab^T xb
 // W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
-// rows.
+// rows. At d = 128 ab and dh are never stored: the fused kernels below compute them
+// tile by tile with SwiGLU and its gradient.
 #include <cuda_bf16.h>
 
 #include <cstring>
