@@ -5,7 +5,7 @@
 # mixer with the new build.
 #   OLD=build/devold NEW=build/devcarry bash bench/ab_device.sh
 # (each folder holds a plab-device.tar.xz of `make devcarry`; ROUNDS, MIXERS, SOLVE_SEEDS,
-# NOTEST=1 to skip the suites). Logs and RESULT lines go to $OUT (default /tmp/plab-out).
+# NOTEST=1 to skip the suites, TEST_ENV to run them again under other settings). Logs and RESULT lines go to $OUT (default /tmp/plab-out).
 set -u
 OUT=${OUT:-/tmp/plab-out}; mkdir -p "$OUT"
 OLD=${OLD:-build/devold} NEW=${NEW:-build/devcarry}
@@ -16,9 +16,14 @@ done
 TORCH_CUBLAS=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${TORCH_CUBLAS}:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/ab.txt"
+# the suites with the defaults, then once more under each setting of TEST_ENV (e.g. PLAB_SPLITK=inplace)
 if [ -z "${NOTEST:-}" ]; then
-    PLAB_REQUIRE_GPU=1 bash tests/run.sh /tmp/pb-new/tests/cuda_* > "$OUT/tests.log" 2>&1
-    grep -E "FAILED|ERROR|passed|failed" "$OUT/tests.log" | tail -20 | tee -a "$OUT/ab.txt"
+    for e in defaults ${TEST_ENV:-}; do
+        echo "== CUDA suites, $e" | tee -a "$OUT/ab.txt"
+        log="$OUT/tests-${e//=/-}.log"
+        (case $e in *=*) export "$e" ;; esac; PLAB_REQUIRE_GPU=1 bash tests/run.sh /tmp/pb-new/tests/cuda_*) > "$log" 2>&1
+        grep -E "FAILED|ERROR|passed|failed" "$log" | tail -20 | tee -a "$OUT/ab.txt"
+    done
 fi
 bench() { MIXERS=${MIXERS:-softmax,parallax} "$@" precision=bf16 2>&1 | grep -E "^RESULT" | cut -c1-150; }
 for i in $(seq "${ROUNDS:-2}"); do
