@@ -66,9 +66,11 @@ static void child_progress(void *ctx, long step, long total, int epoch, double l
 }
 
 static _Noreturn void run_child(const RunnerOpts *o, const PlanRun *run, long run_id, int fd,
-                                pid_t parent) {
+                                pid_t parent, const sigset_t *mask) {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    /* a stop signal that came since the fork was held (see the fork): it ends us now */
+    if (sigprocmask(SIG_SETMASK, mask, NULL) != 0) _exit(69);
     /* die with the sweep process (kill -9 of the sweep must not leave a
      * worker writing to a run the next invocation redoes) */
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(70);
@@ -322,12 +324,18 @@ int sweep_run(const Sweep *sw, const Plan *plan, const RunnerOpts *o, RunnerStat
             CHECK(pipe(fds) == 0, "pipe failed: %s", strerror(errno));
             fflush(stdout), fflush(stderr);
             db_close(db); /* never carry an SQLite connection across fork */
+            /* hold SIGINT/SIGTERM over the fork: until the child has its default handlers
+             * back, our on_signal would swallow the stop we forward to it */
+            sigset_t stops, mask;
+            sigemptyset(&stops), sigaddset(&stops, SIGINT), sigaddset(&stops, SIGTERM);
+            CHECK(sigprocmask(SIG_BLOCK, &stops, &mask) == 0, "sigprocmask failed: %s", strerror(errno));
             pid_t pid = fork();
             CHECK(pid >= 0, "fork failed: %s", strerror(errno));
             if (pid == 0) {
                 close(fds[0]);
-                run_child(o, r, id, fds[1], me);
+                run_child(o, r, id, fds[1], me, &mask);
             }
+            CHECK(sigprocmask(SIG_SETMASK, &mask, NULL) == 0, "sigprocmask failed: %s", strerror(errno));
             close(fds[1]);
             db = db_open(o->db_path, 0, err);
             CHECK(db, "reopening the database failed: %s", err->msg);
