@@ -5,7 +5,8 @@
 # mixer with the new build.
 #   OLD=build/devold NEW=build/devcarry bash bench/ab_device.sh
 # (each folder holds a plab-device.tar.xz of `make devcarry`; ROUNDS, MIXERS, SOLVE_SEEDS,
-# NOTEST=1 to skip the suites, TEST_ENV to run them again under other settings). Logs and RESULT lines go to $OUT (default /tmp/plab-out).
+# NOTEST=1 to skip the suites, TEST_ENV to run them again under other settings). Logs and
+# RESULT lines go to $OUT (default /tmp/plab-out).
 set -u
 OUT=${OUT:-/tmp/plab-out}; mkdir -p "$OUT"
 OLD=${OLD:-build/devold} NEW=${NEW:-build/devcarry}
