@@ -215,8 +215,8 @@ static void test_mlp_bf16(void **s) {
     gsl_rng *r = test_rng(12);
     mlp_bf16_case(r, 300, 32, 48); /* F % 8 == 0: the 8-wide SwiGLU kernels */
     mlp_bf16_case(r, 77, 24, 20);  /* the one-element kernels */
-    mlp_bf16_case(r, 300, 128, 352); /* d = 128, F % 32 == 0: the fused kernels, ragged last block */
-    mlp_bf16_case(r, 256, 128, 64);  /* (PLAB_MLP_FUSED=2, PLAB_MLP_TILE=4x2: their variants) */
+    mlp_bf16_case(r, 300, 128, 352); /* MAD's d = 128 and F */
+    mlp_bf16_case(r, 256, 128, 64);  /* d = 128, a small F */
     norm_into_mlp_case(r, 300, 128, 352); /* MAD's d and F */
     norm_into_mlp_case(r, 77, 200, 48);   /* the 8-column-a-lane kernel, ragged */
     gsl_rng_free(r);

@@ -1,4 +1,4 @@
-// bf16 tensor-core helpers shared by the attention kernels and the fused MLP: mma.sync
+// bf16 tensor-core helpers of the attention kernels: mma.sync
 // with fp32 accumulation, fragment layouts of the PTX ISA ("Matrix Fragments for
 // mma.m16n8k8 / m16n8k16"): with g = lane / 4 and u = lane % 4, an A fragment holds rows g
 // and g + 8, a B fragment column g, a C fragment rows g and g + 8, columns 2u and 2u + 1.
