@@ -281,7 +281,7 @@ static void check_args(const AttnArgs *a, bool back) {
 }
 
 void cu_attn_bias(const AttnArgs *a) {
-    if (a->dbias) cu_colsum(a->dbias, a->dq, nullptr, nullptr, a->B * a->T, 3 * a->H * a->hd);
+    if (a->dbias) cu_grad_colsum(a->dbias, a->dq, nullptr, nullptr, a->B * a->T, 3 * a->H * a->hd);
 }
 
 void cu_attn_rope(const AttnArgs *a, float sgn) {

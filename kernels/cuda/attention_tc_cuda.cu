@@ -643,8 +643,8 @@ template <int HD, bool PX, typename TI> void tc_bwd(const AttnArgs *a) {
     // row per (batch, query block), added up after); else passes after them
     const bool rope = HD == 8 && a->rope_rot == HD, bias = HD == 8 && a->dbias && (rope || !a->rope_rot);
     const size_t S = (size_t)a->B * nblk, C3 = (size_t)3 * a->H * HD;
-    float *Tv = a->scratch && !bias ? a->scratch : cu_scratch(2 * n + (bias ? S * C3 : 0));
-    float *bv = Tv + n, *part = bias ? bv + n : nullptr;
+    float *Tv = a->scratch ? a->scratch : cu_scratch(2 * n), *bv = Tv + n;
+    float *part = bias ? cu_parts(S * C3) : nullptr;
     const float *cs = rope ? cu_rope_table(a->T, HD, a->rope_base) : nullptr;
     dim3 grid(nblk, a->B * a->H);
     tc_bwd_q_kernel<HD, PX, TI><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
@@ -652,7 +652,7 @@ template <int HD, bool PX, typename TI> void tc_bwd(const AttnArgs *a) {
     tc_bwd_kv_kernel<HD, PX, TI><<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, bv, cs, part);
     CKL();
     if (!rope) cu_attn_rope(a, -1.f);
-    if (bias) cu_colsum_parts(a->dbias, part, (int)S, (int)C3);
+    if (bias) cu_grad_colsum_parts(a->dbias, part, (int)S, (int)C3);
     else cu_attn_bias(a);
 }
 

@@ -199,7 +199,7 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     const AttnArgs *core = &blk->core;
     const int N = core->B * core->T, d = core->H * core->hd;
     Save s = layout(save, N, d);
-    if (blk->dbo) cu_colsum(blk->dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy in bf16, same pass
+    if (blk->dbo) cu_grad_colsum(blk->dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy in bf16, same pass
     else cu_to_bf16(s.dyb, dy, (long)N * d);
     cu_gemm_bf16(s.dob, CUDA_R_16BF, s.dyb, s.wo, N, d, d, 0, 0, 0.f);
     cu_gemm_bf16(blk->dWo, CUDA_R_32F, s.dyb, s.o, d, d, N, 1, 0, 1.f);
@@ -212,10 +212,10 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     if (!blk->Wr) return;
     const long nh = (long)N * core->H;
     const int nb = cu_blocks(nh, 256);
-    float *part = cu_scratch((size_t)nb * HD);
+    float *part = cu_parts((size_t)nb * HD);
     probe_norm_bwd_kernel<<<nb, 256, 0, cu.stream>>>(s.dl, part, s.dr, s.rl, blk->r_norm, s.rsr, nh);
     CKL();
-    cu_colsum_parts(blk->dr_norm, part, nb, HD);
+    cu_grad_colsum_parts(blk->dr_norm, part, nb, HD);
     cu_gemm_bf16(dx, CUDA_R_32F, s.dl, s.wr, N, d, d, 0, 0, 1.f);
     cu_gemm_bf16(blk->dWr, CUDA_R_32F, s.dl, s.xb, d, d, N, 1, 0, 1.f);
 }

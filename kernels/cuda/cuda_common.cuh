@@ -86,8 +86,18 @@ void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_b
 // ab: a is also written in bf16 there, in the same pass where it can
 void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
                __nv_bfloat16 *ab = nullptr);
-// its second stage alone: out[c] += sum_{s < S} part[s, c] in a fixed order
-void cu_colsum_parts(float *out, const float *part, int S, int C);
+// The same into a weight gradient dw, whose last stage (a small pass) waits to run in one
+// launch with every other pending one (cu_sums_flush): nothing may read dw before the flush
+// that every host read, copy, zero, sync, optimizer op and graph end runs first.
+void cu_grad_colsum(float *dw, const float *a, const float *b, const float *r, int N, int C,
+                    __nv_bfloat16 *ab = nullptr);
+// that last stage alone: dw[c] += sum_{s < S} part[s, c] in a fixed order, part from cu_parts
+void cu_grad_colsum_parts(float *dw, const float *part, int S, int C);
+void cu_sums_flush();
+// memory for the parts of a pending sum (ops_cuda.cu), valid until the flush, which calls
+// cu_parts_release
+float *cu_parts(size_t n);
+void cu_parts_release();
 // RoPE (layers_cuda.cu): the table of (cos, sin) [T, rot/2, 2], made on first use (never
 // inside a graph capture), and the rotation in place (sgn -1: the inverse)
 const float *cu_rope_table(int T, int rot, float base);
@@ -133,8 +143,3 @@ void cu_fill_attn_block(Ops *o, int precision); // attn_block_cuda.cu
 // cuBLASLt with the bias in its epilogue (linear_cuda.cu); false where it has no kernel
 bool cu_linear_bf16(void *y, cudaDataType yt, const __nv_bfloat16 *x, const __nv_bfloat16 *W,
                     const void *b, int N, int in, int out);
-// row-major C[M,N] = alpha op(A) op(B) + beta C on cuBLASLt with the split-K reduction scheme
-// PLAB_SPLITK asks for (linear_cuda.cu): A, B bf16 (prec -1) or fp32 at a table's precision;
-// false where PLAB_SPLITK is unset or cuBLASLt has no kernel
-bool cu_gemm_lt(void *C, cudaDataType ct, const void *A, const void *B, int M, int N, int K, int tA,
-                int tB, float alpha, float beta, int prec);

@@ -9,7 +9,6 @@ template <int P>
 static void mm(float *C, const float *A, const float *B, int M, int N, int K, int tA, int tB,
                float alpha, float beta) {
     if (M == 0 || N == 0) return;
-    if (cu_gemm_lt(C, CUDA_R_32F, A, B, M, N, K, tA, tB, alpha, beta, P)) return;
     CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
                      K, &alpha, B, CUDA_R_32F, tB ? K : N, A, CUDA_R_32F, tA ? M : K, &beta, C,
                      CUDA_R_32F, N, cu_compute_type(P), CUBLAS_GEMM_DEFAULT));
@@ -29,7 +28,6 @@ static void mm_strided(float *C, const float *A, const float *B, int M, int N, i
 void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_bfloat16 *B, int M,
                   int N, int K, int tA, int tB, float beta) {
     if (M == 0 || N == 0) return;
-    if (cu_gemm_lt(C, ct, A, B, M, N, K, tA, tB, 1.f, beta, -1)) return;
     const float alpha = 1.f;
     CKB(cublasGemmEx(cu.blas, tB ? CUBLAS_OP_T : CUBLAS_OP_N, tA ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
                      K, &alpha, B, CUDA_R_16BF, tB ? K : N, A, CUDA_R_16BF, tA ? M : K, &beta, C,
@@ -74,7 +72,7 @@ static void add_bias(float *y, const float *b, int N, int C) {
 // view column w holds original column w % C and element i belongs to row i / C.
 // stage 1: block (32 x VW columns, chunk s of 64 view rows) writes part[s, w], its 8
 //          row lanes combined in lane order (VW = 4: float4 loads);
-// stage 2: a block per output column c adds part[s, c + kC] over s and k.
+// stage 2: a block per output column c adds part[s, c + kC] over s and k (deferred, below).
 constexpr int COLSUM_ROWS = 64; // view rows per chunk: enough blocks at C = 128
 // (ab: also writes a in bf16 there, VW = 4 only: the bf16 attention block's dy)
 template <int VW>
@@ -117,28 +115,81 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
             part[(size_t)s * W + w] = t;
         }
 }
-// out[c] += sum over s < S and k < W / C of part[s, c + kC]: a block per column,
-// thread-strided sums, then a fixed shared-memory tree
-__global__ void colsum_final_kernel(float *out, const float *part, int S, int W, int C) {
+// ---- the column sums' second stage, deferred ----------------------------------------
+// Each column sum of the backward ends in a small pass (out[c] += its parts) that is mostly
+// launch and ramp: 12 of them in a Parallax step at MAD's shape. Their outputs are weight
+// gradients, which nothing reads before the optimizer, so they wait in `pending` and run
+// as one launch, a block per output column, when something may read them (cu_sums_flush:
+// ops_cuda.cu calls it before every host read, copy, zero, optimizer op and graph end).
+// A sum into anything else (the bias_backward op, whose output may be an activation's
+// gradient) runs the same kernel at once.
+// out[c] += sum over s < S and k < W / C of part[s, c + kC], the parts in cu_parts memory.
+struct PendingSum {
+    float *out;
+    const float *part;
+    int S, W, C, first; // first: the index of its first block in the launch
+};
+constexpr int MAX_PENDING = 40; // the launch's argument stays under 4 KB
+struct PendingSums {
+    PendingSum e[MAX_PENDING];
+    int n;
+};
+static PendingSums pending;
+
+// a block per column of each entry: thread-strided sums, then a fixed shared-memory tree
+__global__ void colsum_final_kernel(const PendingSums p) {
     __shared__ float t[256];
-    int c = blockIdx.x, K = W / C;
+    int i = 0;
+    while (i + 1 < p.n && (int)blockIdx.x >= p.e[i + 1].first) i++;
+    const PendingSum e = p.e[i];
+    int c = blockIdx.x - e.first, K = e.W / e.C;
     float v = 0;
-    for (int idx = threadIdx.x; idx < S * K; idx += 256) v += part[(size_t)(idx / K) * W + c + (idx % K) * C];
+    for (int idx = threadIdx.x; idx < e.S * K; idx += 256)
+        v += e.part[(size_t)(idx / K) * e.W + c + (idx % K) * e.C];
     t[threadIdx.x] = v;
     __syncthreads();
     for (int w = 128; w > 0; w >>= 1) {
         if ((int)threadIdx.x < w) t[threadIdx.x] += t[threadIdx.x + w];
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[c] += t[0];
+    if (threadIdx.x == 0) e.out[c] += t[0];
 }
-void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
-               __nv_bfloat16 *ab) {
+static void sum_parts(const PendingSums &p, int blocks) {
+    colsum_final_kernel<<<blocks, 256, 0, cu.stream>>>(p);
+    CKL();
+}
+void cu_sums_flush() {
+    if (pending.n == 0) return;
+    int blocks = 0;
+    for (int i = 0; i < pending.n; i++) pending.e[i].first = blocks, blocks += pending.e[i].C;
+    sum_parts(pending, blocks);
+    pending.n = 0;
+    cu_parts_release();
+}
+// out[c] += the parts' sums: now, or (defer) with the pending sums
+static void add_parts(float *out, const float *part, int S, int W, int C, bool defer) {
+    if (!defer) {
+        PendingSums one;
+        one.e[0] = {out, part, S, W, C, 0}, one.n = 1;
+        sum_parts(one, C);
+        return;
+    }
+    for (int i = 0; i < pending.n; i++) // two sums into one column would race: the first goes now
+        if (out < pending.e[i].out + pending.e[i].C && pending.e[i].out < out + C) {
+            cu_sums_flush();
+            break;
+        }
+    if (pending.n == MAX_PENDING) cu_sums_flush();
+    pending.e[pending.n++] = {out, part, S, W, C, 0};
+}
+
+static void colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
+                   __nv_bfloat16 *ab, bool defer) {
     if (N == 0 || C == 0) return;
     int W = C, R = N;
     if (C < 128 && 128 % C == 0 && (long)N * C % 128 == 0) W = 128, R = (int)((long)N * C / 128);
     int S = (R + COLSUM_ROWS - 1) / COLSUM_ROWS;
-    float *part = cu_scratch((size_t)S * W);
+    float *part = defer ? cu_parts((size_t)S * W) : cu_scratch((size_t)S * W);
     const bool v4 = C % 4 == 0 && cu_aligned16(a, b) && (uintptr_t)ab % 8 == 0;
     if (v4)
         colsum_part_kernel<4><<<dim3(cu_blocks(W, 128), S), dim3(32, 8), 0, cu.stream>>>(
@@ -148,14 +199,19 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
             part, a, b, r, R, W, C, nullptr);
     CKL();
     if (ab && !v4) cu_to_bf16(ab, a, (long)N * C);
-    colsum_final_kernel<<<C, 256, 0, cu.stream>>>(out, part, S, W, C);
-    CKL();
+    add_parts(out, part, S, W, C, defer);
 }
-
-void cu_colsum_parts(float *out, const float *part, int S, int C) {
+void cu_colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
+               __nv_bfloat16 *ab) {
+    colsum(out, a, b, r, N, C, ab, false);
+}
+void cu_grad_colsum(float *dw, const float *a, const float *b, const float *r, int N, int C,
+                    __nv_bfloat16 *ab) {
+    colsum(dw, a, b, r, N, C, ab, true);
+}
+void cu_grad_colsum_parts(float *dw, const float *part, int S, int C) {
     if (S == 0 || C == 0) return;
-    colsum_final_kernel<<<C, 256, 0, cu.stream>>>(out, part, S, C, C);
-    CKL();
+    add_parts(dw, part, S, C, C, true);
 }
 
 // db[C] += sum_n dy[n,C]
@@ -195,6 +251,7 @@ __global__ void sumsq_kernel(float *out, const float *x, long n) {
     if (threadIdx.x == 0) out[0] = (float)part[0];
 }
 static void sumsq(float *out, const float *x, long n) {
+    cu_sums_flush(); // x may be a gradient (clipping)
     sumsq_kernel<<<1, 1024, 0, cu.stream>>>(out, x, n);
     CKL();
 }

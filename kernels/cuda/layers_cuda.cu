@@ -229,7 +229,7 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
 }
 // dx and dw in one pass (16 < C <= 256, C % 4 == 0, 16-byte aligned rows): the kernel reads
 // dout and x for dx anyway, so it also sums dy x r over its rows per column (a lane owns
-// 4 columns, float4) and writes one partial row per block; rmsnorm_dw_final_kernel adds the
+// 4 columns, float4) and writes one partial row per block; cu_grad_colsum_parts adds the
 // partials to dw. Before, a separate column-sum pass re-read dout and x (8 N C bytes).
 // Formulas: baselines.md §1.3 (dx = r (w dy) - r^3/C x sum(w dy x), dw = sum dy x r).
 constexpr int NORM_BLOCK_ROWS = 64; // rows per block: 256 blocks at N = 16384 (MAD)
@@ -312,23 +312,6 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
         part[(size_t)blockIdx.x * C + c] = t;
     }
 }
-// dw[c] += sum over blocks s of part[s, c]: 32 columns x 32 strided groups of blocks per
-// CUDA block, then the 32 group sums in order (fixed order, no atomics)
-__global__ void __launch_bounds__(1024) rmsnorm_dw_final_kernel(float *dw, const float *part, int S, int C) {
-    __shared__ float t[32][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
-    float v = 0.f;
-    if (c < C)
-#pragma unroll 4
-        for (int s = threadIdx.y; s < S; s += 32) v += part[(size_t)s * C + c];
-    t[threadIdx.y][threadIdx.x] = v;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        float u = 0.f;
-        for (int k = 0; k < 32; k++) u += t[k][threadIdx.x];
-        dw[c] += u;
-    }
-}
 // write: dx = (not +=) the input gradient, no zeroing pass before (rmsnorm_backward_write)
 // the one-pass kernel (16 < C <= 256, C % 4 == 0, aligned rows), dx also in bf16 where
 // dxb is given; false: nothing done
@@ -339,15 +322,12 @@ static bool rmsnorm_bwd_fused(float *dx, float *dw, const float *dout, const flo
         return false;
     if (N <= 0) return true;
     int S = cu_blocks(N, NORM_BLOCK_ROWS);
-    float *part = dw ? cu_scratch((size_t)S * C) : nullptr;
+    float *part = dw ? cu_parts((size_t)S * C) : nullptr;
     if (C <= 128)
         rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
     else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
     CKL();
-    if (dw) {
-        rmsnorm_dw_final_kernel<<<cu_blocks(C, 32), dim3(32, 32), 0, cu.stream>>>(dw, part, S, C);
-        CKL();
-    }
+    if (dw) cu_grad_colsum_parts(dw, part, S, C);
     return true;
 }
 bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,
@@ -359,19 +339,19 @@ static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x,
     if (rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, nullptr)) return;
     int nb = cu_blocks(N, 256);
     if ((C == 4 || C == 8 || C == 16) && cu_aligned16(dx, dout, x)) {
-        float *part = dw ? cu_scratch((size_t)nb * C) : nullptr; // the weight gradient's parts
+        float *part = dw ? cu_parts((size_t)nb * C) : nullptr; // the weight gradient's parts
         if (C == 4) rmsnorm_bwd_rowv_kernel<4><<<nb, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, write);
         if (C == 8) rmsnorm_bwd_rowv_kernel<8><<<nb, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, write);
         if (C == 16) rmsnorm_bwd_rowv_kernel<16><<<nb, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, write);
         CKL();
-        if (dw) cu_colsum_parts(dw, part, nb, C);
+        if (dw) cu_grad_colsum_parts(dw, part, nb, C);
         return;
     }
     if (C <= 16)
         rmsnorm_bwd_row_kernel<<<cu_blocks(N, 256), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
     else rmsnorm_bwd_kernel<<<cu_blocks(N, 8), 256, 0, cu.stream>>>(dx, dout, x, w, rstd, N, C, write);
     CKL();
-    if (dw) cu_colsum(dw, dout, x, rstd, N, C); // dw[c] += sum_n dy x r
+    if (dw) cu_grad_colsum(dw, dout, x, rstd, N, C); // dw[c] += sum_n dy x r
 }
 static void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                              const float *w, const float *rstd, int N, int C) {

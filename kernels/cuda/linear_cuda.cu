@@ -7,8 +7,6 @@
 // has no kernel for a shape (its heuristic returns none) the op returns 0 and
 // layers.h runs the unfused matmul and bias ops. The CPU emulation has no cuBLASLt:
 // there the op stays NULL.
-#include <cstring>
-
 #include "cuda_common.cuh"
 
 #ifndef PLAB_EMU
@@ -23,7 +21,6 @@ cublasLtHandle_t lt;
 struct Plan {
     int m, n, k, ta, tb, ep, prec; // prec -1: bf16 operands (then ct is C's and D's type)
     cudaDataType ct;
-    uint32_t red; // split-K reduction schemes the heuristic may choose (cublasLtReductionScheme_t)
     bool ok; // false: cuBLASLt has no kernel, use the unfused ops
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
@@ -34,17 +31,17 @@ int nplans;
 
 // column-major D[m,n] = op_a(A) op_b(B), A stored [m,k] (or [k,m] when ta), B [k,n] (or [n,k])
 Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec, const void *bias,
-           cudaDataType ct = CUDA_R_32F, uint32_t red = CUBLASLT_REDUCTION_SCHEME_MASK) {
+           cudaDataType ct = CUDA_R_32F) {
     for (int i = 0; i < nplans; i++) {
         Plan *p = &plans[i];
         if (p->m == m && p->n == n && p->k == k && p->ta == ta && p->tb == tb && p->ep == (int)ep &&
-            p->prec == prec && p->ct == ct && p->red == red)
+            p->prec == prec && p->ct == ct)
             return p;
     }
     if (nplans == (int)(sizeof plans / sizeof plans[0])) return nullptr;
     if (!lt) CKB(cublasLtCreate(&lt));
     Plan *p = &plans[nplans++];
-    *p = Plan{m, n, k, ta, tb, (int)ep, prec, ct, red, false, {}, {}, {}, {}, {}};
+    *p = Plan{m, n, k, ta, tb, (int)ep, prec, ct, false, {}, {}, {}, {}, {}};
     const cudaDataType abt = prec < 0 ? CUDA_R_16BF : CUDA_R_32F;
     CKB(cublasLtMatmulDescCreate(&p->op, prec < 0 ? CUBLAS_COMPUTE_32F : cu_compute_type(prec), CUDA_R_32F));
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -60,14 +57,6 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
     size_t ws = CU_BLAS_WS; // cu.blas_ws: one stream runs cuBLAS and cuBLASLt in turn
     CKB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                               sizeof ws));
-    CKB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &red,
-                                              sizeof red));
-    if (red != CUBLASLT_REDUCTION_SCHEME_MASK) { // cu_gemm_lt's operands: 16-byte aligned, no more
-        const uint32_t al = 16;
-        for (auto at : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-            CKB(cublasLtMatmulPreferenceSetAttribute(pref, at, &al, sizeof al));
-    }
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt, p->op, p->a, p->b, p->c, p->c, pref, 1,
@@ -78,7 +67,8 @@ Plan *plan(int m, int n, int k, int ta, int tb, cublasLtEpilogue_t ep, int prec,
     return p;
 }
 
-void run(Plan *p, const void *bias, void *D, const void *A, const void *B, float beta, float alpha = 1.f) {
+void run(Plan *p, const void *bias, void *D, const void *A, const void *B, float beta) {
+    const float alpha = 1.f;
     CKB(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                         sizeof bias));
     CKB(cublasLtMatmul(lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->c, D, p->c, &p->algo,
@@ -107,25 +97,6 @@ bool cu_linear_bf16(void *y, cudaDataType yt, const __nv_bfloat16 *x, const __nv
     return true;
 }
 
-// PLAB_SPLITK=inplace: the split-K matmuls (the weight gradients, K = tokens) add their parts
-// up inside the matmul (cuBLASLt's in-place scheme, in a fixed order) rather than in a
-// separate reduce kernel; none: no split-K. Unset: cublasGemmEx chooses (an A/B switch).
-bool cu_gemm_lt(void *C, cudaDataType ct, const void *A, const void *B, int M, int N, int K, int tA,
-                int tB, float alpha, float beta, int prec) {
-    static const int red = [] {
-        const char *e = getenv("PLAB_SPLITK");
-        return !e ? -1 : !strcmp(e, "inplace") ? CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE
-                       : !strcmp(e, "none")    ? CUBLASLT_REDUCTION_SCHEME_NONE
-                                               : -1;
-    }();
-    if (red < 0 || ((uintptr_t)A | (uintptr_t)B | (uintptr_t)C) % 16) return false;
-    // row-major C[M,N] is column-major C^T[N,M] = op(B)^T op(A)^T
-    Plan *p = plan(N, M, K, tB, tA, CUBLASLT_EPILOGUE_DEFAULT, prec, nullptr, ct, (uint32_t)red);
-    if (!p || !p->ok) return false;
-    run(p, nullptr, C, B, A, beta, alpha);
-    return true;
-}
-
 void cu_fill_linear(Ops *o, int p) {
     o->linear_bias_forward = p == 0   ? linear_bias_forward<0>
                              : p == 1 ? linear_bias_forward<1>
@@ -134,10 +105,6 @@ void cu_fill_linear(Ops *o, int p) {
 #else
 bool cu_linear_bf16(void *, cudaDataType, const __nv_bfloat16 *, const __nv_bfloat16 *, const void *,
                     int, int, int) {
-    return false;
-}
-bool cu_gemm_lt(void *, cudaDataType, const void *, const void *, int, int, int, int, int, float, float,
-                int) {
     return false;
 }
 void cu_fill_linear(Ops *o, int p) {

@@ -41,6 +41,37 @@ float *cu_scratch(size_t n) {
     return cu.scratch;
 }
 
+// The parts of the deferred column sums (dense_cuda.cu): a bump arena, emptied when the
+// sums are added. A chunk too small is kept until then and a bigger one started, so parts
+// already written stay valid; after the first (uncaptured) step one chunk holds them all.
+static struct {
+    float *buf, *old[8];
+    size_t cap, off, peak;
+    int n_old;
+} parts;
+float *cu_parts(size_t n) {
+    n = (n + 3) & ~(size_t)3; // 16-byte aligned parts (float4 stores)
+    if (parts.off + n > parts.cap) {
+        check_not_capturing("growing the column sums' parts");
+        if (parts.n_old == 8) cu_sums_flush();
+        if (parts.buf) parts.old[parts.n_old++] = parts.buf;
+        parts.cap = 2 * (parts.peak + n);
+        CK(cudaMalloc(&parts.buf, parts.cap * sizeof(float)));
+        parts.off = 0;
+    }
+    float *p = parts.buf + parts.off;
+    parts.off += n, parts.peak += n;
+    return p;
+}
+void cu_parts_release() {
+    if (parts.n_old) {
+        CK(cudaStreamSynchronize(cu.stream));
+        for (int i = 0; i < parts.n_old; i++) CK(cudaFree(parts.old[i]));
+        parts.n_old = 0;
+    }
+    parts.off = parts.peak = 0;
+}
+
 // ---- memory ----------------------------------------------------------------------
 
 static void *cu_alloc(size_t bytes) {
@@ -52,6 +83,7 @@ static void *cu_alloc(size_t bytes) {
     return p;
 }
 static void cu_release(void *p) {
+    cu_sums_flush();
     CK(cudaStreamSynchronize(cu.stream));
     CK(cudaFree(p));
 }
@@ -92,14 +124,20 @@ static void cu_to_device(void *dst, const void *src, size_t bytes) {
     stage.off += (bytes + 255) & ~(size_t)255;
 }
 static void cu_to_host(void *dst, const void *src, size_t bytes) {
+    cu_sums_flush();
     CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu.stream));
     CK(cudaStreamSynchronize(cu.stream));
 }
 static void cu_copy(void *dst, const void *src, size_t bytes) {
+    cu_sums_flush();
     CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu.stream));
 }
-static void cu_zero(void *p, size_t bytes) { CK(cudaMemsetAsync(p, 0, bytes, cu.stream)); }
+static void cu_zero(void *p, size_t bytes) {
+    cu_sums_flush();
+    CK(cudaMemsetAsync(p, 0, bytes, cu.stream));
+}
 static void cu_sync(void) {
+    cu_sums_flush();
     CK(cudaStreamSynchronize(cu.stream));
 }
 
@@ -109,6 +147,7 @@ static void cu_graph_begin(void) {
     CK(cudaStreamBeginCapture(cu.stream, cudaStreamCaptureModeThreadLocal));
 }
 static void *cu_graph_end(void) {
+    cu_sums_flush(); // inside the recording
     cudaGraph_t g;
     CK(cudaStreamEndCapture(cu.stream, &g));
     cudaGraphExec_t ex;

@@ -19,6 +19,7 @@ __global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long 
 }
 static void adamw(float *p, const float *g, float *m, float *v, long n, const OptHyper *h,
                   int wd_on) {
+    cu_sums_flush(); // the gradients' pending column sums (cuda_common.cuh)
     adamw_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(p, g, m, v, n, h, wd_on);
     CKL();
 }
@@ -33,6 +34,7 @@ __global__ void muon_momentum_kernel(float *u, float *buf, const float *g, long 
 }
 static void muon_momentum(float *u, float *buf, const float *g, long n, float mu, int nesterov,
                           int ema) {
+    cu_sums_flush();
     muon_momentum_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(u, buf, g, n, mu, nesterov, ema);
     CKL();
 }
