@@ -42,7 +42,7 @@ float *cu_scratch(size_t n) {
 }
 
 // The parts of the deferred column sums (dense_cuda.cu): a bump arena, emptied when the
-// sums are added. A chunk too small is kept until then and a bigger one started, so parts
+// sums are added. A chunk too small is kept until then and another started, so parts
 // already written stay valid; after the first (uncaptured) step one chunk holds them all.
 static struct {
     float *buf, *old[8];
@@ -53,7 +53,9 @@ float *cu_parts(size_t n) {
     n = (n + 3) & ~(size_t)3; // 16-byte aligned parts (float4 stores)
     if (parts.off + n > parts.cap) {
         check_not_capturing("growing the column sums' parts");
-        if (parts.n_old == 8) cu_sums_flush();
+        if (parts.n_old == 8) cu_sums_flush(); // empties it
+    }
+    if (parts.off + n > parts.cap) {
         if (parts.buf) parts.old[parts.n_old++] = parts.buf;
         parts.cap = 2 * (parts.peak + n);
         CK(cudaMalloc(&parts.buf, parts.cap * sizeof(float)));
@@ -64,10 +66,13 @@ float *cu_parts(size_t n) {
     return p;
 }
 void cu_parts_release() {
-    if (parts.n_old) {
+    if (parts.n_old) { // it grew: one chunk for all of it next time (never inside a capture,
+                       // where growing has already stopped the program)
         CK(cudaStreamSynchronize(cu.stream));
         for (int i = 0; i < parts.n_old; i++) CK(cudaFree(parts.old[i]));
-        parts.n_old = 0;
+        CK(cudaFree(parts.buf));
+        parts.n_old = 0, parts.cap = parts.peak + parts.peak / 2;
+        CK(cudaMalloc(&parts.buf, parts.cap * sizeof(float)));
     }
     parts.off = parts.peak = 0;
 }
