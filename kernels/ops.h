@@ -100,12 +100,6 @@ typedef struct {
     real bc1, bc2; /* bias corrections 1-beta^t */
 } OptHyper;
 
-/* One run of tensors that AdamW updates alike: elements [off, off + n), decay or not. */
-typedef struct {
-    long off, n;
-    int wd_on;
-} AdamRun;
-
 /* Op groups of larger mechanisms live in their own headers and are reached
  * through these pointers (NULL when a backend lacks the group). */
 typedef struct FamilyOps FamilyOps; /* kernels/ops_family.h: LLA / attention family cores */
@@ -250,10 +244,6 @@ typedef struct Ops {
     /* ---- optimizers ------------------------------------------------------------ */
     /* AdamW with decoupled weight decay and bias correction; wd_on selects decay. */
     void (*adamw)(real *p, const real *g, real *m, real *v, long n, const OptHyper *h, int wd_on);
-    /* Optional: adamw over each run (offsets into p, g, m, v) in one pass; NULL: optim.c
-     * calls adamw per run. (On the GPU a step's ~20 runs are one launch instead of ~20.) */
-    void (*adamw_runs)(real *p, const real *g, real *m, real *v, const AdamRun *runs, int nruns,
-                       const OptHyper *h);
     /* Muon momentum: nesterov / ema variants (baselines.md §10.2). u = update input (writes). */
     void (*muon_momentum)(real *u, real *buf, const real *g, long n, real mu, int nesterov,
                           int ema);

@@ -23,39 +23,9 @@ struct Optimizer {
     real *mbuf, *vbuf;     /* AdamW moments, or Muon momentum in mbuf */
     real *scratch;         /* Newton-Schulz work space */
     OptHyper *h_adam, *h_muon; /* backend memory, side by side: one copy a step */
-    AdamRun *runs;             /* the tensors AdamW updates, as maximal runs (find_adam_runs) */
-    int nruns;
     double cur_lr;
     char desc[64];
 };
-
-static int takes_muon(const Optimizer *o, const ParamSpec *s) {
-    return o->muon && (s->flags & PARAM_MUON) && s->cols > 0;
-}
-/* AdamW's tensors as maximal runs of adjacent tensors with the same decay flag (tensors
- * are contiguous up to zero padding, whose gradient and state stay zero): a few runs a
- * model, updated in one pass where the backend has adamw_runs. */
-static void find_adam_runs(Optimizer *o) {
-    int n = model_num_specs(o->m);
-    o->runs = xcalloc(n ? n : 1, sizeof *o->runs);
-    for (int i = 0; i < n;) {
-        const ParamSpec *s = model_spec(o->m, i);
-        if (takes_muon(o, s)) {
-            i++;
-            continue;
-        }
-        int wd_on = !(s->flags & PARAM_NO_DECAY), j = i + 1;
-        for (; j < n; j++) {
-            const ParamSpec *t = model_spec(o->m, j);
-            if (takes_muon(o, t) || (!(t->flags & PARAM_NO_DECAY)) != wd_on) break;
-        }
-        const ParamSpec *last = model_spec(o->m, j - 1);
-        o->runs[o->nruns++] = (AdamRun){.off = (long)s->offset,
-                                        .n = (long)(last->offset + last->numel - s->offset),
-                                        .wd_on = wd_on};
-        i = j;
-    }
-}
 
 Optimizer *optim_create(const Config *cfg, Model *m, long total_steps, long steps_per_epoch) {
     Optimizer *o = xcalloc(1, sizeof *o);
@@ -90,7 +60,6 @@ Optimizer *optim_create(const Config *cfg, Model *m, long total_steps, long step
     } else snprintf(o->desc, sizeof o->desc, "adamw");
     o->h_adam = o->ops->alloc(2 * sizeof(OptHyper));
     o->h_muon = o->h_adam + 1;
-    find_adam_runs(o);
     return o;
 }
 
@@ -99,7 +68,6 @@ void optim_free(Optimizer *o) {
     o->ops->release(o->mbuf), o->ops->release(o->vbuf);
     if (o->scratch) o->ops->release(o->scratch);
     o->ops->release(o->h_adam);
-    free(o->runs);
     free(o);
 }
 
@@ -141,31 +109,41 @@ void optim_upload(Optimizer *o, long step) {
     o->ops->to_device(o->h_adam, h, sizeof h); /* h_adam, h_muon */
 }
 
-/* Muon per 2-D hidden matrix, then AdamW over its runs (find_adam_runs) */
+/* AdamW runs over maximal runs of adjacent tensors with the same decay flag in
+ * one call each (tensors are contiguous up to zero padding, whose gradient and
+ * state stay zero): a few launches per step instead of one per tensor. */
 void optim_apply(Optimizer *o) {
     const Ops *ops = o->ops;
     real *p = model_params(o->m), *g = model_grads(o->m);
-    for (int i = 0; o->muon && i < model_num_specs(o->m); i++) {
+    int n = model_num_specs(o->m);
+    for (int i = 0; i < n;) {
         const ParamSpec *s = model_spec(o->m, i);
-        if (!takes_muon(o, s)) continue;
         size_t off = s->offset;
-        int ema = o->variant == MUON_KELLER;
-        real *u = o->scratch; /* the update, orthogonalised in place */
-        ops->muon_momentum(u, o->mbuf + off, g + off, (long)s->numel, o->momentum, o->nesterov, ema);
-        newton_schulz5(ops, u, s->rows, s->cols, o->ns_steps, o->scratch + s->numel);
-        double r = s->rows, c = s->cols, scale;
-        if (o->variant == MUON_MOONLIGHT) scale = 0.2 * sqrt(r > c ? r : c);
-        else scale = sqrt(r / c > 1 ? r / c : 1);
-        ops->muon_apply(p + off, u, (long)s->numel, o->h_muon, (real)scale);
-    }
-    if (ops->adamw_runs) {
-        ops->adamw_runs(p, g, o->mbuf, o->vbuf, o->runs, o->nruns, o->h_adam);
-        return;
-    }
-    for (int k = 0; k < o->nruns; k++) {
-        const AdamRun *a = &o->runs[k];
-        ops->adamw(p + a->off, g + a->off, o->mbuf + a->off, o->vbuf + a->off, a->n, o->h_adam,
-                   a->wd_on);
+        int wd_on = !(s->flags & PARAM_NO_DECAY);
+        if (o->muon && (s->flags & PARAM_MUON) && s->cols > 0) {
+            int ema = o->variant == MUON_KELLER;
+            real *u = o->scratch; /* the update, orthogonalised in place */
+            ops->muon_momentum(u, o->mbuf + off, g + off, (long)s->numel, o->momentum, o->nesterov,
+                               ema);
+            newton_schulz5(ops, u, s->rows, s->cols, o->ns_steps, o->scratch + s->numel);
+            double r = s->rows, c = s->cols, scale;
+            if (o->variant == MUON_MOONLIGHT) scale = 0.2 * sqrt(r > c ? r : c);
+            else scale = sqrt(r / c > 1 ? r / c : 1);
+            ops->muon_apply(p + off, u, (long)s->numel, o->h_muon, (real)scale);
+            i++;
+            continue;
+        }
+        int j = i + 1; /* extend the run of AdamW tensors with the same decay flag */
+        for (; j < n; j++) {
+            const ParamSpec *t = model_spec(o->m, j);
+            if ((o->muon && (t->flags & PARAM_MUON) && t->cols > 0) ||
+                (!(t->flags & PARAM_NO_DECAY)) != wd_on)
+                break;
+        }
+        const ParamSpec *last = model_spec(o->m, j - 1);
+        long len = (long)(last->offset + last->numel - off);
+        ops->adamw(p + off, g + off, o->mbuf + off, o->vbuf + off, len, o->h_adam, wd_on);
+        i = j;
     }
 }
 

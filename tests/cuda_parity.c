@@ -532,24 +532,6 @@ static void test_optimizer_ops(void **s) {
         for (int i = 0; i < 4; i++) GPU->release(b[i]);
         free(p), free(g), free(m), free(v);
     }
-    { /* adamw_runs: runs with gaps between them (left untouched) and both decay flags */
-        const AdamRun runs[3] = {{.off = 5, .n = 300, .wd_on = 1}, {.off = 305, .n = 1, .wd_on = 0},
-                                 {.off = 400, .n = 377, .wd_on = 1}};
-        real *p = randv(r, n, 1), *g = randv(r, n, 1), *m = randv(r, n, 0.1), *v = randv(r, n, 0.1);
-        for (long i = 0; i < n; i++) v[i] = v[i] * v[i];
-        real *gp = up(GPU, p, sizeof(real) * n), *gg = up(GPU, g, sizeof(real) * n);
-        real *gm = up(GPU, m, sizeof(real) * n), *gv = up(GPU, v, sizeof(real) * n);
-        for (int k = 0; k < 3; k++)
-            CPU->adamw(p + runs[k].off, g + runs[k].off, m + runs[k].off, v + runs[k].off, runs[k].n,
-                       &h, runs[k].wd_on);
-        GPU->adamw_runs(gp, gg, gm, gv, runs, 3, gh);
-        cmp("adamw_runs p", p, gp, n, 1e-6);
-        cmp("adamw_runs m", m, gm, n, 1e-6);
-        cmp("adamw_runs v", v, gv, n, 1e-6);
-        real *b[] = {gp, gg, gm, gv};
-        for (int i = 0; i < 4; i++) GPU->release(b[i]);
-        free(p), free(g), free(m), free(v);
-    }
     for (int variant = 0; variant < 4; variant++) {
         int nesterov = variant & 1, ema = variant >> 1;
         real *u = randv(r, n, 1), *buf = randv(r, n, 1), *g = randv(r, n, 1), *p = randv(r, n, 1);

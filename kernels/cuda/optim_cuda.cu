@@ -4,8 +4,10 @@
 // sumsq/scale_rsqrt from the dense group (optim.c drives it).
 #include "cuda_common.cuh"
 
-__device__ __forceinline__ void adamw_at(long i, float *p, const float *g, float *m, float *v,
-                                         const OptHyper *h, int wd_on) {
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, const OptHyper *h,
+                             int wd_on) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
     float lr = h->lr, b1 = h->beta1, b2 = h->beta2;
     float decay = wd_on ? 1.f - lr * h->wd : 1.f;
     float gi = g[i];
@@ -15,44 +17,11 @@ __device__ __forceinline__ void adamw_at(long i, float *p, const float *g, float
     float mhat = mi / h->bc1, vhat = vi / h->bc2;
     p[i] = p[i] * decay - lr * mhat / (sqrtf(vhat) + h->eps);
 }
-__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, long n, const OptHyper *h,
-                             int wd_on) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) adamw_at(i, p, g, m, v, h, wd_on);
-}
 static void adamw(float *p, const float *g, float *m, float *v, long n, const OptHyper *h,
                   int wd_on) {
     cu_sums_flush(); // the gradients' pending column sums (cuda_common.cuh)
     adamw_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(p, g, m, v, n, h, wd_on);
     CKL();
-}
-// up to RUNS runs a launch; thread i of the launch updates element i - first of its run
-constexpr int RUNS = 32;
-struct RunTable {
-    AdamRun r[RUNS];
-    long first[RUNS + 1];
-    int n;
-};
-__global__ void adamw_runs_kernel(float *p, const float *g, float *m, float *v, const RunTable t,
-                                  const OptHyper *h) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= t.first[t.n]) return;
-    int k = 0;
-    while (i >= t.first[k + 1]) k++;
-    adamw_at(t.r[k].off + i - t.first[k], p, g, m, v, h, t.r[k].wd_on);
-}
-static void adamw_runs(float *p, const float *g, float *m, float *v, const AdamRun *runs,
-                       int nruns, const OptHyper *h) {
-    cu_sums_flush();
-    for (int k0 = 0; k0 < nruns; k0 += RUNS) {
-        RunTable t;
-        t.n = nruns - k0 < RUNS ? nruns - k0 : RUNS;
-        t.first[0] = 0;
-        for (int k = 0; k < t.n; k++) t.r[k] = runs[k0 + k], t.first[k + 1] = t.first[k] + t.r[k].n;
-        if (t.first[t.n] == 0) continue;
-        adamw_runs_kernel<<<cu_blocks(t.first[t.n], 256), 256, 0, cu.stream>>>(p, g, m, v, t, h);
-        CKL();
-    }
 }
 
 __global__ void muon_momentum_kernel(float *u, float *buf, const float *g, long n, float mu,
@@ -83,7 +52,6 @@ static void muon_apply(float *p, const float *o, long n, const OptHyper *h, floa
 
 void cu_fill_optim(Ops *o) {
     o->adamw = adamw;
-    o->adamw_runs = adamw_runs;
     o->muon_momentum = muon_momentum;
     o->muon_apply = muon_apply;
 }
