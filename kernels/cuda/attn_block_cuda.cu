@@ -202,13 +202,13 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     if (blk->dbo) cu_grad_colsum(blk->dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy in bf16, same pass
     else cu_to_bf16(s.dyb, dy, (long)N * d);
     cu_gemm_bf16(s.dob, CUDA_R_16BF, s.dyb, s.wo, N, d, d, 0, 0, 0.f);
-    cu_gemm_bf16(blk->dWo, CUDA_R_32F, s.dyb, s.o, d, d, N, 1, 0, 1.f);
+    cu_grad_gemm_bf16(blk->dWo, s.dyb, s.o, d, d, N);
     AttnArgs c = core_args(blk, s);
     c.grads_write = 1;
     c.dbias = blk->dbqkv;
     cu_attention_tc(&c, 1);
     cu_gemm_bf16(dx, CUDA_R_32F, s.dqkv, s.w, N, d, 3 * d, 0, 0, 0.f);
-    cu_gemm_bf16(blk->dWqkv, CUDA_R_32F, s.dqkv, s.xb, 3 * d, d, N, 1, 0, 1.f);
+    cu_grad_gemm_bf16(blk->dWqkv, s.dqkv, s.xb, 3 * d, d, N);
     if (!blk->Wr) return;
     const long nh = (long)N * core->H;
     const int nb = cu_blocks(nh, 256);
@@ -217,7 +217,7 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     CKL();
     cu_grad_colsum_parts(blk->dr_norm, part, nb, HD);
     cu_gemm_bf16(dx, CUDA_R_32F, s.dl, s.wr, N, d, d, 0, 0, 1.f);
-    cu_gemm_bf16(blk->dWr, CUDA_R_32F, s.dl, s.xb, d, d, N, 1, 0, 1.f);
+    cu_grad_gemm_bf16(blk->dWr, s.dl, s.xb, d, d, N);
 }
 
 } // namespace

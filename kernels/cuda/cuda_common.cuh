@@ -94,6 +94,12 @@ void cu_grad_colsum(float *dw, const float *a, const float *b, const float *r, i
 // that last stage alone: dw[c] += sum_{s < S} part[s, c] in a fixed order, part from cu_parts
 void cu_grad_colsum_parts(float *dw, const float *part, int S, int C);
 void cu_sums_flush();
+// dW[M,N] += dY^T X over K rows (dY [K,M], X [K,N] bf16) into a weight gradient, its split-K
+// partial products summed with the pending sums: nothing may read dW before the flush
+void cu_grad_gemm_bf16(float *dW, const __nv_bfloat16 *dY, const __nv_bfloat16 *X, int M, int N,
+                       int K);
+// the same with fp32 operands at a table's precision (0 fp32, 1 tf32, 2 bf16)
+void cu_grad_gemm(int precision, float *dW, const float *dY, const float *X, int M, int N, int K);
 // memory for the parts of a pending sum (ops_cuda.cu), valid until the flush, which calls
 // cu_parts_release
 float *cu_parts(size_t n);

@@ -124,11 +124,15 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
 // A sum into anything else (the bias_backward op, whose output may be an activation's
 // gradient) runs the same kernel at once.
 // out[c] += sum over s < S and k < W / C of part[s, c + kC], the parts in cu_parts memory.
+// wide (the split weight gradients, cu_grad_gemm_bf16): out[i] += sum_s part[s, i] for
+// i < C, WIDE_ELEMS elements a block, an element a thread, instead of a block per column
 struct PendingSum {
     float *out;
     const float *part;
     int S, W, C, first; // first: the index of its first block in the launch
+    bool wide;
 };
+constexpr int WIDE_ELEMS = 1024; // 256 threads, 4 adjacent elements each
 constexpr int MAX_PENDING = 40; // the launch's argument stays under 4 KB
 struct PendingSums {
     PendingSum e[MAX_PENDING];
@@ -136,12 +140,38 @@ struct PendingSums {
 };
 static PendingSums pending;
 
-// a block per column of each entry: thread-strided sums, then a fixed shared-memory tree
+// a wide entry's block: each thread sums its 4 elements' S parts in order
+__device__ void wide_sum(const PendingSum &e, int blk) {
+    const int i0 = blk * WIDE_ELEMS + 4 * threadIdx.x;
+    if (i0 >= e.C) return;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (i0 + 4 <= e.C && e.C % 4 == 0 && (uintptr_t)e.out % 16 == 0) { // parts: 16-byte aligned
+        for (int s = 0; s < e.S; s++) {
+            const float4 x = *reinterpret_cast<const float4 *>(e.part + (size_t)s * e.C + i0);
+            v.x += x.x, v.y += x.y, v.z += x.z, v.w += x.w;
+        }
+        float4 *o = reinterpret_cast<float4 *>(e.out + i0);
+        const float4 y = *o;
+        *o = make_float4(y.x + v.x, y.y + v.y, y.z + v.z, y.w + v.w);
+        return;
+    }
+    for (int k = 0; k < 4 && i0 + k < e.C; k++) {
+        float t = 0.f;
+        for (int s = 0; s < e.S; s++) t += e.part[(size_t)s * e.C + i0 + k];
+        e.out[i0 + k] += t;
+    }
+}
+// a block per column of each entry (or WIDE_ELEMS of a wide one): thread-strided sums,
+// then a fixed shared-memory tree
 __global__ void colsum_final_kernel(const PendingSums p) {
     __shared__ float t[256];
     int i = 0;
     while (i + 1 < p.n && (int)blockIdx.x >= p.e[i + 1].first) i++;
     const PendingSum e = p.e[i];
+    if (e.wide) { // block-uniform
+        wide_sum(e, blockIdx.x - e.first);
+        return;
+    }
     int c = blockIdx.x - e.first, K = e.W / e.C;
     float v = 0;
     for (int idx = threadIdx.x; idx < e.S * K; idx += 256)
@@ -161,16 +191,20 @@ static void sum_parts(const PendingSums &p, int blocks) {
 void cu_sums_flush() {
     if (pending.n == 0) return;
     int blocks = 0;
-    for (int i = 0; i < pending.n; i++) pending.e[i].first = blocks, blocks += pending.e[i].C;
+    for (int i = 0; i < pending.n; i++) {
+        const PendingSum &e = pending.e[i];
+        pending.e[i].first = blocks, blocks += e.wide ? (e.C + WIDE_ELEMS - 1) / WIDE_ELEMS : e.C;
+    }
     sum_parts(pending, blocks);
     pending.n = 0;
     cu_parts_release();
 }
 // out[c] += the parts' sums: now, or (defer) with the pending sums
-static void add_parts(float *out, const float *part, int S, int W, int C, bool defer) {
+static void add_parts(float *out, const float *part, int S, int W, int C, bool defer,
+                      bool wide = false) {
     if (!defer) {
         PendingSums one;
-        one.e[0] = {out, part, S, W, C, 0}, one.n = 1;
+        one.e[0] = {out, part, S, W, C, 0, false}, one.n = 1;
         sum_parts(one, C);
         return;
     }
@@ -180,7 +214,7 @@ static void add_parts(float *out, const float *part, int S, int W, int C, bool d
             break;
         }
     if (pending.n == MAX_PENDING) cu_sums_flush();
-    pending.e[pending.n++] = {out, part, S, W, C, 0};
+    pending.e[pending.n++] = {out, part, S, W, C, 0, wide};
 }
 
 static void colsum(float *out, const float *a, const float *b, const float *r, int N, int C,
@@ -212,6 +246,63 @@ void cu_grad_colsum(float *dw, const float *a, const float *b, const float *r, i
 void cu_grad_colsum_parts(float *dw, const float *part, int S, int C) {
     if (S == 0 || C == 0) return;
     add_parts(dw, part, S, C, C, true);
+}
+
+// ---- weight gradients: split over the tokens, summed with the deferred sums ----------
+// dW[M,N] += dY^T X over K token rows (dY [K,M], X [K,N] bf16, row-major): K is the batch's
+// 16K tokens at MAD, M and N a few hundred, so a matmul needs its K split to fill the GPU.
+// cuBLAS does that with a reduction kernel after each matmul (splitKreduce, about 4 us,
+// 10-12 of them a step); here the S slices of K are one strided-batched matmul into S
+// partial [M,N] matrices (cu_parts), and their sum waits with the column sums for one
+// launch (cu_sums_flush). S: PLAB_WGRAD_SPLIT (0: cuBLAS's own split-K), else
+// wgrad_split_auto.
+static int wgrad_split_auto(int M, int N, int K) {
+    (void)M, (void)N, (void)K;
+    return 8;
+}
+static int wgrad_split(int M, int N, int K) {
+    static int env = -2;
+    if (env == -2) {
+        const char *e = getenv("PLAB_WGRAD_SPLIT");
+        env = e && *e ? atoi(e) : -1;
+    }
+    int S = env >= 0 ? env : wgrad_split_auto(M, N, K);
+    while (S > 1 && (K % S || (K / S) % 8)) S /= 2; // equal slices of whole 16-byte rows
+    return S;
+}
+// the same on fp32 rows at precision P (Ops.weight_grad: the head, the recurrent mixers'
+// projections; the embedding's one-hot product)
+template <int P>
+static void weight_grad(float *dW, const float *dY, const float *X, int M, int N, int K) {
+    const int S = wgrad_split(M, N, K);
+    if (S <= 1) {
+        mm<P>(dW, dY, X, M, N, K, 1, 0, 1.f, 1.f);
+        return;
+    }
+    float *part = cu_parts((size_t)S * M * N);
+    const long k = K / S;
+    mm_strided<P>(part, dY, X, M, N, (int)k, 1, 0, 1.f, 0.f, S, k * M, k * N, (long)M * N);
+    add_parts(dW, part, S, M * N, M * N, true, true);
+}
+void cu_grad_gemm(int precision, float *dW, const float *dY, const float *X, int M, int N, int K) {
+    (precision == 0 ? weight_grad<0> : precision == 1 ? weight_grad<1> : weight_grad<2>)(dW, dY, X, M, N, K);
+}
+void cu_grad_gemm_bf16(float *dW, const __nv_bfloat16 *dY, const __nv_bfloat16 *X, int M, int N,
+                       int K) {
+    const int S = wgrad_split(M, N, K);
+    if (S <= 1) {
+        cu_gemm_bf16(dW, CUDA_R_32F, dY, X, M, N, K, 1, 0, 1.f);
+        return;
+    }
+    float *part = cu_parts((size_t)S * M * N);
+    const float alpha = 1.f, beta = 0.f;
+    const long k = K / S;
+    // column-major view: part_s^T [N,M] = X_s^T dY_s, X_s = rows s k .. (s+1) k - 1
+    CKB(cublasGemmStridedBatchedEx(cu.blas, CUBLAS_OP_N, CUBLAS_OP_T, N, M, (int)k, &alpha, X,
+                                   CUDA_R_16BF, N, k * N, dY, CUDA_R_16BF, M, k * M, &beta, part,
+                                   CUDA_R_32F, N, (long)M * N, S, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    add_parts(dW, part, S, M * N, M * N, true, true);
 }
 
 // db[C] += sum_n dy[n,C]
@@ -269,6 +360,7 @@ static void scale_rsqrt(float *x, const float *s, float eps, long n) {
 void cu_fill_dense(Ops *o, int p) {
     o->matmul = p == 0 ? mm<0> : p == 1 ? mm<1> : mm<2>;
     o->matmul_strided = p == 0 ? mm_strided<0> : p == 1 ? mm_strided<1> : mm_strided<2>;
+    o->weight_grad = p == 0 ? weight_grad<0> : p == 1 ? weight_grad<1> : weight_grad<2>;
     o->add_bias = add_bias;
     o->bias_backward = bias_backward;
     o->axpy = axpy;

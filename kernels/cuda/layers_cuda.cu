@@ -389,7 +389,7 @@ __global__ void onehot_kernel(float *oh, const int *tok, int N, int V) {
 }
 
 // dtable[V,C] += onehot[N,V]^T dout[N,C]: one gemm at the table's precision (the one-hot
-// operand is exact in any), deterministic
+// operand is exact in any), deterministic, its split-K sum deferred (a weight gradient)
 template <int P>
 static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C,
                                int V) {
@@ -397,10 +397,7 @@ static void embedding_backward(float *dtable, const float *dout, const int *toke
     long n = (long)N * V;
     onehot_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(oh, tokens, N, V);
     CKL();
-    const float one = 1.f;
-    CKB(cublasGemmEx(cu.blas, CUBLAS_OP_N, CUBLAS_OP_T, C, V, N, &one, dout, CUDA_R_32F, C, oh,
-                     CUDA_R_32F, V, &one, dtable, CUDA_R_32F, C, cu_compute_type(P),
-                     CUBLAS_GEMM_DEFAULT));
+    cu_grad_gemm(P, dtable, oh, dout, V, C, N);
 }
 
 // ---- GELU (exact erf form) --------------------------------------------------------

@@ -141,9 +141,9 @@ void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *sav
     if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
     cu_gemm_bf16(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
     swiglu_bwd_bf16(dab, dh, s.ab, N, F);
-    cu_gemm_bf16(dW2, CUDA_R_32F, dyb, s.h, d, F, N, 1, 0, 1.f);
+    cu_grad_gemm_bf16(dW2, dyb, s.h, d, F, N);
     cu_gemm_bf16(dx, CUDA_R_32F, dab, s.w13, N, d, 2 * F, 0, 0, 0.f);
-    cu_gemm_bf16(dW13, CUDA_R_32F, dab, s.xb, 2 * F, d, N, 1, 0, 1.f);
+    cu_grad_gemm_bf16(dW13, dab, s.xb, 2 * F, d, N);
 }
 
 } // namespace
