@@ -254,19 +254,23 @@ void cu_grad_colsum_parts(float *dw, const float *part, int S, int C) {
 // cuBLAS does that with a reduction kernel after each matmul (splitKreduce, about 4 us,
 // 10-12 of them a step); here the S slices of K are one strided-batched matmul into S
 // partial [M,N] matrices (cu_parts), and their sum waits with the column sums for one
-// launch (cu_sums_flush). S: PLAB_WGRAD_SPLIT (0: cuBLAS's own split-K), else
-// wgrad_split_auto.
-static int wgrad_split_auto(int M, int N, int K) {
-    (void)M, (void)N, (void)K;
-    return 8;
+// launch (cu_sums_flush). S by the size of dW (wgrad_split_auto); PLAB_WGRAD_SPLIT overrides
+// it with one S, or four "a:b:c:d" for M N up to 4K, 16K, 48K and larger (0: cuBLAS's own
+// split-K and its reduce kernel), for A/B runs.
+static int wgrad_split_auto(long mn) {
+    return mn <= 4096 ? 16 : mn <= 16384 ? 16 : mn <= 49152 ? 16 : 16;
 }
 static int wgrad_split(int M, int N, int K) {
-    static int env = -2;
-    if (env == -2) {
+    static int env[4] = {-2};
+    if (env[0] == -2) {
         const char *e = getenv("PLAB_WGRAD_SPLIT");
-        env = e && *e ? atoi(e) : -1;
+        int n = e && *e ? sscanf(e, "%d:%d:%d:%d", &env[0], &env[1], &env[2], &env[3]) : 0;
+        if (n == 1) env[1] = env[2] = env[3] = env[0];
+        else if (n != 4) env[0] = -1;
     }
-    int S = env >= 0 ? env : wgrad_split_auto(M, N, K);
+    const long mn = (long)M * N;
+    const int cls = mn <= 4096 ? 0 : mn <= 16384 ? 1 : mn <= 49152 ? 2 : 3;
+    int S = env[0] >= 0 ? env[cls] : wgrad_split_auto(mn);
     while (S > 1 && (K % S || (K / S) % 8)) S /= 2; // equal slices of whole 16-byte rows
     return S;
 }
