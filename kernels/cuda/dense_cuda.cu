@@ -258,7 +258,7 @@ void cu_grad_colsum_parts(float *dw, const float *part, int S, int C) {
 // it with one S, or four "a:b:c:d" for M N up to 4K, 16K, 48K and larger (0: cuBLAS's own
 // split-K and its reduce kernel), for A/B runs.
 static int wgrad_split_auto(long mn) {
-    return mn <= 4096 ? 64 : mn <= 16384 ? 32 : 16;
+    return mn <= 4096 ? 64 : mn <= 16384 ? 32 : mn <= 49152 ? 16 : 8;
 }
 static int wgrad_split(int M, int N, int K) {
     static int env[4] = {-2};
