@@ -130,10 +130,11 @@ typedef struct Ops {
     void (*matmul_strided)(real *C, const real *A, const real *B, int M, int N, int K,
                            int transA, int transB, real alpha, real beta, int batch, long sA,
                            long sB, long sC);
-    /* Optional: dW[M,N] += dY^T X over K rows (dY [K,M], X [K,N]) into a weight gradient,
-     * which nothing reads before the optimizer: the backend may finish the sum later
-     * (CUDA: its split-K parts with the deferred sums). NULL: matmul. */
-    void (*weight_grad)(real *dW, const real *dY, const real *X, int M, int N, int K);
+    /* Optional: a linear layer's parameter gradients, dW[M,N] += dY^T X over K rows (dY
+     * [K,M], X [K,N]) and (db not NULL) db[M] += colsum dY. Nothing reads a parameter
+     * gradient before the optimizer, so the backend may finish the sums later (CUDA: the
+     * split-K parts and the column sums in one deferred launch). NULL: matmul, bias_backward. */
+    void (*linear_param_grad)(real *dW, real *db, const real *dY, const real *X, int M, int N, int K);
     void (*add_bias)(real *y, const real *b, int N, int C);      /* y[N,C] += b[C] */
     void (*bias_backward)(real *db, const real *dy, int N, int C); /* db[C] += sum_n dy[n,C] */
     void (*axpy)(real *y, const real *x, real a, long n);          /* y += a x */

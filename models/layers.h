@@ -18,8 +18,11 @@ static inline void linear_backward_beta(const Ops *ops, real *dx, real dx_beta, 
                                         const real *dy, const real *x, const real *W, int N, int in,
                                         int out) {
     if (dx) ops->matmul(dx, dy, W, N, in, out, 0, 0, 1, dx_beta);
-    if (ops->weight_grad) ops->weight_grad(dW, dy, x, out, in, N);
-    else ops->matmul(dW, dy, x, out, in, N, 1, 0, 1, 1);
+    if (ops->linear_param_grad) {
+        ops->linear_param_grad(dW, db, dy, x, out, in, N);
+        return;
+    }
+    ops->matmul(dW, dy, x, out, in, N, 1, 0, 1, 1);
     if (db) ops->bias_backward(db, dy, N, out);
 }
 static inline void linear_backward(const Ops *ops, real *dx, real *dW, real *db, const real *dy,

@@ -44,6 +44,27 @@ static void matmul_case(const Ops *g, double bound, int M, int N, int K, int tA,
     free(A), free(B), free(C), free(A3), free(B3), free(C3);
 }
 
+/* a linear layer's parameter gradients (Ops.linear_param_grad: on the GPU the split-K
+ * parts and column sums finish in the deferred launch before the host read), twice into
+ * the same dW and db, against the CPU's matmul and bias_backward */
+static void param_grad_case(const Ops *g, double bound, int M, int N, int K, gsl_rng *r) {
+    real *dY = randv(r, (size_t)K * M, 1), *X = randv(r, (size_t)K * N, 1);
+    real *dW = randv(r, (size_t)M * N, 1), *db = randv(r, (size_t)M, 1);
+    real *gdY = up(g, dY, sizeof(real) * K * M), *gX = up(g, X, sizeof(real) * K * N);
+    real *gdW = up(g, dW, sizeof(real) * M * N), *gdb = up(g, db, sizeof(real) * M);
+    for (int rep = 0; rep < 2; rep++) {
+        CPU->matmul(dW, dY, X, M, N, K, 1, 0, 1, 1);
+        CPU->bias_backward(db, dY, K, M);
+        g->linear_param_grad(gdW, gdb, gdY, gX, M, N, K);
+    }
+    char name[64];
+    snprintf(name, sizeof name, "linear_param_grad %dx%dx%d, twice", M, N, K);
+    cmp(name, dW, gdW, (size_t)M * N, bound);
+    cmp("  its bias", db, gdb, (size_t)M, bound);
+    g->release(gdY), g->release(gX), g->release(gdW), g->release(gdb);
+    free(dY), free(X), free(dW), free(db);
+}
+
 static void test_matmul(void **s) {
     (void)s;
     NEED_GPU();
@@ -51,6 +72,14 @@ static void test_matmul(void **s) {
     for (int t = 0; t < 4; t++) matmul_case(GPU, 1e-5, 37, 23, 51, t & 1, t >> 1, r);
     /* bf16 operands: each product carries ~2 eps of relative error, averaging over K */
     for (int t = 0; t < 4; t++) matmul_case(GPU16, 2 * BF16_EPS, 64, 40, 96, t & 1, t >> 1, r);
+    assert_non_null(GPU->linear_param_grad);
+    /* K split (16 x 128: the head's shape; 40 x 24: whole float4s; 3 x 5: single
+     * elements) and not (K = 1000: no slice of whole 8-row groups) */
+    const int shapes[][3] = {{16, 128, 2048}, {40, 24, 1024}, {3, 5, 512}, {24, 40, 1000}};
+    for (size_t i = 0; i < NCASES(shapes); i++) {
+        param_grad_case(GPU, 1e-5, shapes[i][0], shapes[i][1], shapes[i][2], r);
+        param_grad_case(GPU16, 2 * BF16_EPS, shapes[i][0], shapes[i][1], shapes[i][2], r);
+    }
     gsl_rng_free(r);
 }
 

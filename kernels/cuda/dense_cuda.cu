@@ -188,7 +188,8 @@ static void sum_parts(const PendingSums &p, int blocks) {
     colsum_final_kernel<<<blocks, 256, 0, cu.stream>>>(p);
     CKL();
 }
-void cu_sums_flush() {
+// the pending sums' launch; their parts stay allocated (a caller may hold a new one)
+static void run_pending() {
     if (pending.n == 0) return;
     int blocks = 0;
     for (int i = 0; i < pending.n; i++) {
@@ -197,6 +198,10 @@ void cu_sums_flush() {
     }
     sum_parts(pending, blocks);
     pending.n = 0;
+}
+void cu_sums_flush() {
+    if (pending.n == 0) return;
+    run_pending();
     cu_parts_release();
 }
 // out[c] += the parts' sums: now, or (defer) with the pending sums
@@ -208,12 +213,14 @@ static void add_parts(float *out, const float *part, int S, int W, int C, bool d
         sum_parts(one, C);
         return;
     }
-    for (int i = 0; i < pending.n; i++) // two sums into one column would race: the first goes now
+    // two sums into one column would race: the first goes now (the caller's new part,
+    // already written, stays allocated until the next full flush)
+    for (int i = 0; i < pending.n; i++)
         if (out < pending.e[i].out + pending.e[i].C && pending.e[i].out < out + C) {
-            cu_sums_flush();
+            run_pending();
             break;
         }
-    if (pending.n == MAX_PENDING) cu_sums_flush();
+    if (pending.n == MAX_PENDING) run_pending();
     pending.e[pending.n++] = {out, part, S, W, C, 0, wide};
 }
 
@@ -274,7 +281,7 @@ static int wgrad_split(int M, int N, int K) {
     while (S > 1 && (K % S || (K / S) % 8)) S /= 2; // equal slices of whole 16-byte rows
     return S;
 }
-// the same on fp32 rows at precision P (Ops.weight_grad: the head, the recurrent mixers'
+// the same on fp32 rows at precision P (Ops.linear_param_grad: the head, the recurrent mixers'
 // projections; the embedding's one-hot product)
 template <int P>
 static void weight_grad(float *dW, const float *dY, const float *X, int M, int N, int K) {
@@ -290,6 +297,12 @@ static void weight_grad(float *dW, const float *dY, const float *X, int M, int N
 }
 void cu_grad_gemm(int precision, float *dW, const float *dY, const float *X, int M, int N, int K) {
     (precision == 0 ? weight_grad<0> : precision == 1 ? weight_grad<1> : weight_grad<2>)(dW, dY, X, M, N, K);
+}
+template <int P>
+static void linear_param_grad(float *dW, float *db, const float *dY, const float *X, int M, int N,
+                              int K) {
+    weight_grad<P>(dW, dY, X, M, N, K);
+    if (db) cu_grad_colsum(db, dY, nullptr, nullptr, K, M);
 }
 void cu_grad_gemm_bf16(float *dW, const __nv_bfloat16 *dY, const __nv_bfloat16 *X, int M, int N,
                        int K) {
@@ -364,7 +377,7 @@ static void scale_rsqrt(float *x, const float *s, float eps, long n) {
 void cu_fill_dense(Ops *o, int p) {
     o->matmul = p == 0 ? mm<0> : p == 1 ? mm<1> : mm<2>;
     o->matmul_strided = p == 0 ? mm_strided<0> : p == 1 ? mm_strided<1> : mm_strided<2>;
-    o->weight_grad = p == 0 ? weight_grad<0> : p == 1 ? weight_grad<1> : weight_grad<2>;
+    o->linear_param_grad = p == 0 ? linear_param_grad<0> : p == 1 ? linear_param_grad<1> : linear_param_grad<2>;
     o->add_bias = add_bias;
     o->bias_backward = bias_backward;
     o->axpy = axpy;
