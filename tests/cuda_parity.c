@@ -508,8 +508,10 @@ static void test_crossentropy_predict(void **s) {
     (void)s;
     NEED_GPU();
     gsl_rng *r = test_rng(6);
-    int Vs[2] = {16, 77}; /* one warp pass and several */
-    for (int k = 0; k < 2; k++) {
+    /* V <= 32, V % 4 == 0: a group of 2, 4 or 8 threads per row (20: 5 of 8 busy); else a warp
+     * per row, in one pass and several */
+    int Vs[] = {16, 8, 32, 20, 77};
+    for (int k = 0; k < (int)NCASES(Vs); k++) {
         int N = 403, V = Vs[k];
         real *l = randv(r, (size_t)N * V, 3), *dl = randv(r, (size_t)N * V, 1);
         int *t = xmalloc(sizeof(int) * N), valid = 0;

@@ -146,8 +146,20 @@ __device__ void wide_sum(const PendingSum &e, int blk) {
     if (i0 >= e.C) return;
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
     if (i0 + 4 <= e.C && e.C % 4 == 0 && (uintptr_t)e.out % 16 == 0) { // parts: 16-byte aligned
-        for (int s = 0; s < e.S; s++) {
-            const float4 x = *reinterpret_cast<const float4 *>(e.part + (size_t)s * e.C + i0);
+        // eight loads in flight, then their sums in order (S up to 64: a serial chain of
+        // dependent round trips was most of the flush's time)
+        const float4 *p = reinterpret_cast<const float4 *>(e.part + i0);
+        const size_t st = e.C / 4;
+        int s = 0;
+        for (; s + 8 <= e.S; s += 8) {
+            float4 x[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) x[k] = __ldcg(p + (s + k) * st);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v.x += x[k].x, v.y += x[k].y, v.z += x[k].z, v.w += x[k].w;
+        }
+        for (; s < e.S; s++) {
+            const float4 x = __ldcg(p + s * st);
             v.x += x.x, v.y += x.y, v.z += x.z, v.w += x.w;
         }
         float4 *o = reinterpret_cast<float4 *>(e.out + i0);
