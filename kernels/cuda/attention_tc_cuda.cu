@@ -410,27 +410,34 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
             for (int kb = 0; kb < KC; kb += 16) {
                 const int jb = j0 + kb;
                 if (jb >= T || jb > q0 + 15 || (W > 0 && jb + 15 <= q0 - W)) continue;
-                const bool full = all_visible(q0, jb, T, W);
-                float s[2][4], A[2][4], tt[2][4], ds[2][4], dt[2][4];
+                float s[2][4], A[2][4], tt[2][4], p[2][4], ds[2][4], dt[2][4];
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
                     tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
                     tile_abt<HD>(A[hf], ga, sV, kb + 8 * hf);
                     if (PX) tile_abt<HD>(tt[hf], ra, sK, kb + 8 * hf);
 #pragma unroll
+                    for (int e = 0; e < 4; e++) p[hf][e] = cu_ex2(s[hf][e] - lse2[e >> 1]);
+                }
+                if (!all_visible(q0, jb, T, W)) // (a block of its own: one branch a tile)
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            if (!visible(rows[e >> 1], jb + 8 * hf + 2 * u + (e & 1), T, W)) p[hf][e] = 0.f;
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+#pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int r = e >> 1;
-                        float p = cu_ex2(s[hf][e] - lse2[r]);
-                        if (!full && !visible(rows[r], jb + 8 * hf + 2 * u + (e & 1), T, W)) p = 0.f;
-                        float Aij = A[hf][e];
+                        const float Aij = A[hf][e];
                         if (PX) {
-                            ds[hf][e] = p * ((Aij - Ti[r]) + (tb[r] - tt[hf][e]) * (Aij - bi[r]));
-                            dt[hf][e] = -p * (Aij - bi[r]);
+                            ds[hf][e] = p[hf][e] * ((Aij - Ti[r]) + (tb[r] - tt[hf][e]) * (Aij - bi[r]));
+                            dt[hf][e] = -p[hf][e] * (Aij - bi[r]);
                         } else {
-                            ds[hf][e] = p * (Aij - Ti[r]);
+                            ds[hf][e] = p[hf][e] * (Aij - Ti[r]);
                         }
                     }
-                }
                 uint32_t pa[4];
                 pack_tiles(pa, ds[0], ds[1]);
                 acc_px<HD, KC>(dq, pa, sKt, kb);
@@ -531,31 +538,41 @@ __global__ void __launch_bounds__(NTHREADS)
             for (int ib = 0; ib < KC; ib += 16) {
                 const int qb = i0 + ib; // queries qb..qb+15
                 if (qb >= T || qb + 15 < k0 || (W > 0 && qb > k0 + 15 + W - 1)) continue;
-                const bool full = all_visible(qb, k0, T, W);
-                float s[2][4], A[2][4], tt[2][4], pv[2][4], ds[2][4], dt[2][4];
+                float s[2][4], A[2][4], tt[2][4], p[2][4], pv[2][4], ds[2][4], dt[2][4];
+                float4 rw[2][2]; // the row scalars of this lane's queries ib + 8 hf + 2 u + c
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
                     tile_abt<HD>(s[hf], ka, sQs, ib + 8 * hf);
                     tile_abt<HD>(A[hf], va, sG, ib + 8 * hf);
                     if (PX) tile_abt<HD>(tt[hf], ka, sR, ib + 8 * hf);
+                    rw[hf][0] = sRow[ib + 8 * hf + 2 * u], rw[hf][1] = sRow[ib + 8 * hf + 2 * u + 1];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) p[hf][e] = cu_ex2(s[hf][e] - rw[hf][e & 1].x);
+                }
+                if (!all_visible(qb, k0, T, W))
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const int i = qb + 8 * hf + 2 * u + (e & 1), j = keys[e >> 1];
+                            if (!(j < T && visible(i, j, T, W))) p[hf][e] = 0.f;
+                        }
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const int x = ib + 8 * hf + 2 * u + (e & 1), i = i0 + x, j = keys[e >> 1];
-                        const float4 rs = sRow[x];
-                        float p = cu_ex2(s[hf][e] - rs.x);
-                        if (!full && !(j < T && visible(i, j, T, W))) p = 0.f;
-                        float Aij = A[hf][e];
+                        const float4 rs = rw[hf][e & 1];
+                        const float Aij = A[hf][e];
                         if (PX) {
-                            float t = tt[hf][e];
-                            pv[hf][e] = p * (1.f + rs.y - t);
-                            ds[hf][e] = p * ((Aij - rs.z) + (rs.y - t) * (Aij - rs.w));
-                            dt[hf][e] = -p * (Aij - rs.w);
+                            const float t = tt[hf][e];
+                            pv[hf][e] = p[hf][e] * (1.f + rs.y - t);
+                            ds[hf][e] = p[hf][e] * ((Aij - rs.z) + (rs.y - t) * (Aij - rs.w));
+                            dt[hf][e] = -p[hf][e] * (Aij - rs.w);
                         } else {
-                            pv[hf][e] = p;
-                            ds[hf][e] = p * (Aij - rs.z);
+                            pv[hf][e] = p[hf][e];
+                            ds[hf][e] = p[hf][e] * (Aij - rs.z);
                         }
                     }
-                }
                 uint32_t pa[4];
                 pack_tiles(pa, pv[0], pv[1]);
                 acc_px<HD, KC>(dv, pa, sGt, ib);
