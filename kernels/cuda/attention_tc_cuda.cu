@@ -157,30 +157,6 @@ __device__ __forceinline__ void tile_abt(float d[4], const uint32_t (&a)[HD / 8]
     for (int c = 0; c < HD / 8; c++) mma8(d, a[c][0], a[c][1], ld2(nat + (nb + g) * HD + 8 * c + 2 * u));
 }
 
-// ---- a per-row (or per-column) constant added inside the product (head dim 8) -------------
-// At HD = 8 an m16n8k16 product has 8 spare k dims: A's row carries c split into three bf16
-// parts (dims 8, 9, 10; their sum is c to fp32's precision) and B's column ones there, so the
-// tile comes out as A B^T + c, the backward's s - lse and g.v - T_i without a subtraction per
-// element. aug_word: the lane's word of dims 8 + 2u, 9 + 2u (the parts at u = 0, 1; else 0).
-__device__ __forceinline__ uint32_t aug_word(float c, int u) {
-    const float h = __bfloat162float(__float2bfloat16_rn(c)), r = c - h;
-    const float m = __bfloat162float(__float2bfloat16_rn(r));
-    return u == 0 ? pack2(h, m) : u == 1 ? pack2(r - m, 0.f) : 0u;
-}
-__device__ __forceinline__ uint32_t ones_word(int u) {
-    return u == 0 ? pack2(1.f, 1.f) : u == 1 ? pack2(1.f, 0.f) : 0u;
-}
-// 16x8 tile d = A B^T + c: A's rows g, g + 8 in a[0] with their constants' words ar0, ar1
-// (or ones), B's 8 rows nb.. in nat[][8] with the word bw (ones, or their constants')
-__device__ __forceinline__ void tile_abt_aug(float d[4], const uint32_t (&a)[1][2], uint32_t ar0,
-                                             uint32_t ar1, const __nv_bfloat16 *nat, int nb,
-                                             uint32_t bw) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const uint32_t a4[4] = {a[0][0], a[0][1], ar0, ar1};
-    d[0] = d[1] = d[2] = d[3] = 0.f;
-    mma16(d, a4, ld2(nat + (nb + g) * 8 + 2 * u), bw);
-}
-
 // acc[n] += P (16 x 16 columns kb..kb+15) X[kb..kb+15][8n..8n+7], X transposed in tr[HD][KC+PAD]
 template <int HD, int KC>
 __device__ __forceinline__ void acc_px(float (&acc)[HD / 8][4], const uint32_t p[4],
@@ -423,12 +399,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
             Ti[r] = quad_sum(sT), bi[r] = quad_sum(sB);
             lse2[r] = i < T ? a.lse[sb + i] * L2E : 0.f;
             tb[r] = PX && i < T ? a.tbar[sb + i] : 0.f;
-            if (u == 0 && i < T) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r]; // now: fewer live registers
         }
-        // HD = 8: s - lse and A - T_i inside the products (tile_abt_aug)
-        const uint32_t one = ones_word(u);
-        const uint32_t wl[2] = {aug_word(-lse2[0], u), aug_word(-lse2[1], u)};
-        const uint32_t wt[2] = {aug_word(-Ti[0], u), aug_word(-Ti[1], u)};
         float dq[HD / 8][4], dr[HD / 8][4];
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
@@ -442,18 +413,11 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
                 float s[2][4], A[2][4], tt[2][4], p[2][4], ds[2][4], dt[2][4];
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
-                    if constexpr (HD == 8) { // s = q.k - lse, A = g.v - T_i
-                        tile_abt_aug(s[hf], qa, wl[0], wl[1], sK, kb + 8 * hf, one);
-                        tile_abt_aug(A[hf], ga, wt[0], wt[1], sV, kb + 8 * hf, one);
-                    } else {
-                        tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
-                        tile_abt<HD>(A[hf], ga, sV, kb + 8 * hf);
-#pragma unroll
-                        for (int e = 0; e < 4; e++) s[hf][e] -= lse2[e >> 1], A[hf][e] -= Ti[e >> 1];
-                    }
+                    tile_abt<HD>(s[hf], qa, sK, kb + 8 * hf);
+                    tile_abt<HD>(A[hf], ga, sV, kb + 8 * hf);
                     if (PX) tile_abt<HD>(tt[hf], ra, sK, kb + 8 * hf);
 #pragma unroll
-                    for (int e = 0; e < 4; e++) p[hf][e] = cu_ex2(s[hf][e]);
+                    for (int e = 0; e < 4; e++) p[hf][e] = cu_ex2(s[hf][e] - lse2[e >> 1]);
                 }
                 if (!all_visible(q0, jb, T, W)) // (a block of its own: one branch a tile)
 #pragma unroll
@@ -466,13 +430,12 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         const int r = e >> 1;
-                        const float At = A[hf][e]; // A - T_i
+                        const float Aij = A[hf][e];
                         if (PX) {
-                            const float Ab = At + (Ti[r] - bi[r]); // A - b_i
-                            ds[hf][e] = p[hf][e] * (At + (tb[r] - tt[hf][e]) * Ab);
-                            dt[hf][e] = -p[hf][e] * Ab;
+                            ds[hf][e] = p[hf][e] * ((Aij - Ti[r]) + (tb[r] - tt[hf][e]) * (Aij - bi[r]));
+                            dt[hf][e] = -p[hf][e] * (Aij - bi[r]);
                         } else {
-                            ds[hf][e] = p[hf][e] * At;
+                            ds[hf][e] = p[hf][e] * (Aij - Ti[r]);
                         }
                     }
                 uint32_t pa[4];
@@ -507,6 +470,7 @@ __global__ void __launch_bounds__(NTHREADS, HD == 8 ? (PX ? 6 : 8) : 0)
                     stf(dqo + c, (a.grads_write ? 0.f : ldf(dqo + c)) + a.scale * dq[n][2 * r + e]);
                     if (PX) stf(dro + c, (a.grads_write ? 0.f : ldf(dro + c)) + dr[n][2 * r + e]);
                 }
+            if (u == 0) Tv[sb + i] = Ti[r], bv[sb + i] = bi[r];
         }
     }
     if constexpr (HD == 8)
@@ -530,7 +494,6 @@ __global__ void __launch_bounds__(NTHREADS)
     __shared__ __align__(16) bf16 sR[PX ? KC * HD : 2];
     __shared__ __align__(16) bf16 sRt[PX ? HD * (KC + PAD) : 2];
     __shared__ float4 sRow[KC]; // per query row: lse log2 e, tbar, T_i, b_i
-    __shared__ uint4 sAug[HD == 8 ? 2 : 1][KC]; // HD = 8: aug_word(-lse log2 e), (-T_i) by lane u
     __shared__ float2 sCS[HD == 8 ? ROPE8 : 1]; // cs: dk turned back as written
     __shared__ float sRed[2][2 * WARPS * 8];    // part: dk's, dv's column sums
     const int T = a.T, H = a.H, W = a.window, b = blockIdx.y / H, h = blockIdx.y % H;
@@ -566,14 +529,9 @@ __global__ void __launch_bounds__(NTHREADS)
                 }
                 for (int x = threadIdx.x; x < KC; x += blockDim.x) {
                     int i = i0 + x;
-                    const float4 rs = i < T ? make_float4(a.lse[sb + i] * L2E, PX ? a.tbar[sb + i] : 0.f,
-                                                          Tv[sb + i], bv[sb + i])
-                                            : make_float4(0.f, 0.f, 0.f, 0.f);
-                    sRow[x] = rs;
-                    if constexpr (HD == 8) {
-                        sAug[0][x] = make_uint4(aug_word(-rs.x, 0), aug_word(-rs.x, 1), 0u, 0u);
-                        sAug[HD == 8][x] = make_uint4(aug_word(-rs.z, 0), aug_word(-rs.z, 1), 0u, 0u);
-                    }
+                    sRow[x] = i < T ? make_float4(a.lse[sb + i] * L2E, PX ? a.tbar[sb + i] : 0.f,
+                                                  Tv[sb + i], bv[sb + i])
+                                    : make_float4(0.f, 0.f, 0.f, 0.f);
                 }
                 __syncthreads();
             }
@@ -584,23 +542,12 @@ __global__ void __launch_bounds__(NTHREADS)
                 float4 rw[2][2]; // the row scalars of this lane's queries ib + 8 hf + 2 u + c
 #pragma unroll
                 for (int hf = 0; hf < 2; hf++) {
-                    const int x0 = ib + 8 * hf;
-                    if (PX || HD != 8) rw[hf][0] = sRow[x0 + 2 * u], rw[hf][1] = sRow[x0 + 2 * u + 1];
-                    if constexpr (HD == 8) { // s = k.q - lse_i, A = v.g - T_i (query column g)
-                        const uint32_t one = ones_word(u);
-                        const uint32_t *w = reinterpret_cast<const uint32_t *>(&sAug[0][x0 + g]);
-                        const uint32_t *wT = reinterpret_cast<const uint32_t *>(&sAug[HD == 8][x0 + g]);
-                        tile_abt_aug(s[hf], ka, one, one, sQs, x0, w[u]);
-                        tile_abt_aug(A[hf], va, one, one, sG, x0, wT[u]);
-                    } else {
-                        tile_abt<HD>(s[hf], ka, sQs, x0);
-                        tile_abt<HD>(A[hf], va, sG, x0);
+                    tile_abt<HD>(s[hf], ka, sQs, ib + 8 * hf);
+                    tile_abt<HD>(A[hf], va, sG, ib + 8 * hf);
+                    if (PX) tile_abt<HD>(tt[hf], ka, sR, ib + 8 * hf);
+                    rw[hf][0] = sRow[ib + 8 * hf + 2 * u], rw[hf][1] = sRow[ib + 8 * hf + 2 * u + 1];
 #pragma unroll
-                        for (int e = 0; e < 4; e++) s[hf][e] -= rw[hf][e & 1].x, A[hf][e] -= rw[hf][e & 1].z;
-                    }
-                    if (PX) tile_abt<HD>(tt[hf], ka, sR, x0);
-#pragma unroll
-                    for (int e = 0; e < 4; e++) p[hf][e] = cu_ex2(s[hf][e]);
+                    for (int e = 0; e < 4; e++) p[hf][e] = cu_ex2(s[hf][e] - rw[hf][e & 1].x);
                 }
                 if (!all_visible(qb, k0, T, W))
 #pragma unroll
@@ -614,16 +561,16 @@ __global__ void __launch_bounds__(NTHREADS)
                 for (int hf = 0; hf < 2; hf++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
-                        const float At = A[hf][e]; // A - T_i
+                        const float4 rs = rw[hf][e & 1];
+                        const float Aij = A[hf][e];
                         if (PX) {
-                            const float4 rs = rw[hf][e & 1];
-                            const float t = tt[hf][e], Ab = At + (rs.z - rs.w); // A - b_i
+                            const float t = tt[hf][e];
                             pv[hf][e] = p[hf][e] * (1.f + rs.y - t);
-                            ds[hf][e] = p[hf][e] * (At + (rs.y - t) * Ab);
-                            dt[hf][e] = -p[hf][e] * Ab;
+                            ds[hf][e] = p[hf][e] * ((Aij - rs.z) + (rs.y - t) * (Aij - rs.w));
+                            dt[hf][e] = -p[hf][e] * (Aij - rs.w);
                         } else {
                             pv[hf][e] = p[hf][e];
-                            ds[hf][e] = p[hf][e] * At;
+                            ds[hf][e] = p[hf][e] * (Aij - rs.z);
                         }
                     }
                 uint32_t pa[4];
