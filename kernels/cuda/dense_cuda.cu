@@ -125,7 +125,7 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
 // gradient) runs the same kernel at once.
 // out[c] += sum over s < S and k < W / C of part[s, c + kC], the parts in cu_parts memory.
 // wide (the split weight gradients, cu_grad_gemm_bf16): out[i] += sum_s part[s, i] for
-// i < C, WIDE_ELEMS elements a block, an element a thread, instead of a block per column
+// i < C, WIDE_ELEMS elements a block, 4 a thread, instead of a block per column
 struct PendingSum {
     float *out;
     const float *part;
@@ -273,12 +273,12 @@ void cu_grad_colsum_parts(float *dw, const float *part, int S, int C) {
 // cuBLAS does that with a reduction kernel after each matmul (splitKreduce, about 4 us,
 // 10-12 of them a step); here the S slices of K are one strided-batched matmul into S
 // partial [M,N] matrices (cu_parts), and their sum waits with the column sums for one
-// launch (cu_sums_flush). S by the size of dW (wgrad_split_auto); PLAB_WGRAD_SPLIT overrides
+// launch (cu_sums_flush). S by the size of dW (WGRAD_SPLIT); PLAB_WGRAD_SPLIT overrides
 // it with one S, or four "a:b:c:d" for M N up to 4K, 16K, 48K and larger (0: cuBLAS's own
 // split-K and its reduce kernel), for A/B runs.
-static int wgrad_split_auto(long mn) {
-    return mn <= 4096 ? 64 : mn <= 16384 ? 32 : mn <= 49152 ? 16 : 8;
-}
+// By size class of dW (the head and embedding, 128 x 128, up to 48K elements, larger); the
+// H100's best of the 4 x 4 tried, 2026-12-07 (docs/BENCHMARKS.md): small matrices want many slices.
+static const int WGRAD_SPLIT[4] = {64, 32, 16, 8};
 static int wgrad_split(int M, int N, int K) {
     static int env[4] = {-2};
     if (env[0] == -2) {
@@ -289,7 +289,7 @@ static int wgrad_split(int M, int N, int K) {
     }
     const long mn = (long)M * N;
     const int cls = mn <= 4096 ? 0 : mn <= 16384 ? 1 : mn <= 49152 ? 2 : 3;
-    int S = env[0] >= 0 ? env[cls] : wgrad_split_auto(mn);
+    int S = env[0] >= 0 ? env[cls] : WGRAD_SPLIT[cls];
     while (S > 1 && (K % S || (K / S) % 8)) S /= 2; // equal slices of whole 16-byte rows
     return S;
 }
