@@ -828,6 +828,8 @@ static void test_attn_block(void **s) {
         attn_block_case(2, 128, 16, 0, px, 1, 8, r); /* MAD's shape, as the model runs it */
         attn_block_case(2, 37, 3, 5, px, 0, 0, r);   /* ragged, a window, no biases, no RoPE */
         attn_block_case(1, 300, 2, 0, px, 1, 8, r);  /* several query blocks */
+        attn_block_case(2, 45, 3, 0, px, 1, 8, r);   /* ragged T <= 128, no window: softmax's short kernels */
+        attn_block_case(1, 9, 2, 0, px, 0, 0, r);    /* one partial tile, no biases, no RoPE */
     }
     gsl_rng_free(r);
 }

@@ -39,3 +39,48 @@ __device__ __forceinline__ void mma16(float d[4], const uint32_t a[4], uint32_t 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
+
+// ldmatrix.m8n8.x{2,4} (.trans) .shared.b16: N 8 x 8 bf16 matrices of 16-byte rows from shared
+// memory, lanes 8m..8m+7 giving the row addresses of matrix m (row: this lane's address;
+// lanes past 8N give none). r[m] gets, non-transposed, row g's elements 2u, 2u+1 (a B
+// fragment of S = Q K^T from K's rows), transposed, rows 2u, 2u+1 of column g (a B fragment
+// of P V from V's rows). The emulation gathers the rows' addresses by shuffles.
+template <int N> __device__ __forceinline__ void ldsm(uint32_t (&r)[N], const __nv_bfloat16 *row) {
+#ifdef PLAB_EMU
+    const int lane = threadIdx.x & 31;
+    for (int m = 0; m < 4; m++) { // (every lane takes part in the shuffles)
+        const __nv_bfloat16 *p = __shfl_sync(0xffffffffu, row, 8 * m + (lane >> 2));
+        if (m < N) r[m] = ld2(p + 2 * (lane & 3));
+    }
+#else
+    if constexpr (N == 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"((uint32_t)__cvta_generic_to_shared(row)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"((uint32_t)__cvta_generic_to_shared(row)));
+#endif
+}
+template <int N> __device__ __forceinline__ void ldsm_trans(uint32_t (&r)[N], const __nv_bfloat16 *row) {
+#ifdef PLAB_EMU
+    const int lane = threadIdx.x & 31;
+    for (int m = 0; m < 4; m++) {
+        const __nv_bfloat16 *lo = __shfl_sync(0xffffffffu, row, 8 * m + 2 * (lane & 3));
+        const __nv_bfloat16 *hi = __shfl_sync(0xffffffffu, row, 8 * m + 2 * (lane & 3) + 1);
+        if (m < N)
+            r[m] = (uint32_t) * reinterpret_cast<const unsigned short *>(lo + (lane >> 2)) |
+                   (uint32_t) * reinterpret_cast<const unsigned short *>(hi + (lane >> 2)) << 16;
+    }
+#else
+    if constexpr (N == 2)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"((uint32_t)__cvta_generic_to_shared(row)));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"((uint32_t)__cvta_generic_to_shared(row)));
+#endif
+}

@@ -1,0 +1,351 @@
+// Softmax attention at head dim 8 for T <= 128 with bf16 rows (the bf16 attention block,
+// AttnArgs.io_bf16, at MAD's shape): the function of attention_tc_cuda.cu's kernels
+// (parallax_lla.md §3.4 forward, §3.6 backward with r = 0) for a block that holds a whole
+// (batch, head). Those kernels are issue-bound at head dim 8 (ncu, H100: about 200
+// instructions a warp per 16 x 16 tile, of which 3 are tensor-core products); these drop
+// the bookkeeping around the products:
+//  - the other side (k, v; q, dout) sits in shared memory as plain 16-byte rows, loaded
+//    once, and reaches the tensor cores by ldmatrix (transposed where the product needs
+//    it), four 8 x 8 operands an instruction;
+//  - the forward makes two passes over the keys, the row max first (the scores recomputed
+//    after: two mma a tile), so nothing is rescaled; its normaliser comes out of the
+//    tensor cores as P times a column of ones, from the same bf16 P as the output;
+//  - a warp walks a tile's partners from the diagonal outwards, so the causal mask is a
+//    fixed per-lane pattern on the first step only.
+// Layout as attention_tc_cuda.cu's: 4 warps, warp w owns the 16-row tiles w and 7 - w; the
+// fragment layouts are in mma_bf16.cuh. Each output element is written once by one lane in
+// a fixed order: bit-reproducible.
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include <cuda_bf16.h>
+
+#include "attention_tc_util.cuh"
+
+namespace {
+
+static_assert(ROWS == NTHREADS, "a thread per row of the head in rows_in");
+constexpr uint32_t ONES = 0x3f803f80u; // two bf16 ones: the B operand of a row sum
+
+// a head's rows 0..ROWS-1 ([T, 8] bf16, rows ld apart, times mul) into s[ROWS][8]; rows >= T
+// as 0. One 16-byte load a thread.
+__device__ __forceinline__ void rows_in(bf16 *s, const bf16 *x, int ld, int b, int T, int h,
+                                        float mul = 1.f) {
+    const int t = threadIdx.x;
+    uint4 w = make_uint4(0u, 0u, 0u, 0u);
+    if (t < T) w = *reinterpret_cast<const uint4 *>(row_ptr(x, ld, b, t, T, h, 8));
+    if (mul != 1.f) {
+        uint32_t *e = &w.x;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(e + i));
+            e[i] = pack2(mul * f.x, mul * f.y);
+        }
+    }
+    reinterpret_cast<uint4 *>(s)[t] = w;
+}
+
+// this lane's word of an A fragment: row t's dims 2u, 2u + 1 (times mul), 0 past T
+__device__ __forceinline__ uint32_t aword(const bf16 *x, int ld, int b, int T, int h, int t, float mul) {
+    if (t >= T) return 0u;
+    const uint32_t w = ld2(row_ptr(x, ld, b, t, T, h, 8) + 2 * (threadIdx.x & 3));
+    if (mul == 1.f) return w;
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w));
+    return pack2(mul * f.x, mul * f.y);
+}
+__device__ __forceinline__ float2 wordf(uint32_t w) {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w));
+}
+
+// the causal pattern of a diagonal 16 x 16 tile, bit 4 hf + e for C-fragment element e of
+// its 8-column half hf: row r = g + 8 (e / 2), column c = 8 hf + 2u + e % 2 (local indices);
+// queries on rows (forward, query side): key c visible from query r when c <= r; keys on
+// rows (key side): when r <= c
+__device__ __forceinline__ unsigned diag_bits(bool keys_on_rows) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    unsigned bits = 0;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = g + 8 * (e >> 1), c = 8 * hf + 2 * u + (e & 1);
+            if (keys_on_rows ? r <= c : c <= r) bits |= 1u << (4 * hf + e);
+        }
+    return bits;
+}
+
+// this lane's ldmatrix row of a 16-row tile at r0: lanes 0-15 in x, 16-31 in y
+__device__ __forceinline__ const bf16 *tile_row(const bf16 *x, const bf16 *y, int r0) {
+    const int lane = threadIdx.x & 31;
+    return (lane < 16 ? x : y) + (r0 + (lane & 15)) * 8;
+}
+
+// S = Qs K^T for keys k0..k0+15 (two 16 x 8 halves), as the forward and query side form it
+__device__ __forceinline__ void scores(float (&s)[2][4], uint32_t qa0, uint32_t qa1, const bf16 *sK, int k0) {
+    uint32_t kb[2];
+    ldsm<2>(kb, tile_row(sK, sK, k0));
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
+        mma8(s[hf], qa0, qa1, kb[hf]);
+    }
+}
+
+// ---- forward ------------------------------------------------------------------------------
+// Pass 1: m_i = max_j s_ij (log2 units: q carries scale log2 e). Pass 2: p = 2^(s - m),
+// o += P V and l += P 1 on the tensor cores; o / l and lse = m ln 2 + ln l.
+__global__ void __launch_bounds__(NTHREADS) short_fwd_kernel(AttnArgs a) {
+    __shared__ __align__(16) bf16 sK[ROWS * 8];
+    __shared__ __align__(16) bf16 sV[ROWS * 8];
+    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    rows_in(sK, as<bf16>(a.k), a.ld_in, b, T, h);
+    rows_in(sV, as<bf16>(a.v), a.ld_in, b, T, h);
+    __syncthreads();
+    const unsigned diag = diag_bits(false);
+    for (int pass = 0; pass < 2; pass++) {
+        const int qt = pass ? ROWS / 16 - 1 - warp : warp, q0 = 16 * qt;
+        if (q0 >= T) continue; // warp-uniform, no barrier follows
+        const uint32_t qa0 = aword(as<bf16>(a.q), a.ld_in, b, T, h, q0 + g, a.scale * L2E);
+        const uint32_t qa1 = aword(as<bf16>(a.q), a.ld_in, b, T, h, q0 + g + 8, a.scale * L2E);
+        float mx[2] = {NEG_INF, NEG_INF};
+        for (int kt = qt; kt >= 0; kt--) {
+            float s[2][4];
+            scores(s, qa0, qa1, sK, 16 * kt);
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (kt < qt || diag >> (4 * hf + e) & 1) mx[e >> 1] = fmaxf(mx[e >> 1], s[hf][e]);
+        }
+        mx[0] = quad_max(mx[0]), mx[1] = quad_max(mx[1]);
+        float o[4] = {0.f, 0.f, 0.f, 0.f}, l[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int kt = qt; kt >= 0; kt--) {
+            float s[2][4];
+            scores(s, qa0, qa1, sK, 16 * kt);
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    s[hf][e] = kt < qt || diag >> (4 * hf + e) & 1 ? cu_ex2(s[hf][e] - mx[e >> 1]) : 0.f;
+            uint32_t pa[4], vb[2];
+            pack_tiles(pa, s[0], s[1]);
+            ldsm_trans<2>(vb, tile_row(sV, sV, 16 * kt));
+            mma16(o, pa, vb[0], vb[1]);
+            mma16(l, pa, ONES, ONES);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = q0 + g + 8 * r;
+            if (i >= T) continue;
+            const float inv = 1.f / l[2 * r];
+            *reinterpret_cast<uint32_t *>(row_ptr(as<bf16>(a.o), a.ld_out, b, i, T, h, 8) + 2 * u) =
+                pack2(o[2 * r] * inv, o[2 * r + 1] * inv);
+            if (u == 0) a.lse[((size_t)b * H + h) * T + i] = mx[r] * (1.f / L2E) + logf(l[2 * r]);
+        }
+    }
+}
+
+// ---- backward, query side: dq and T_i = g_i . o_i ---------------------------------------
+// p = 2^(s - lse log2 e), dS = p (g.v - T_i), dq = scale dS K (§3.6, softmax)
+__global__ void __launch_bounds__(NTHREADS)
+    short_bwd_q_kernel(AttnArgs a, float *Tv, const float *cs, float *part) {
+    __shared__ __align__(16) bf16 sK[ROWS * 8];
+    __shared__ __align__(16) bf16 sV[ROWS * 8];
+    __shared__ float2 sCS[ROPE8];         // cs: dq turned back as written
+    __shared__ float sRed[2 * WARPS * 8]; // part: dq's column sums, [pass][warp][dim]
+    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const size_t sb = ((size_t)b * H + h) * T;
+    rows_in(sK, as<bf16>(a.k), a.ld_in, b, T, h);
+    rows_in(sV, as<bf16>(a.v), a.ld_in, b, T, h);
+    if (cs) rope8_rows_in(sCS, cs, 0, T);
+    __syncthreads();
+    const unsigned diag = diag_bits(false);
+    for (int pass = 0; pass < 2; pass++) {
+        const int qt = pass ? ROWS / 16 - 1 - warp : warp, q0 = 16 * qt;
+        float *slot = sRed + (pass * WARPS + warp) * 8;
+        if (q0 >= T) { // no rows: a zero slot
+            if (part && lane < 8) slot[lane] = 0.f;
+            continue;
+        }
+        const bf16 *q = as<bf16>(a.q), *dout = as<bf16>(a.dout), *out = as<bf16>(a.o);
+        uint32_t qa[2], ga[2];
+        float Ti[2], lse2[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = q0 + g + 8 * r;
+            qa[r] = aword(q, a.ld_in, b, T, h, i, a.scale * L2E);
+            ga[r] = aword(dout, a.ld_out, b, T, h, i, 1.f);
+            const float2 gv = wordf(ga[r]), ov = wordf(aword(out, a.ld_out, b, T, h, i, 1.f));
+            Ti[r] = quad_sum(gv.x * ov.x + gv.y * ov.y);
+            lse2[r] = i < T ? a.lse[sb + i] * L2E : 0.f;
+        }
+        float dq[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+        for (int kt = qt; kt >= 0; kt--) {
+            uint32_t kv[4], kt2[2];
+            ldsm<4>(kv, tile_row(sK, sV, 16 * kt)); // K's two halves, V's two halves
+            float s[2][4], A[2][4];
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
+                A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
+                mma8(s[hf], qa[0], qa[1], kv[hf]);
+                mma8(A[hf], ga[0], ga[1], kv[2 + hf]);
+            }
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float p = kt < qt || diag >> (4 * hf + e) & 1 ? cu_ex2(s[hf][e] - lse2[e >> 1]) : 0.f;
+                    s[hf][e] = p * (A[hf][e] - Ti[e >> 1]);
+                }
+            uint32_t pa[4];
+            pack_tiles(pa, s[0], s[1]);
+            ldsm_trans<2>(kt2, tile_row(sK, sK, 16 * kt));
+            mma16(dq[0], pa, kt2[0], kt2[1]);
+        }
+        if (cs) rope8_back(dq, sCS, q0);
+        if (part) // rows >= T hold 0
+            colsum8_slot(slot, a.scale * (dq[0][0] + dq[0][2]), a.scale * (dq[0][1] + dq[0][3]));
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = q0 + g + 8 * r;
+            if (i >= T) continue;
+            uint32_t *dqo = reinterpret_cast<uint32_t *>(row_ptr(as<bf16>(a.dq), a.ld_dqkv, b, i, T, h, 8) + 2 * u);
+            const float2 old = a.grads_write ? make_float2(0.f, 0.f) : wordf(*dqo);
+            *dqo = pack2(old.x + a.scale * dq[0][2 * r], old.y + a.scale * dq[0][2 * r + 1]);
+            if (u == 0) Tv[sb + i] = Ti[r];
+        }
+    }
+    if (part) { // [q | k | v] columns of this batch's row of partial sums
+        __syncthreads();
+        colsum8_out(part + (size_t)b * 3 * H * 8 + h * 8, sRed);
+    }
+}
+
+// ---- backward, key side: dk, dv ----------------------------------------------------------
+// Transposed tiles (16 keys x 8 queries): S^T = K Qs^T, A^T = V G^T; dv += P^T G,
+// dk += scale dS^T Q
+__global__ void __launch_bounds__(NTHREADS)
+    short_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *cs, float *part) {
+    __shared__ __align__(16) bf16 sQs[ROWS * 8]; // q scale log2 e
+    __shared__ __align__(16) bf16 sQ[ROWS * 8];
+    __shared__ __align__(16) bf16 sG[ROWS * 8];
+    __shared__ __align__(16) float2 sRow[ROWS]; // per query: lse log2 e, T_i
+    __shared__ float2 sCS[ROPE8];               // cs: dk turned back as written
+    __shared__ float sRed[2][2 * WARPS * 8];    // part: dk's, dv's column sums
+    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const size_t sb = ((size_t)b * H + h) * T;
+    rows_in(sQs, as<bf16>(a.q), a.ld_in, b, T, h, a.scale * L2E);
+    rows_in(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
+    rows_in(sG, as<bf16>(a.dout), a.ld_out, b, T, h);
+    {
+        const int i = threadIdx.x; // rows >= T: p = 1 against g = 0 and T_i = 0, adding nothing
+        sRow[i] = i < T ? make_float2(a.lse[sb + i] * L2E, Tv[sb + i]) : make_float2(0.f, 0.f);
+    }
+    if (cs) rope8_rows_in(sCS, cs, 0, T);
+    __syncthreads();
+    const unsigned diag = diag_bits(true);
+    for (int pass = 0; pass < 2; pass++) {
+        const int kt = pass ? ROWS / 16 - 1 - warp : warp, k0 = 16 * kt;
+        const int at = (pass * WARPS + warp) * 8;
+        if (k0 >= T) {
+            if (part && lane < 8) sRed[0][at + lane] = sRed[1][at + lane] = 0.f;
+            continue;
+        }
+        uint32_t ka[2], va[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            ka[r] = aword(as<bf16>(a.k), a.ld_in, b, T, h, k0 + g + 8 * r, 1.f);
+            va[r] = aword(as<bf16>(a.v), a.ld_in, b, T, h, k0 + g + 8 * r, 1.f);
+        }
+        float dk[1][4] = {{0.f, 0.f, 0.f, 0.f}}, dv[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int qt = kt; qt < ROWS / 16 && 16 * qt < T; qt++) {
+            const int qb = 16 * qt;
+            uint32_t qg[4], gq[4];
+            ldsm<4>(qg, tile_row(sQs, sG, qb)); // Qs's two halves, G's two halves
+            float s[2][4], A[2][4], ds[2][4];
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
+                A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
+                mma8(s[hf], ka[0], ka[1], qg[hf]);
+                mma8(A[hf], va[0], va[1], qg[2 + hf]);
+            }
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const float4 rw = *reinterpret_cast<const float4 *>(sRow + qb + 8 * hf + 2 * u);
+                const float lse2[2] = {rw.x, rw.z}, Ti[2] = {rw.y, rw.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float p = qt > kt || diag >> (4 * hf + e) & 1 ? cu_ex2(s[hf][e] - lse2[e & 1]) : 0.f;
+                    s[hf][e] = p;
+                    ds[hf][e] = p * (A[hf][e] - Ti[e & 1]);
+                }
+            }
+            uint32_t pa[4];
+            ldsm_trans<4>(gq, tile_row(sG, sQ, qb)); // G's, then Q's B operands
+            pack_tiles(pa, s[0], s[1]);
+            mma16(dv, pa, gq[0], gq[1]);
+            pack_tiles(pa, ds[0], ds[1]);
+            mma16(dk[0], pa, gq[2], gq[3]);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[0][e] *= a.scale;
+        if (cs) rope8_back(dk, sCS, k0);
+        if (part) {
+            colsum8_slot(sRed[0] + at, dk[0][0] + dk[0][2], dk[0][1] + dk[0][3]);
+            colsum8_slot(sRed[1] + at, dv[0] + dv[2], dv[1] + dv[3]);
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int j = k0 + g + 8 * r;
+            if (j >= T) continue;
+            uint32_t *dko = reinterpret_cast<uint32_t *>(row_ptr(as<bf16>(a.dk), a.ld_dqkv, b, j, T, h, 8) + 2 * u);
+            uint32_t *dvo = reinterpret_cast<uint32_t *>(row_ptr(as<bf16>(a.dv), a.ld_dqkv, b, j, T, h, 8) + 2 * u);
+            const float2 ok = a.grads_write ? make_float2(0.f, 0.f) : wordf(*dko);
+            const float2 ov = a.grads_write ? make_float2(0.f, 0.f) : wordf(*dvo);
+            *dko = pack2(ok.x + dk[0][2 * r], ok.y + dk[0][2 * r + 1]);
+            *dvo = pack2(ov.x + dv[2 * r], ov.y + dv[2 * r + 1]);
+        }
+    }
+    if (part) {
+        float *row = part + (size_t)b * 3 * H * 8 + h * 8;
+        __syncthreads();
+        colsum8_out(row + H * 8, sRed[0]);
+        colsum8_out(row + 2 * H * 8, sRed[1]);
+    }
+}
+
+bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
+
+} // namespace
+
+// Softmax (no r), io_bf16, head dim 8, T <= 128, every key of the causal past in the window,
+// rows that the 16-byte loads can read (after attn_strides). PLAB_ATTN_SHORT=0 leaves these
+// kernels out (the general ones run): for A/B runs.
+bool cu_attn_short(const AttnArgs *a) {
+    static const bool on = [] {
+        const char *e = getenv("PLAB_ATTN_SHORT");
+        return !(e && !strcmp(e, "0"));
+    }();
+    return on && a->io_bf16 && !a->r && a->hd == 8 && a->T <= ROWS &&
+           (a->window == 0 || a->window >= a->T) && a->ld_in % 8 == 0 && a->ld_out % 8 == 0 &&
+           a->ld_dqkv % 8 == 0 && aligned16(a->q) && aligned16(a->k) && aligned16(a->v) &&
+           aligned16(a->o) && aligned16(a->dout) && aligned16(a->dq) && aligned16(a->dk) &&
+           aligned16(a->dv);
+}
+void cu_attn_short_fwd(const AttnArgs *a) {
+    short_fwd_kernel<<<dim3(1, a->B * a->H), NTHREADS, 0, cu.stream>>>(*a);
+    CKL();
+}
+void cu_attn_short_bwd(const AttnArgs *a, float *Tv, const float *cs, float *part) {
+    const dim3 grid(1, a->B * a->H);
+    short_bwd_q_kernel<<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, cs, part);
+    CKL();
+    short_bwd_kv_kernel<<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, cs, part);
+    CKL();
+}
