@@ -94,62 +94,110 @@ __device__ __forceinline__ void scores(float (&s)[2][4], uint32_t qa0, uint32_t 
 
 // ---- forward ------------------------------------------------------------------------------
 // Pass 1: m_i = max_j s_ij (log2 units: q carries scale log2 e). Pass 2: p = 2^(s - m),
-// o += P V and l += P 1 on the tensor cores; o / l and lse = m ln 2 + ln l.
-__global__ void __launch_bounds__(NTHREADS) short_fwd_kernel(AttnArgs a) {
+// o += P V and l += P 1 on the tensor cores; o / l and lse = m ln 2 + ln l. The diagonal
+// tile (DIAG) first, with the mask; the tiles before it need none.
+template <bool DIAG>
+__device__ __forceinline__ void fwd_max(float (&mx)[2], uint32_t qa0, uint32_t qa1, const bf16 *sK, int k0,
+                                        unsigned diag) {
+    float s[2][4];
+    scores(s, qa0, qa1, sK, k0);
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            if (!DIAG || diag >> (4 * hf + e) & 1) mx[e >> 1] = fmaxf(mx[e >> 1], s[hf][e]);
+}
+template <bool DIAG>
+__device__ __forceinline__ void fwd_acc(float (&o)[4], float (&l)[4], const float (&mx)[2], uint32_t qa0,
+                                        uint32_t qa1, const bf16 *sK, const bf16 *sV, int k0, unsigned diag) {
+    float s[2][4];
+    scores(s, qa0, qa1, sK, k0);
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float p = cu_ex2(s[hf][e] - mx[e >> 1]);
+            s[hf][e] = !DIAG || diag >> (4 * hf + e) & 1 ? p : 0.f;
+        }
+    uint32_t pa[4], vb[2];
+    pack_tiles(pa, s[0], s[1]);
+    ldsm_trans<2>(vb, tile_row(sV, sV, k0));
+    mma16(o, pa, vb[0], vb[1]);
+    mma16(l, pa, ONES, ONES);
+}
+template <int MINB>
+__global__ void __launch_bounds__(NTHREADS, MINB) short_fwd_kernel(AttnArgs a) {
     __shared__ __align__(16) bf16 sK[ROWS * 8];
     __shared__ __align__(16) bf16 sV[ROWS * 8];
     const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
+    const int tiles[2] = {warp, ROWS / 16 - 1 - warp};
+    uint32_t qa[2][2]; // both tiles' q, loaded with k and v: one global round trip
+#pragma unroll
+    for (int pass = 0; pass < 2; pass++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            qa[pass][r] = aword(as<bf16>(a.q), a.ld_in, b, T, h, 16 * tiles[pass] + g + 8 * r, a.scale * L2E);
     rows_in(sK, as<bf16>(a.k), a.ld_in, b, T, h);
     rows_in(sV, as<bf16>(a.v), a.ld_in, b, T, h);
     __syncthreads();
     const unsigned diag = diag_bits(false);
+#pragma unroll
     for (int pass = 0; pass < 2; pass++) {
-        const int qt = pass ? ROWS / 16 - 1 - warp : warp, q0 = 16 * qt;
+        const int qt = tiles[pass], q0 = 16 * qt;
         if (q0 >= T) continue; // warp-uniform, no barrier follows
-        const uint32_t qa0 = aword(as<bf16>(a.q), a.ld_in, b, T, h, q0 + g, a.scale * L2E);
-        const uint32_t qa1 = aword(as<bf16>(a.q), a.ld_in, b, T, h, q0 + g + 8, a.scale * L2E);
+        const uint32_t qa0 = qa[pass][0], qa1 = qa[pass][1];
         float mx[2] = {NEG_INF, NEG_INF};
-        for (int kt = qt; kt >= 0; kt--) {
-            float s[2][4];
-            scores(s, qa0, qa1, sK, 16 * kt);
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (kt < qt || diag >> (4 * hf + e) & 1) mx[e >> 1] = fmaxf(mx[e >> 1], s[hf][e]);
-        }
+        fwd_max<true>(mx, qa0, qa1, sK, q0, diag);
+        for (int kt = qt - 1; kt >= 0; kt--) fwd_max<false>(mx, qa0, qa1, sK, 16 * kt, diag);
         mx[0] = quad_max(mx[0]), mx[1] = quad_max(mx[1]);
         float o[4] = {0.f, 0.f, 0.f, 0.f}, l[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int kt = qt; kt >= 0; kt--) {
-            float s[2][4];
-            scores(s, qa0, qa1, sK, 16 * kt);
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    s[hf][e] = kt < qt || diag >> (4 * hf + e) & 1 ? cu_ex2(s[hf][e] - mx[e >> 1]) : 0.f;
-            uint32_t pa[4], vb[2];
-            pack_tiles(pa, s[0], s[1]);
-            ldsm_trans<2>(vb, tile_row(sV, sV, 16 * kt));
-            mma16(o, pa, vb[0], vb[1]);
-            mma16(l, pa, ONES, ONES);
-        }
+        fwd_acc<true>(o, l, mx, qa0, qa1, sK, sV, q0, diag);
+        for (int kt = qt - 1; kt >= 0; kt--) fwd_acc<false>(o, l, mx, qa0, qa1, sK, sV, 16 * kt, diag);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int i = q0 + g + 8 * r;
             if (i >= T) continue;
-            const float inv = 1.f / l[2 * r];
+            const float inv = __fdividef(1.f, l[2 * r]); // l >= 1 (the max's own term)
             *reinterpret_cast<uint32_t *>(row_ptr(as<bf16>(a.o), a.ld_out, b, i, T, h, 8) + 2 * u) =
                 pack2(o[2 * r] * inv, o[2 * r + 1] * inv);
-            if (u == 0) a.lse[((size_t)b * H + h) * T + i] = mx[r] * (1.f / L2E) + logf(l[2 * r]);
+            if (u == 0) a.lse[((size_t)b * H + h) * T + i] = (mx[r] + __log2f(l[2 * r])) * (1.f / L2E);
         }
     }
 }
 
 // ---- backward, query side: dq and T_i = g_i . o_i ---------------------------------------
 // p = 2^(s - lse log2 e), dS = p (g.v - T_i), dq = scale dS K (§3.6, softmax)
-__global__ void __launch_bounds__(NTHREADS)
+// one 16-key tile k0 of a query tile: dq += dS K (the diagonal tile with the mask)
+template <bool DIAG>
+__device__ __forceinline__ void q_unit(float (&dq)[4], const uint32_t (&qa)[2], const uint32_t (&ga)[2],
+                                       const float (&Ti)[2], const float (&lse2)[2], const bf16 *sK,
+                                       const bf16 *sV, int k0, unsigned diag) {
+    uint32_t kv[4], kb[2];
+    ldsm<4>(kv, tile_row(sK, sV, k0)); // K's two halves, V's two halves
+    float s[2][4], A[2][4];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
+        A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
+        mma8(s[hf], qa[0], qa[1], kv[hf]);
+        mma8(A[hf], ga[0], ga[1], kv[2 + hf]);
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float p = cu_ex2(s[hf][e] - lse2[e >> 1]);
+            s[hf][e] = !DIAG || diag >> (4 * hf + e) & 1 ? p * (A[hf][e] - Ti[e >> 1]) : 0.f;
+        }
+    uint32_t pa[4];
+    pack_tiles(pa, s[0], s[1]);
+    ldsm_trans<2>(kb, tile_row(sK, sK, k0));
+    mma16(dq, pa, kb[0], kb[1]);
+}
+
+template <int MINB>
+__global__ void __launch_bounds__(NTHREADS, MINB)
     short_bwd_q_kernel(AttnArgs a, float *Tv, const float *cs, float *part) {
     __shared__ __align__(16) bf16 sK[ROWS * 8];
     __shared__ __align__(16) bf16 sV[ROWS * 8];
@@ -158,54 +206,44 @@ __global__ void __launch_bounds__(NTHREADS)
     const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     const size_t sb = ((size_t)b * H + h) * T;
+    // both tiles' q, g, o and lse, loaded with k and v: one global round trip
+    const int tiles[2] = {warp, ROWS / 16 - 1 - warp};
+    const bf16 *q = as<bf16>(a.q), *dout = as<bf16>(a.dout), *out = as<bf16>(a.o);
+    uint32_t qa[2][2], ga[2][2], oa[2][2];
+    float lse2[2][2];
+#pragma unroll
+    for (int pass = 0; pass < 2; pass++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int i = 16 * tiles[pass] + g + 8 * r;
+            qa[pass][r] = aword(q, a.ld_in, b, T, h, i, a.scale * L2E);
+            ga[pass][r] = aword(dout, a.ld_out, b, T, h, i, 1.f);
+            oa[pass][r] = aword(out, a.ld_out, b, T, h, i, 1.f);
+            lse2[pass][r] = i < T ? a.lse[sb + i] * L2E : 0.f;
+        }
     rows_in(sK, as<bf16>(a.k), a.ld_in, b, T, h);
     rows_in(sV, as<bf16>(a.v), a.ld_in, b, T, h);
     if (cs) rope8_rows_in(sCS, cs, 0, T);
     __syncthreads();
     const unsigned diag = diag_bits(false);
+#pragma unroll
     for (int pass = 0; pass < 2; pass++) {
-        const int qt = pass ? ROWS / 16 - 1 - warp : warp, q0 = 16 * qt;
+        const int qt = tiles[pass], q0 = 16 * qt;
         float *slot = sRed + (pass * WARPS + warp) * 8;
         if (q0 >= T) { // no rows: a zero slot
             if (part && lane < 8) slot[lane] = 0.f;
             continue;
         }
-        const bf16 *q = as<bf16>(a.q), *dout = as<bf16>(a.dout), *out = as<bf16>(a.o);
-        uint32_t qa[2], ga[2];
-        float Ti[2], lse2[2];
+        float Ti[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const int i = q0 + g + 8 * r;
-            qa[r] = aword(q, a.ld_in, b, T, h, i, a.scale * L2E);
-            ga[r] = aword(dout, a.ld_out, b, T, h, i, 1.f);
-            const float2 gv = wordf(ga[r]), ov = wordf(aword(out, a.ld_out, b, T, h, i, 1.f));
+            const float2 gv = wordf(ga[pass][r]), ov = wordf(oa[pass][r]);
             Ti[r] = quad_sum(gv.x * ov.x + gv.y * ov.y);
-            lse2[r] = i < T ? a.lse[sb + i] * L2E : 0.f;
         }
         float dq[1][4] = {{0.f, 0.f, 0.f, 0.f}};
-        for (int kt = qt; kt >= 0; kt--) {
-            uint32_t kv[4], kt2[2];
-            ldsm<4>(kv, tile_row(sK, sV, 16 * kt)); // K's two halves, V's two halves
-            float s[2][4], A[2][4];
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
-                A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
-                mma8(s[hf], qa[0], qa[1], kv[hf]);
-                mma8(A[hf], ga[0], ga[1], kv[2 + hf]);
-            }
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float p = kt < qt || diag >> (4 * hf + e) & 1 ? cu_ex2(s[hf][e] - lse2[e >> 1]) : 0.f;
-                    s[hf][e] = p * (A[hf][e] - Ti[e >> 1]);
-                }
-            uint32_t pa[4];
-            pack_tiles(pa, s[0], s[1]);
-            ldsm_trans<2>(kt2, tile_row(sK, sK, 16 * kt));
-            mma16(dq[0], pa, kt2[0], kt2[1]);
-        }
+        q_unit<true>(dq[0], qa[pass], ga[pass], Ti, lse2[pass], sK, sV, q0, diag);
+        for (int kt = qt - 1; kt >= 0; kt--)
+            q_unit<false>(dq[0], qa[pass], ga[pass], Ti, lse2[pass], sK, sV, 16 * kt, diag);
         if (cs) rope8_back(dq, sCS, q0);
         if (part) // rows >= T hold 0
             colsum8_slot(slot, a.scale * (dq[0][0] + dq[0][2]), a.scale * (dq[0][1] + dq[0][3]));
@@ -228,7 +266,44 @@ __global__ void __launch_bounds__(NTHREADS)
 // ---- backward, key side: dk, dv ----------------------------------------------------------
 // Transposed tiles (16 keys x 8 queries): S^T = K Qs^T, A^T = V G^T; dv += P^T G,
 // dk += scale dS^T Q
-__global__ void __launch_bounds__(NTHREADS)
+// one 16-query tile qb of a key tile: dv += P^T G, dk += dS^T Q (the diagonal tile with the mask)
+template <bool DIAG>
+__device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const uint32_t (&ka)[2],
+                                        const uint32_t (&va)[2], const bf16 *sQs, const bf16 *sQ,
+                                        const bf16 *sG, const float2 *sRow, int qb, unsigned diag) {
+    const int u = threadIdx.x & 3;
+    uint32_t qg[4], gq[4];
+    ldsm<4>(qg, tile_row(sQs, sG, qb)); // Qs's two halves, G's two halves
+    float s[2][4], A[2][4], ds[2][4];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
+        A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
+        mma8(s[hf], ka[0], ka[1], qg[hf]);
+        mma8(A[hf], va[0], va[1], qg[2 + hf]);
+    }
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        const float4 rw = *reinterpret_cast<const float4 *>(sRow + qb + 8 * hf + 2 * u);
+        const float lse2[2] = {rw.x, rw.z}, Ti[2] = {rw.y, rw.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float p = cu_ex2(s[hf][e] - lse2[e & 1]);
+            const bool vis = !DIAG || diag >> (4 * hf + e) & 1;
+            s[hf][e] = vis ? p : 0.f;
+            ds[hf][e] = vis ? p * (A[hf][e] - Ti[e & 1]) : 0.f;
+        }
+    }
+    uint32_t pa[4];
+    ldsm_trans<4>(gq, tile_row(sG, sQ, qb)); // G's, then Q's B operands
+    pack_tiles(pa, s[0], s[1]);
+    mma16(dv, pa, gq[0], gq[1]);
+    pack_tiles(pa, ds[0], ds[1]);
+    mma16(dk, pa, gq[2], gq[3]);
+}
+
+template <int MINB>
+__global__ void __launch_bounds__(NTHREADS, MINB)
     short_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *cs, float *part) {
     __shared__ __align__(16) bf16 sQs[ROWS * 8]; // q scale log2 e
     __shared__ __align__(16) bf16 sQ[ROWS * 8];
@@ -239,6 +314,17 @@ __global__ void __launch_bounds__(NTHREADS)
     const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     const size_t sb = ((size_t)b * H + h) * T;
+    // both tiles' k and v, loaded with the query side: one global round trip
+    const int tiles[2] = {warp, ROWS / 16 - 1 - warp};
+    uint32_t ka[2][2], va[2][2];
+#pragma unroll
+    for (int pass = 0; pass < 2; pass++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int j = 16 * tiles[pass] + g + 8 * r;
+            ka[pass][r] = aword(as<bf16>(a.k), a.ld_in, b, T, h, j, 1.f);
+            va[pass][r] = aword(as<bf16>(a.v), a.ld_in, b, T, h, j, 1.f);
+        }
     rows_in(sQs, as<bf16>(a.q), a.ld_in, b, T, h, a.scale * L2E);
     rows_in(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
     rows_in(sG, as<bf16>(a.dout), a.ld_out, b, T, h);
@@ -249,50 +335,18 @@ __global__ void __launch_bounds__(NTHREADS)
     if (cs) rope8_rows_in(sCS, cs, 0, T);
     __syncthreads();
     const unsigned diag = diag_bits(true);
+#pragma unroll
     for (int pass = 0; pass < 2; pass++) {
-        const int kt = pass ? ROWS / 16 - 1 - warp : warp, k0 = 16 * kt;
+        const int kt = tiles[pass], k0 = 16 * kt;
         const int at = (pass * WARPS + warp) * 8;
         if (k0 >= T) {
             if (part && lane < 8) sRed[0][at + lane] = sRed[1][at + lane] = 0.f;
             continue;
         }
-        uint32_t ka[2], va[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            ka[r] = aword(as<bf16>(a.k), a.ld_in, b, T, h, k0 + g + 8 * r, 1.f);
-            va[r] = aword(as<bf16>(a.v), a.ld_in, b, T, h, k0 + g + 8 * r, 1.f);
-        }
         float dk[1][4] = {{0.f, 0.f, 0.f, 0.f}}, dv[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int qt = kt; qt < ROWS / 16 && 16 * qt < T; qt++) {
-            const int qb = 16 * qt;
-            uint32_t qg[4], gq[4];
-            ldsm<4>(qg, tile_row(sQs, sG, qb)); // Qs's two halves, G's two halves
-            float s[2][4], A[2][4], ds[2][4];
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
-                A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
-                mma8(s[hf], ka[0], ka[1], qg[hf]);
-                mma8(A[hf], va[0], va[1], qg[2 + hf]);
-            }
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const float4 rw = *reinterpret_cast<const float4 *>(sRow + qb + 8 * hf + 2 * u);
-                const float lse2[2] = {rw.x, rw.z}, Ti[2] = {rw.y, rw.w};
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float p = qt > kt || diag >> (4 * hf + e) & 1 ? cu_ex2(s[hf][e] - lse2[e & 1]) : 0.f;
-                    s[hf][e] = p;
-                    ds[hf][e] = p * (A[hf][e] - Ti[e & 1]);
-                }
-            }
-            uint32_t pa[4];
-            ldsm_trans<4>(gq, tile_row(sG, sQ, qb)); // G's, then Q's B operands
-            pack_tiles(pa, s[0], s[1]);
-            mma16(dv, pa, gq[0], gq[1]);
-            pack_tiles(pa, ds[0], ds[1]);
-            mma16(dk[0], pa, gq[2], gq[3]);
-        }
+        kv_unit<true>(dk[0], dv, ka[pass], va[pass], sQs, sQ, sG, sRow, k0, diag);
+        for (int qt = kt + 1; qt < ROWS / 16 && 16 * qt < T; qt++)
+            kv_unit<false>(dk[0], dv, ka[pass], va[pass], sQs, sQ, sG, sRow, 16 * qt, diag);
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[0][e] *= a.scale;
         if (cs) rope8_back(dk, sCS, k0);
@@ -338,14 +392,24 @@ bool cu_attn_short(const AttnArgs *a) {
            aligned16(a->o) && aligned16(a->dout) && aligned16(a->dq) && aligned16(a->dk) &&
            aligned16(a->dv);
 }
-void cu_attn_short_fwd(const AttnArgs *a) {
-    short_fwd_kernel<<<dim3(1, a->B * a->H), NTHREADS, 0, cu.stream>>>(*a);
-    CKL();
+// (experiment) PLAB_SHORT_MINB: blocks an SM the register budget is set for
+static int minb() {
+    static const int m = [] { const char *e = getenv("PLAB_SHORT_MINB"); return e ? atoi(e) : 0; }();
+    return m;
 }
+#define SHORT_LAUNCH(K, grid, ...)                                                                  \
+    do {                                                                                          \
+        switch (minb()) {                                                                         \
+        case 10: K<10><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                     \
+        case 12: K<12><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                     \
+        case 8: K<8><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                       \
+        default: K<0><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                      \
+        }                                                                                         \
+        CKL();                                                                                    \
+    } while (0)
+void cu_attn_short_fwd(const AttnArgs *a) { SHORT_LAUNCH(short_fwd_kernel, dim3(1, a->B * a->H), *a); }
 void cu_attn_short_bwd(const AttnArgs *a, float *Tv, const float *cs, float *part) {
     const dim3 grid(1, a->B * a->H);
-    short_bwd_q_kernel<<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, cs, part);
-    CKL();
-    short_bwd_kv_kernel<<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, cs, part);
-    CKL();
+    SHORT_LAUNCH(short_bwd_q_kernel, grid, *a, Tv, cs, part);
+    SHORT_LAUNCH(short_bwd_kv_kernel, grid, *a, Tv, cs, part);
 }

@@ -195,6 +195,7 @@ template <class A, class B> inline std::common_type_t<A, B> max(A a, B b) {
 }
 inline float __expf(float x) { return expf(x); }
 inline float __logf(float x) { return logf(x); }
+inline float __log2f(float x) { return log2f(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
