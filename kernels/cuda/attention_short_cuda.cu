@@ -11,7 +11,13 @@
 //    after: two mma a tile), so nothing is rescaled; its normaliser comes out of the
 //    tensor cores as P times a column of ones, from the same bf16 P as the output;
 //  - a warp walks a tile's partners from the diagonal outwards, so the causal mask is a
-//    fixed per-lane pattern on the first step only.
+//    fixed per-lane pattern on the first step only;
+//  - the rows come into shared memory by cp.async (no registers held, no conversion on
+//    the way): loads into registers left the forward waiting on long scoreboard 5.7 cycles
+//    of 14 an instruction (ncu, H100). Two heads a block, the next one's rows copied while
+//    this one's were computed, lost (fewer warps an SM: 0.558 -> 0.578 ms a step);
+//  - the forward turns q and k by RoPE in shared memory and writes them back for the
+//    backward, instead of a pass before it.
 // Layout as attention_tc_cuda.cu's: 4 warps, warp w owns the 16-row tiles w and 7 - w; the
 // fragment layouts are in mma_bf16.cuh. Each output element is written once by one lane in
 // a fixed order: bit-reproducible.
@@ -25,34 +31,80 @@
 
 namespace {
 
-static_assert(ROWS == NTHREADS, "a thread per row of the head in rows_in");
+static_assert(ROWS == NTHREADS, "a thread per row of the head in rows_async");
 constexpr uint32_t ONES = 0x3f803f80u; // two bf16 ones: the B operand of a row sum
 
-// a head's rows 0..ROWS-1 ([T, 8] bf16, rows ld apart, times mul) into s[ROWS][8]; rows >= T
-// as 0. One 16-byte load a thread.
-__device__ __forceinline__ void rows_in(bf16 *s, const bf16 *x, int ld, int b, int T, int h,
-                                        float mul = 1.f) {
-    const int t = threadIdx.x;
-    uint4 w = make_uint4(0u, 0u, 0u, 0u);
-    if (t < T) w = *reinterpret_cast<const uint4 *>(row_ptr(x, ld, b, t, T, h, 8));
-    if (mul != 1.f) {
-        uint32_t *e = &w.x;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(e + i));
-            e[i] = pack2(mul * f.x, mul * f.y);
-        }
-    }
-    reinterpret_cast<uint4 *>(s)[t] = w;
+// global -> shared without registers (cp.async, sm_80+): 16 or 4 bytes, zeros where !ok
+// (then src is not read); the block waits for all of its copies with cp_wait_all
+__device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
+#ifdef PLAB_EMU
+    if (ok) memcpy(dst, src, 16);
+    else memset(dst, 0, 16);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(ok ? 16 : 0));
+#endif
 }
-
-// this lane's word of an A fragment: row t's dims 2u, 2u + 1 (times mul), 0 past T
-__device__ __forceinline__ uint32_t aword(const bf16 *x, int ld, int b, int T, int h, int t, float mul) {
-    if (t >= T) return 0u;
-    const uint32_t w = ld2(row_ptr(x, ld, b, t, T, h, 8) + 2 * (threadIdx.x & 3));
-    if (mul == 1.f) return w;
-    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w));
-    return pack2(mul * f.x, mul * f.y);
+__device__ __forceinline__ void cp4(void *dst, const void *src, bool ok) {
+#ifdef PLAB_EMU
+    if (ok) memcpy(dst, src, 4);
+    else memset(dst, 0, 4);
+#else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(ok ? 4 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_wait_all() {
+#ifndef PLAB_EMU
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+// a head's rows 0..ROWS-1 ([T, 8] bf16, rows ld apart) into s[ROWS][8], a thread a row;
+// rows >= T as 0
+__device__ __forceinline__ void rows_async(bf16 *s, const bf16 *x, int ld, int b, int T, int h) {
+    const int t = threadIdx.x;
+    cp16(s + 8 * t, t < T ? row_ptr(x, ld, b, t, T, h, 8) : x, t < T);
+}
+// a head's T floats (lse, T_i: [B, H, T] rows) into s[ROWS]; past T as 0
+__device__ __forceinline__ void floats_async(float *s, const float *x, int T) {
+    const int t = threadIdx.x;
+    cp4(s + t, t < T ? x + t : x, t < T);
+}
+// the RoPE table's rows (cu_rope_table(T, 8, base): 4 (cos, sin) pairs a position) into
+// s[ROWS * 4], as rope8_back reads it; rows >= T as 0
+__device__ __forceinline__ void rope_rows_async(float2 *s, const float *cs, int T) {
+    const int t = threadIdx.x;
+    cp16(s + 4 * t, t < T ? cs + 8 * t : cs, t < T);
+    cp16(s + 4 * t + 2, t < T ? cs + 8 * t + 4 : cs, t < T);
+}
+// this thread's row t of q or k turned by RoPE in shared memory (dims c and c + 4 together,
+// rounded as rope8_bf16_kernel rounds them) and written back to the global row
+__device__ __forceinline__ void rope_row(bf16 *srow, bf16 *grow, const float2 *cs) {
+    uint4 w = *reinterpret_cast<const uint4 *>(srow);
+    __nv_bfloat162 *v = reinterpret_cast<__nv_bfloat162 *>(&w);
+    const float2 a01 = __bfloat1622float2(v[0]), a23 = __bfloat1622float2(v[1]);
+    const float2 b01 = __bfloat1622float2(v[2]), b23 = __bfloat1622float2(v[3]);
+    const float x1[4] = {a01.x, a01.y, a23.x, a23.y}, x2[4] = {b01.x, b01.y, b23.x, b23.y};
+    float y1[4], y2[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        y1[e] = x1[e] * cs[e].x - x2[e] * cs[e].y;
+        y2[e] = x2[e] * cs[e].x + x1[e] * cs[e].y;
+    }
+    v[0] = __floats2bfloat162_rn(y1[0], y1[1]), v[1] = __floats2bfloat162_rn(y1[2], y1[3]);
+    v[2] = __floats2bfloat162_rn(y2[0], y2[1]), v[3] = __floats2bfloat162_rn(y2[2], y2[3]);
+    *reinterpret_cast<uint4 *>(srow) = w;
+    *reinterpret_cast<uint4 *>(grow) = w;
+}
+// an A fragment of rows r0..r0+15 from s[ROWS][8] (ldmatrix), times mul
+__device__ __forceinline__ void afrag(uint32_t (&a)[2], const bf16 *s, int r0, float mul = 1.f) {
+    ldsm<2>(a, s + (r0 + (threadIdx.x & 15)) * 8);
+    if (mul != 1.f)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&a[r]));
+            a[r] = pack2(mul * f.x, mul * f.y);
+        }
 }
 __device__ __forceinline__ float2 wordf(uint32_t w) {
     return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&w));
@@ -125,35 +177,35 @@ __device__ __forceinline__ void fwd_acc(float (&o)[4], float (&l)[4], const floa
     mma16(o, pa, vb[0], vb[1]);
     mma16(l, pa, ONES, ONES);
 }
-template <int MINB>
-__global__ void __launch_bounds__(NTHREADS, MINB) short_fwd_kernel(AttnArgs a) {
-    __shared__ __align__(16) bf16 sK[ROWS * 8];
-    __shared__ __align__(16) bf16 sV[ROWS * 8];
-    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
+// cs: RoPE's table (q, k turned here and written back), or null
+__global__ void __launch_bounds__(NTHREADS) short_fwd_kernel(AttnArgs a, const float *cs) {
+    __shared__ __align__(16) bf16 sK[ROWS * 8], sV[ROWS * 8], sQ[ROWS * 8];
+    __shared__ __align__(16) float2 sCS[ROPE8];
+    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H, t = threadIdx.x;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const int tiles[2] = {warp, ROWS / 16 - 1 - warp};
-    uint32_t qa[2][2]; // both tiles' q, loaded with k and v: one global round trip
-#pragma unroll
-    for (int pass = 0; pass < 2; pass++)
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-            qa[pass][r] = aword(as<bf16>(a.q), a.ld_in, b, T, h, 16 * tiles[pass] + g + 8 * r, a.scale * L2E);
-    rows_in(sK, as<bf16>(a.k), a.ld_in, b, T, h);
-    rows_in(sV, as<bf16>(a.v), a.ld_in, b, T, h);
+    rows_async(sK, as<bf16>(a.k), a.ld_in, b, T, h);
+    rows_async(sV, as<bf16>(a.v), a.ld_in, b, T, h);
+    rows_async(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
+    if (cs) rope_rows_async(sCS, cs, T);
+    cp_wait_all();
+    if (cs && t < T) { // each thread its own rows: visible to it after the wait
+        rope_row(sQ + 8 * t, const_cast<bf16 *>(row_ptr(as<bf16>(a.q), a.ld_in, b, t, T, h, 8)), sCS + 4 * t);
+        rope_row(sK + 8 * t, const_cast<bf16 *>(row_ptr(as<bf16>(a.k), a.ld_in, b, t, T, h, 8)), sCS + 4 * t);
+    }
     __syncthreads();
     const unsigned diag = diag_bits(false);
-#pragma unroll
     for (int pass = 0; pass < 2; pass++) {
-        const int qt = tiles[pass], q0 = 16 * qt;
-        if (q0 >= T) continue; // warp-uniform, no barrier follows
-        const uint32_t qa0 = qa[pass][0], qa1 = qa[pass][1];
+        const int qt = pass ? ROWS / 16 - 1 - warp : warp, q0 = 16 * qt;
+        if (q0 >= T) continue; // warp-uniform
+        uint32_t qa[2];
+        afrag(qa, sQ, q0, a.scale * L2E);
         float mx[2] = {NEG_INF, NEG_INF};
-        fwd_max<true>(mx, qa0, qa1, sK, q0, diag);
-        for (int kt = qt - 1; kt >= 0; kt--) fwd_max<false>(mx, qa0, qa1, sK, 16 * kt, diag);
+        fwd_max<true>(mx, qa[0], qa[1], sK, q0, diag);
+        for (int kt = qt - 1; kt >= 0; kt--) fwd_max<false>(mx, qa[0], qa[1], sK, 16 * kt, diag);
         mx[0] = quad_max(mx[0]), mx[1] = quad_max(mx[1]);
         float o[4] = {0.f, 0.f, 0.f, 0.f}, l[4] = {0.f, 0.f, 0.f, 0.f};
-        fwd_acc<true>(o, l, mx, qa0, qa1, sK, sV, q0, diag);
-        for (int kt = qt - 1; kt >= 0; kt--) fwd_acc<false>(o, l, mx, qa0, qa1, sK, sV, 16 * kt, diag);
+        fwd_acc<true>(o, l, mx, qa[0], qa[1], sK, sV, q0, diag);
+        for (int kt = qt - 1; kt >= 0; kt--) fwd_acc<false>(o, l, mx, qa[0], qa[1], sK, sV, 16 * kt, diag);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int i = q0 + g + 8 * r;
@@ -196,54 +248,46 @@ __device__ __forceinline__ void q_unit(float (&dq)[4], const uint32_t (&qa)[2], 
     mma16(dq, pa, kb[0], kb[1]);
 }
 
-template <int MINB>
-__global__ void __launch_bounds__(NTHREADS, MINB)
+__global__ void __launch_bounds__(NTHREADS)
     short_bwd_q_kernel(AttnArgs a, float *Tv, const float *cs, float *part) {
-    __shared__ __align__(16) bf16 sK[ROWS * 8];
-    __shared__ __align__(16) bf16 sV[ROWS * 8];
-    __shared__ float2 sCS[ROPE8];         // cs: dq turned back as written
-    __shared__ float sRed[2 * WARPS * 8]; // part: dq's column sums, [pass][warp][dim]
+    __shared__ __align__(16) bf16 sK[ROWS * 8], sV[ROWS * 8], sQ[ROWS * 8], sG[ROWS * 8], sO[ROWS * 8];
+    __shared__ __align__(16) float sL[ROWS];
+    __shared__ __align__(16) float2 sCS[ROPE8]; // cs: dq turned back as written
+    __shared__ float sRed[2 * WARPS * 8];       // part: dq's column sums, [pass][warp][dim]
     const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const size_t sb = ((size_t)b * H + h) * T;
-    // both tiles' q, g, o and lse, loaded with k and v: one global round trip
-    const int tiles[2] = {warp, ROWS / 16 - 1 - warp};
-    const bf16 *q = as<bf16>(a.q), *dout = as<bf16>(a.dout), *out = as<bf16>(a.o);
-    uint32_t qa[2][2], ga[2][2], oa[2][2];
-    float lse2[2][2];
-#pragma unroll
-    for (int pass = 0; pass < 2; pass++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int i = 16 * tiles[pass] + g + 8 * r;
-            qa[pass][r] = aword(q, a.ld_in, b, T, h, i, a.scale * L2E);
-            ga[pass][r] = aword(dout, a.ld_out, b, T, h, i, 1.f);
-            oa[pass][r] = aword(out, a.ld_out, b, T, h, i, 1.f);
-            lse2[pass][r] = i < T ? a.lse[sb + i] * L2E : 0.f;
-        }
-    rows_in(sK, as<bf16>(a.k), a.ld_in, b, T, h);
-    rows_in(sV, as<bf16>(a.v), a.ld_in, b, T, h);
-    if (cs) rope8_rows_in(sCS, cs, 0, T);
+    const size_t sb = (size_t)blockIdx.y * T;
+    rows_async(sK, as<bf16>(a.k), a.ld_in, b, T, h);
+    rows_async(sV, as<bf16>(a.v), a.ld_in, b, T, h);
+    rows_async(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
+    rows_async(sG, as<bf16>(a.dout), a.ld_out, b, T, h);
+    rows_async(sO, as<bf16>(a.o), a.ld_out, b, T, h);
+    floats_async(sL, a.lse + sb, T);
+    if (cs) rope_rows_async(sCS, cs, T);
+    cp_wait_all();
     __syncthreads();
     const unsigned diag = diag_bits(false);
-#pragma unroll
     for (int pass = 0; pass < 2; pass++) {
-        const int qt = tiles[pass], q0 = 16 * qt;
+        const int qt = pass ? ROWS / 16 - 1 - warp : warp, q0 = 16 * qt;
         float *slot = sRed + (pass * WARPS + warp) * 8;
         if (q0 >= T) { // no rows: a zero slot
             if (part && lane < 8) slot[lane] = 0.f;
             continue;
         }
-        float Ti[2];
+        uint32_t qa[2], ga[2], oa[2];
+        afrag(qa, sQ, q0, a.scale * L2E);
+        afrag(ga, sG, q0);
+        afrag(oa, sO, q0);
+        float Ti[2], lse2[2];
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const float2 gv = wordf(ga[pass][r]), ov = wordf(oa[pass][r]);
+            const float2 gv = wordf(ga[r]), ov = wordf(oa[r]);
             Ti[r] = quad_sum(gv.x * ov.x + gv.y * ov.y);
+            lse2[r] = sL[q0 + g + 8 * r] * L2E;
         }
         float dq[1][4] = {{0.f, 0.f, 0.f, 0.f}};
-        q_unit<true>(dq[0], qa[pass], ga[pass], Ti, lse2[pass], sK, sV, q0, diag);
-        for (int kt = qt - 1; kt >= 0; kt--)
-            q_unit<false>(dq[0], qa[pass], ga[pass], Ti, lse2[pass], sK, sV, 16 * kt, diag);
+        q_unit<true>(dq[0], qa, ga, Ti, lse2, sK, sV, q0, diag);
+        for (int kt = qt - 1; kt >= 0; kt--) q_unit<false>(dq[0], qa, ga, Ti, lse2, sK, sV, 16 * kt, diag);
         if (cs) rope8_back(dq, sCS, q0);
         if (part) // rows >= T hold 0
             colsum8_slot(slot, a.scale * (dq[0][0] + dq[0][2]), a.scale * (dq[0][1] + dq[0][3]));
@@ -269,11 +313,11 @@ __global__ void __launch_bounds__(NTHREADS, MINB)
 // one 16-query tile qb of a key tile: dv += P^T G, dk += dS^T Q (the diagonal tile with the mask)
 template <bool DIAG>
 __device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const uint32_t (&ka)[2],
-                                        const uint32_t (&va)[2], const bf16 *sQs, const bf16 *sQ,
-                                        const bf16 *sG, const float2 *sRow, int qb, unsigned diag) {
+                                        const uint32_t (&va)[2], const bf16 *sQ, const bf16 *sG,
+                                        const float *sL, const float *sT, int qb, unsigned diag) {
     const int u = threadIdx.x & 3;
     uint32_t qg[4], gq[4];
-    ldsm<4>(qg, tile_row(sQs, sG, qb)); // Qs's two halves, G's two halves
+    ldsm<4>(qg, tile_row(sQ, sG, qb)); // Q's two halves, G's two halves
     float s[2][4], A[2][4], ds[2][4];
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
@@ -284,8 +328,9 @@ __device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const ui
     }
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
-        const float4 rw = *reinterpret_cast<const float4 *>(sRow + qb + 8 * hf + 2 * u);
-        const float lse2[2] = {rw.x, rw.z}, Ti[2] = {rw.y, rw.w};
+        const float2 lse = *reinterpret_cast<const float2 *>(sL + qb + 8 * hf + 2 * u);
+        const float2 tv = *reinterpret_cast<const float2 *>(sT + qb + 8 * hf + 2 * u);
+        const float lse2[2] = {lse.x * L2E, lse.y * L2E}, Ti[2] = {tv.x, tv.y};
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const float p = cu_ex2(s[hf][e] - lse2[e & 1]);
@@ -302,51 +347,39 @@ __device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const ui
     mma16(dk, pa, gq[2], gq[3]);
 }
 
-template <int MINB>
-__global__ void __launch_bounds__(NTHREADS, MINB)
+__global__ void __launch_bounds__(NTHREADS)
     short_bwd_kv_kernel(AttnArgs a, const float *Tv, const float *cs, float *part) {
-    __shared__ __align__(16) bf16 sQs[ROWS * 8]; // q scale log2 e
-    __shared__ __align__(16) bf16 sQ[ROWS * 8];
-    __shared__ __align__(16) bf16 sG[ROWS * 8];
-    __shared__ __align__(16) float2 sRow[ROWS]; // per query: lse log2 e, T_i
-    __shared__ float2 sCS[ROPE8];               // cs: dk turned back as written
-    __shared__ float sRed[2][2 * WARPS * 8];    // part: dk's, dv's column sums
+    __shared__ __align__(16) bf16 sQ[ROWS * 8], sG[ROWS * 8], sK[ROWS * 8], sV[ROWS * 8];
+    __shared__ __align__(16) float sL[ROWS], sT[ROWS]; // per query: lse, T_i
+    __shared__ __align__(16) float2 sCS[ROPE8];         // cs: dk turned back as written
+    __shared__ float sRed[2][2 * WARPS * 8];            // part: dk's, dv's column sums
     const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
-    const size_t sb = ((size_t)b * H + h) * T;
-    // both tiles' k and v, loaded with the query side: one global round trip
-    const int tiles[2] = {warp, ROWS / 16 - 1 - warp};
-    uint32_t ka[2][2], va[2][2];
-#pragma unroll
-    for (int pass = 0; pass < 2; pass++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int j = 16 * tiles[pass] + g + 8 * r;
-            ka[pass][r] = aword(as<bf16>(a.k), a.ld_in, b, T, h, j, 1.f);
-            va[pass][r] = aword(as<bf16>(a.v), a.ld_in, b, T, h, j, 1.f);
-        }
-    rows_in(sQs, as<bf16>(a.q), a.ld_in, b, T, h, a.scale * L2E);
-    rows_in(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
-    rows_in(sG, as<bf16>(a.dout), a.ld_out, b, T, h);
-    {
-        const int i = threadIdx.x; // rows >= T: p = 1 against g = 0 and T_i = 0, adding nothing
-        sRow[i] = i < T ? make_float2(a.lse[sb + i] * L2E, Tv[sb + i]) : make_float2(0.f, 0.f);
-    }
-    if (cs) rope8_rows_in(sCS, cs, 0, T);
+    rows_async(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
+    rows_async(sG, as<bf16>(a.dout), a.ld_out, b, T, h);
+    rows_async(sK, as<bf16>(a.k), a.ld_in, b, T, h);
+    rows_async(sV, as<bf16>(a.v), a.ld_in, b, T, h);
+    // rows >= T: p = 1 against g = 0 and T_i = 0, adding nothing
+    floats_async(sL, a.lse + (size_t)blockIdx.y * T, T);
+    floats_async(sT, Tv + (size_t)blockIdx.y * T, T);
+    if (cs) rope_rows_async(sCS, cs, T);
+    cp_wait_all();
     __syncthreads();
     const unsigned diag = diag_bits(true);
-#pragma unroll
     for (int pass = 0; pass < 2; pass++) {
-        const int kt = tiles[pass], k0 = 16 * kt;
+        const int kt = pass ? ROWS / 16 - 1 - warp : warp, k0 = 16 * kt;
         const int at = (pass * WARPS + warp) * 8;
         if (k0 >= T) {
             if (part && lane < 8) sRed[0][at + lane] = sRed[1][at + lane] = 0.f;
             continue;
         }
+        uint32_t ka[2], va[2]; // k carries the scale (log2 units) here, q in the forward
+        afrag(ka, sK, k0, a.scale * L2E);
+        afrag(va, sV, k0);
         float dk[1][4] = {{0.f, 0.f, 0.f, 0.f}}, dv[4] = {0.f, 0.f, 0.f, 0.f};
-        kv_unit<true>(dk[0], dv, ka[pass], va[pass], sQs, sQ, sG, sRow, k0, diag);
+        kv_unit<true>(dk[0], dv, ka, va, sQ, sG, sL, sT, k0, diag);
         for (int qt = kt + 1; qt < ROWS / 16 && 16 * qt < T; qt++)
-            kv_unit<false>(dk[0], dv, ka[pass], va[pass], sQs, sQ, sG, sRow, 16 * qt, diag);
+            kv_unit<false>(dk[0], dv, ka, va, sQ, sG, sL, sT, 16 * qt, diag);
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[0][e] *= a.scale;
         if (cs) rope8_back(dk, sCS, k0);
@@ -392,24 +425,14 @@ bool cu_attn_short(const AttnArgs *a) {
            aligned16(a->o) && aligned16(a->dout) && aligned16(a->dq) && aligned16(a->dk) &&
            aligned16(a->dv);
 }
-// (experiment) PLAB_SHORT_MINB: blocks an SM the register budget is set for
-static int minb() {
-    static const int m = [] { const char *e = getenv("PLAB_SHORT_MINB"); return e ? atoi(e) : 0; }();
-    return m;
+void cu_attn_short_fwd(const AttnArgs *a, const float *cs) {
+    short_fwd_kernel<<<dim3(1, a->B * a->H), NTHREADS, 0, cu.stream>>>(*a, cs);
+    CKL();
 }
-#define SHORT_LAUNCH(K, grid, ...)                                                                  \
-    do {                                                                                          \
-        switch (minb()) {                                                                         \
-        case 10: K<10><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                     \
-        case 12: K<12><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                     \
-        case 8: K<8><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                       \
-        default: K<0><<<grid, NTHREADS, 0, cu.stream>>>(__VA_ARGS__); break;                      \
-        }                                                                                         \
-        CKL();                                                                                    \
-    } while (0)
-void cu_attn_short_fwd(const AttnArgs *a) { SHORT_LAUNCH(short_fwd_kernel, dim3(1, a->B * a->H), *a); }
 void cu_attn_short_bwd(const AttnArgs *a, float *Tv, const float *cs, float *part) {
     const dim3 grid(1, a->B * a->H);
-    SHORT_LAUNCH(short_bwd_q_kernel, grid, *a, Tv, cs, part);
-    SHORT_LAUNCH(short_bwd_kv_kernel, grid, *a, Tv, cs, part);
+    short_bwd_q_kernel<<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, cs, part);
+    CKL();
+    short_bwd_kv_kernel<<<grid, NTHREADS, 0, cu.stream>>>(*a, Tv, cs, part);
+    CKL();
 }
