@@ -15,9 +15,8 @@
 //  - the rows come into shared memory by cp.async (no registers held, no conversion on
 //    the way): loads into registers left the forward waiting on long scoreboard 5.7 cycles
 //    of 14 an instruction (ncu, H100). Two heads a block, the next one's rows copied while
-//    this one's were computed, lost (fewer warps an SM: 0.558 -> 0.578 ms a step);
-//  - the forward turns q and k by RoPE in shared memory and writes them back for the
-//    backward, instead of a pass before it.
+//    this one's were computed, lost (fewer warps an SM: 0.558 -> 0.578 ms a step), and so
+//    did turning q and k by RoPE here instead of the pass before (0.558 -> 0.565 ms).
 // Layout as attention_tc_cuda.cu's: 4 warps, warp w owns the 16-row tiles w and 7 - w; the
 // fragment layouts are in mma_bf16.cuh. Each output element is written once by one lane in
 // a fixed order: bit-reproducible.
@@ -76,25 +75,6 @@ __device__ __forceinline__ void rope_rows_async(float2 *s, const float *cs, int 
     const int t = threadIdx.x;
     cp16(s + 4 * t, t < T ? cs + 8 * t : cs, t < T);
     cp16(s + 4 * t + 2, t < T ? cs + 8 * t + 4 : cs, t < T);
-}
-// this thread's row t of q or k turned by RoPE in shared memory (dims c and c + 4 together,
-// rounded as rope8_bf16_kernel rounds them) and written back to the global row
-__device__ __forceinline__ void rope_row(bf16 *srow, bf16 *grow, const float2 *cs) {
-    uint4 w = *reinterpret_cast<const uint4 *>(srow);
-    __nv_bfloat162 *v = reinterpret_cast<__nv_bfloat162 *>(&w);
-    const float2 a01 = __bfloat1622float2(v[0]), a23 = __bfloat1622float2(v[1]);
-    const float2 b01 = __bfloat1622float2(v[2]), b23 = __bfloat1622float2(v[3]);
-    const float x1[4] = {a01.x, a01.y, a23.x, a23.y}, x2[4] = {b01.x, b01.y, b23.x, b23.y};
-    float y1[4], y2[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        y1[e] = x1[e] * cs[e].x - x2[e] * cs[e].y;
-        y2[e] = x2[e] * cs[e].x + x1[e] * cs[e].y;
-    }
-    v[0] = __floats2bfloat162_rn(y1[0], y1[1]), v[1] = __floats2bfloat162_rn(y1[2], y1[3]);
-    v[2] = __floats2bfloat162_rn(y2[0], y2[1]), v[3] = __floats2bfloat162_rn(y2[2], y2[3]);
-    *reinterpret_cast<uint4 *>(srow) = w;
-    *reinterpret_cast<uint4 *>(grow) = w;
 }
 // an A fragment of rows r0..r0+15 from s[ROWS][8] (ldmatrix), times mul
 __device__ __forceinline__ void afrag(uint32_t (&a)[2], const bf16 *s, int r0, float mul = 1.f) {
@@ -177,21 +157,14 @@ __device__ __forceinline__ void fwd_acc(float (&o)[4], float (&l)[4], const floa
     mma16(o, pa, vb[0], vb[1]);
     mma16(l, pa, ONES, ONES);
 }
-// cs: RoPE's table (q, k turned here and written back), or null
-__global__ void __launch_bounds__(NTHREADS) short_fwd_kernel(AttnArgs a, const float *cs) {
+__global__ void __launch_bounds__(NTHREADS) short_fwd_kernel(AttnArgs a) {
     __shared__ __align__(16) bf16 sK[ROWS * 8], sV[ROWS * 8], sQ[ROWS * 8];
-    __shared__ __align__(16) float2 sCS[ROPE8];
-    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H, t = threadIdx.x;
+    const int T = a.T, H = a.H, b = blockIdx.y / H, h = blockIdx.y % H;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, u = lane & 3;
     rows_async(sK, as<bf16>(a.k), a.ld_in, b, T, h);
     rows_async(sV, as<bf16>(a.v), a.ld_in, b, T, h);
     rows_async(sQ, as<bf16>(a.q), a.ld_in, b, T, h);
-    if (cs) rope_rows_async(sCS, cs, T);
     cp_wait_all();
-    if (cs && t < T) { // each thread its own rows: visible to it after the wait
-        rope_row(sQ + 8 * t, const_cast<bf16 *>(row_ptr(as<bf16>(a.q), a.ld_in, b, t, T, h, 8)), sCS + 4 * t);
-        rope_row(sK + 8 * t, const_cast<bf16 *>(row_ptr(as<bf16>(a.k), a.ld_in, b, t, T, h, 8)), sCS + 4 * t);
-    }
     __syncthreads();
     const unsigned diag = diag_bits(false);
     for (int pass = 0; pass < 2; pass++) {
@@ -308,8 +281,8 @@ __global__ void __launch_bounds__(NTHREADS)
 }
 
 // ---- backward, key side: dk, dv ----------------------------------------------------------
-// Transposed tiles (16 keys x 8 queries): S^T = K Qs^T, A^T = V G^T; dv += P^T G,
-// dk += scale dS^T Q
+// Transposed tiles (16 keys x 8 queries): S^T = Ks Q^T (k carries scale log2 e here),
+// A^T = V G^T; dv += P^T G, dk += scale dS^T Q
 // one 16-query tile qb of a key tile: dv += P^T G, dk += dS^T Q (the diagonal tile with the mask)
 template <bool DIAG>
 __device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const uint32_t (&ka)[2],
@@ -425,8 +398,8 @@ bool cu_attn_short(const AttnArgs *a) {
            aligned16(a->o) && aligned16(a->dout) && aligned16(a->dq) && aligned16(a->dk) &&
            aligned16(a->dv);
 }
-void cu_attn_short_fwd(const AttnArgs *a, const float *cs) {
-    short_fwd_kernel<<<dim3(1, a->B * a->H), NTHREADS, 0, cu.stream>>>(*a, cs);
+void cu_attn_short_fwd(const AttnArgs *a) {
+    short_fwd_kernel<<<dim3(1, a->B * a->H), NTHREADS, 0, cu.stream>>>(*a);
     CKL();
 }
 void cu_attn_short_bwd(const AttnArgs *a, float *Tv, const float *cs, float *part) {

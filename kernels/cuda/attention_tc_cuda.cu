@@ -3,6 +3,8 @@
 // (query x key) products on mma.sync (bf16 operands, fp32 accumulation) instead of
 // a thread per query row. Used for head dims 8, 16 and 32; other sizes and the fp32
 // / tf32 tables keep the scalar kernels.
+// Softmax at head dim 8 and T <= 128 on bf16 rows (MAD's shape in the bf16 attention
+// block) runs attention_short_cuda.cu's kernels instead.
 //
 // Layout: a block of 4 warps takes 128 rows (queries in the forward and the dq pass,
 // keys in the dk/dv pass) of one (batch, head) as eight 16-row tiles; warp w owns
@@ -571,8 +573,6 @@ __global__ void rope8_bf16_kernel(bf16 *x, const float *cs, long NH2, int T, int
 // kernel reads them cost the H100 more than the pass, 2026-11-23); the backward's as
 // the gradients are written at head dim 8, else by a pass after.
 template <int HD, bool PX, typename TI> void tc_fwd(const AttnArgs *a) {
-    if (cu_attn_short(a)) // (RoPE inside: rot = 8 where io_bf16 has any)
-        return cu_attn_short_fwd(a, a->rope_rot ? cu_rope_table(a->T, 8, a->rope_base) : nullptr);
     if (a->io_bf16 && a->rope_rot) { // (cu_attention_tc_io_bf16: HD = rot = 8, q | k fused)
         const long nh2 = (long)a->B * a->T * 2 * a->H;
         rope8_bf16_kernel<<<cu_blocks(nh2, 256), 256, 0, cu.stream>>>(
@@ -582,6 +582,7 @@ template <int HD, bool PX, typename TI> void tc_fwd(const AttnArgs *a) {
     } else {
         cu_attn_rope(a, 1.f);
     }
+    if (cu_attn_short(a)) return cu_attn_short_fwd(a);
     dim3 grid(cu_blocks(a->T, ROWS), a->B * a->H);
     tc_fwd_kernel<HD, PX, TI><<<grid, NTHREADS, 0, cu.stream>>>(*a);
     CKL();

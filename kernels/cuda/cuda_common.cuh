@@ -145,11 +145,10 @@ int cu_attention_tc(const AttnArgs *a, int backward);
 bool cu_attention_tc_io_bf16(const AttnArgs *a);
 void cu_fill_attn_block(Ops *o, int precision); // attn_block_cuda.cu
 // softmax at head dim 8, T <= 128, bf16 rows (attention_short_cuda.cu): whether these
-// arguments (after attn_strides) have its kernels; then the forward (cs: RoPE's table, q and
-// k turned in place by it, or null), the backward (Tv, cs, part as attention_tc_cuda.cu's
-// tc_bwd makes them)
+// arguments (after attn_strides) have its kernels; then the forward (after the RoPE pass),
+// the backward (Tv, cs, part as attention_tc_cuda.cu's tc_bwd makes them)
 bool cu_attn_short(const AttnArgs *a);
-void cu_attn_short_fwd(const AttnArgs *a, const float *cs);
+void cu_attn_short_fwd(const AttnArgs *a);
 void cu_attn_short_bwd(const AttnArgs *a, float *Tv, const float *cs, float *part);
 
 // y[N,out] = x[N,in] W[out,in]^T + b (b's type: y's) with bf16 x and W, y bf16 or fp32, on
