@@ -33,24 +33,19 @@ namespace {
 static_assert(ROWS == NTHREADS, "a thread per row of the head in rows_async");
 constexpr uint32_t ONES = 0x3f803f80u; // two bf16 ones: the B operand of a row sum
 
-// global -> shared without registers (cp.async, sm_80+): 16 or 4 bytes, zeros where !ok
+// global -> shared without registers (cp.async, sm_80+): N = 16 or 4 bytes, zeros where !ok
 // (then src is not read); the block waits for all of its copies with cp_wait_all
-__device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
+template <int N> __device__ __forceinline__ void cp_async(void *dst, const void *src, bool ok) {
+    static_assert(N == 16 || N == 4, "cp.async of 16 (.cg) or 4 (.ca) bytes");
 #ifdef PLAB_EMU
-    if (ok) memcpy(dst, src, 16);
-    else memset(dst, 0, 16);
+    if (ok) memcpy(dst, src, N);
+    else memset(dst, 0, N);
 #else
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
-                 "l"(src), "r"(ok ? 16 : 0));
-#endif
-}
-__device__ __forceinline__ void cp4(void *dst, const void *src, bool ok) {
-#ifdef PLAB_EMU
-    if (ok) memcpy(dst, src, 4);
-    else memset(dst, 0, 4);
-#else
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
-                 "l"(src), "r"(ok ? 4 : 0));
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    if constexpr (N == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 4 : 0));
 #endif
 }
 __device__ __forceinline__ void cp_wait_all() {
@@ -62,19 +57,19 @@ __device__ __forceinline__ void cp_wait_all() {
 // rows >= T as 0
 __device__ __forceinline__ void rows_async(bf16 *s, const bf16 *x, int ld, int b, int T, int h) {
     const int t = threadIdx.x;
-    cp16(s + 8 * t, t < T ? row_ptr(x, ld, b, t, T, h, 8) : x, t < T);
+    cp_async<16>(s + 8 * t, t < T ? row_ptr(x, ld, b, t, T, h, 8) : x, t < T);
 }
 // a head's T floats (lse, T_i: [B, H, T] rows) into s[ROWS]; past T as 0
 __device__ __forceinline__ void floats_async(float *s, const float *x, int T) {
     const int t = threadIdx.x;
-    cp4(s + t, t < T ? x + t : x, t < T);
+    cp_async<4>(s + t, t < T ? x + t : x, t < T);
 }
 // the RoPE table's rows (cu_rope_table(T, 8, base): 4 (cos, sin) pairs a position) into
 // s[ROWS * 4], as rope8_back reads it; rows >= T as 0
 __device__ __forceinline__ void rope_rows_async(float2 *s, const float *cs, int T) {
     const int t = threadIdx.x;
-    cp16(s + 4 * t, t < T ? cs + 8 * t : cs, t < T);
-    cp16(s + 4 * t + 2, t < T ? cs + 8 * t + 4 : cs, t < T);
+    cp_async<16>(s + 4 * t, t < T ? cs + 8 * t : cs, t < T);
+    cp_async<16>(s + 4 * t + 2, t < T ? cs + 8 * t + 4 : cs, t < T);
 }
 // an A fragment of rows r0..r0+15 from s[ROWS][8] (ldmatrix), times mul
 __device__ __forceinline__ void afrag(uint32_t (&a)[2], const bf16 *s, int r0, float mul = 1.f) {
@@ -121,6 +116,22 @@ __device__ __forceinline__ void scores(float (&s)[2][4], uint32_t qa0, uint32_t 
     for (int hf = 0; hf < 2; hf++) {
         s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
         mma8(s[hf], qa0, qa1, kb[hf]);
+    }
+}
+
+// the two score-like tiles of a 16-row step: s = a X^T and A = b Y^T for rows r0..r0+15 of
+// x and y (two 8-row halves each; one ldmatrix for all four operands): the query side's
+// S = Qs K^T and g.v, the key side's S^T = Ks Q^T and v.g
+__device__ __forceinline__ void two_products(float (&s)[2][4], float (&A)[2][4], const uint32_t (&a)[2],
+                                             const uint32_t (&b)[2], const bf16 *x, const bf16 *y, int r0) {
+    uint32_t f[4];
+    ldsm<4>(f, tile_row(x, y, r0)); // x's two halves, y's two halves
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
+        A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
+        mma8(s[hf], a[0], a[1], f[hf]);
+        mma8(A[hf], b[0], b[1], f[2 + hf]);
     }
 }
 
@@ -198,16 +209,8 @@ template <bool DIAG>
 __device__ __forceinline__ void q_unit(float (&dq)[4], const uint32_t (&qa)[2], const uint32_t (&ga)[2],
                                        const float (&Ti)[2], const float (&lse2)[2], const bf16 *sK,
                                        const bf16 *sV, int k0, unsigned diag) {
-    uint32_t kv[4], kb[2];
-    ldsm<4>(kv, tile_row(sK, sV, k0)); // K's two halves, V's two halves
     float s[2][4], A[2][4];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
-        A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
-        mma8(s[hf], qa[0], qa[1], kv[hf]);
-        mma8(A[hf], ga[0], ga[1], kv[2 + hf]);
-    }
+    two_products(s, A, qa, ga, sK, sV, k0);
 #pragma unroll
     for (int hf = 0; hf < 2; hf++)
 #pragma unroll
@@ -215,7 +218,7 @@ __device__ __forceinline__ void q_unit(float (&dq)[4], const uint32_t (&qa)[2], 
             const float p = cu_ex2(s[hf][e] - lse2[e >> 1]);
             s[hf][e] = !DIAG || diag >> (4 * hf + e) & 1 ? p * (A[hf][e] - Ti[e >> 1]) : 0.f;
         }
-    uint32_t pa[4];
+    uint32_t pa[4], kb[2];
     pack_tiles(pa, s[0], s[1]);
     ldsm_trans<2>(kb, tile_row(sK, sK, k0));
     mma16(dq, pa, kb[0], kb[1]);
@@ -289,16 +292,8 @@ __device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const ui
                                         const uint32_t (&va)[2], const bf16 *sQ, const bf16 *sG,
                                         const float *sL, const float *sT, int qb, unsigned diag) {
     const int u = threadIdx.x & 3;
-    uint32_t qg[4], gq[4];
-    ldsm<4>(qg, tile_row(sQ, sG, qb)); // Q's two halves, G's two halves
     float s[2][4], A[2][4], ds[2][4];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        s[hf][0] = s[hf][1] = s[hf][2] = s[hf][3] = 0.f;
-        A[hf][0] = A[hf][1] = A[hf][2] = A[hf][3] = 0.f;
-        mma8(s[hf], ka[0], ka[1], qg[hf]);
-        mma8(A[hf], va[0], va[1], qg[2 + hf]);
-    }
+    two_products(s, A, ka, va, sQ, sG, qb);
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         const float2 lse = *reinterpret_cast<const float2 *>(sL + qb + 8 * hf + 2 * u);
@@ -312,7 +307,7 @@ __device__ __forceinline__ void kv_unit(float (&dk)[4], float (&dv)[4], const ui
             ds[hf][e] = vis ? p * (A[hf][e] - Ti[e & 1]) : 0.f;
         }
     }
-    uint32_t pa[4];
+    uint32_t pa[4], gq[4];
     ldsm_trans<4>(gq, tile_row(sG, sQ, qb)); // G's, then Q's B operands
     pack_tiles(pa, s[0], s[1]);
     mma16(dv, pa, gq[0], gq[1]);
