@@ -375,8 +375,6 @@ __global__ void __launch_bounds__(NTHREADS)
     }
 }
 
-bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
-
 } // namespace
 
 // Softmax (no r), io_bf16, head dim 8, T <= 128, every key of the causal past in the window,
@@ -389,9 +387,8 @@ bool cu_attn_short(const AttnArgs *a) {
     }();
     return on && a->io_bf16 && !a->r && a->hd == 8 && a->T <= ROWS &&
            (a->window == 0 || a->window >= a->T) && a->ld_in % 8 == 0 && a->ld_out % 8 == 0 &&
-           a->ld_dqkv % 8 == 0 && aligned16(a->q) && aligned16(a->k) && aligned16(a->v) &&
-           aligned16(a->o) && aligned16(a->dout) && aligned16(a->dq) && aligned16(a->dk) &&
-           aligned16(a->dv);
+           a->ld_dqkv % 8 == 0 && cu_aligned16(a->q, a->k, a->v, a->o) &&
+           cu_aligned16(a->dout, a->dq, a->dk, a->dv);
 }
 void cu_attn_short_fwd(const AttnArgs *a) {
     short_fwd_kernel<<<dim3(1, a->B * a->H), NTHREADS, 0, cu.stream>>>(*a);
