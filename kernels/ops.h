@@ -92,6 +92,25 @@ static inline AttnArgs attn_strides(const AttnArgs *a) {
     return s;
 }
 
+/* The training step's tail (Ops.head_loss_step), for a model whose final norm feeds only
+ * the head (model.c):
+ *   r = x + y                           (the last residual add; y NULL: r = x)
+ *   f = rmsnorm(r) * norm_w             (the final norm)
+ *   logits = f W^T + b                  (the head, W [V,C], b [V])
+ *   loss[0] += crossentropy's sum       (as Ops.crossentropy, ignore index and inv_count)
+ *   dx = dloss / dr                     (writes, [N,C])
+ *   dnorm_w, dW, db += their gradients
+ * mlp_save (may be NULL): the last bf16 MLP's state, which also gets dx in bf16 (as
+ * rmsnorm_backward_mlp writes it). Nothing else is written: not r, f or the logits. */
+typedef struct {
+    const real *x, *y, *norm_w, *W, *b, *inv_count;
+    const int *targets;
+    real *loss, *dx, *dnorm_w, *dW, *db;
+    void *mlp_save;
+    int N, C, V;
+    real eps;
+} HeadLoss;
+
 /* Optimizer hyper-parameters, stored in backend memory, refreshed every step. */
 typedef struct {
     real lr;     /* learning rate of this step */
@@ -239,6 +258,9 @@ typedef struct Ops {
      * dlogits[N,V] = (softmax - onehot) * inv_count[0] on valid rows, 0 elsewhere (writes). */
     void (*crossentropy)(real *loss, real *dlogits, const real *logits, const int *targets,
                          const real *inv_count, int N, int V);
+    /* Optional: the whole HeadLoss (above) in one pass; returns 0 when it did nothing (the
+     * model then runs the norm, head and crossentropy forward and backward one by one) */
+    int (*head_loss_step)(const HeadLoss *h);
     /* Evaluation: pred[n] = argmax logits, nll[n] = -log p(target) (0 when ignored). */
     void (*predict)(int *pred, real *nll, const real *logits, const int *targets, int N, int V);
 

@@ -77,6 +77,9 @@ struct Model {
      * H100; each copy between two graph replays costs a few microseconds) */
     void *batch, *host_batch;
     size_t batch_bytes;
+    /* the last forward ran the backend's head_loss_step: the head's and final norm's
+     * backward are done, dres holds their gradient */
+    int tail_done;
 };
 
 static real *P(Model *m, int i) { return m->params + m->pb.specs[i].offset; }
@@ -356,6 +359,24 @@ static void mlp_backward(Model *m, int l, int N) {
     }
 }
 
+/* The last residual add, the final norm, the head and the loss, with their backward, in
+ * the backend's one op where it has it (training: nothing reads the logits after); 0: the
+ * model runs them one by one */
+static int head_loss_step(Model *m, int N) {
+    const ModelDims *D = &m->dims;
+    Mlp *p = &m->mlps[D->layers - 1];
+    if (!m->ops->head_loss_step || m->ae) return 0;
+    HeadLoss h = {.x = m->res[2 * D->layers - 1], .y = m->tmp, .norm_w = P(m, m->p_final_norm),
+                  .W = P(m, m->p_head_w), .b = P(m, m->p_head_b), .inv_count = m->inv_count,
+                  .targets = m->targets, .loss = m->loss, .dx = m->dres,
+                  .dnorm_w = G(m, m->p_final_norm), .dW = G(m, m->p_head_w),
+                  .db = G(m, m->p_head_b), .mlp_save = p->save, .N = N, .C = D->d, .V = D->V,
+                  .eps = D->norm_eps};
+    m->tail_done = m->ops->head_loss_step(&h);
+    if (m->tail_done) p->dy_saved = p->save != NULL;
+    return m->tail_done;
+}
+
 void model_forward(Model *m, int B, int with_loss) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
@@ -365,6 +386,7 @@ void model_forward(Model *m, int B, int with_loss) {
     const real *nw;
     int norm = norm_after(m, 0, &nout, &rstd, &nw), *saved;
     void *save = bf16_input(m, 0, &saved); /* the first mixer's, its input in bf16 only */
+    m->tail_done = 0;
     if (save && norm && ops->residual_rmsnorm_bf16_forward)
         *saved = ops->residual_rmsnorm_bf16_forward(m->res[0], P(m, m->p_embed), NULL, m->tokens,
                                                     save, rstd, nw, N, d, D->norm_eps);
@@ -387,6 +409,7 @@ void model_forward(Model *m, int B, int with_loss) {
             continue;
         }
         mlp_forward(m, l, N);
+        if (l == L - 1 && with_loss && head_loss_step(m, N)) return;
         residual(m, 2 * l + 2, m->tmp, N);
     }
     /* autoencoder: the final norm and head unembed the decoder output (mad.md §4.2) */
@@ -421,14 +444,18 @@ void model_backward(Model *m, int B) {
     const ModelDims *D = &m->dims;
     int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
     size_t nd = sizeof(real) * (size_t)N * d;
-    linear_backward_beta(ops, m->dln, 0, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits, m->fin,
-                         P(m, m->p_head_w), N, d, D->V);
-    if (m->ae) {
-        ops->zero(m->dres, nd);
-        ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm), m->fin_rstd,
-                    m->dres, B, D->T);
+    if (m->tail_done) { /* the forward's head_loss_step did the head and the final norm */
+        m->tail_done = 0;
     } else {
-        norm_backward(m, 2 * L, N, 1, F ? L - 1 : -1);
+        linear_backward_beta(ops, m->dln, 0, G(m, m->p_head_w), G(m, m->p_head_b), m->dlogits,
+                             m->fin, P(m, m->p_head_w), N, d, D->V);
+        if (m->ae) {
+            ops->zero(m->dres, nd);
+            ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm),
+                        m->fin_rstd, m->dres, B, D->T);
+        } else {
+            norm_backward(m, 2 * L, N, 1, F ? L - 1 : -1);
+        }
     }
     for (int l = L - 1; l >= 0; l--) {
         if (F) {

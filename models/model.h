@@ -73,7 +73,9 @@ void model_init_params(Model *m, unsigned long seed);
 /* Copies a batch (host memory) to the model's device buffers; B <= dims.B. */
 void model_set_batch(Model *m, const int *tokens, const int *targets, int B);
 /* Forward pass; with `with_loss`, also the loss (added into the device loss
- * accumulator) and dlogits for the backward pass. */
+ * accumulator) and dlogits for the backward pass, which must follow: a backend with
+ * Ops.head_loss_step already adds the head's and final norm's gradients here, and then
+ * writes no logits. */
 void model_forward(Model *m, int B, int with_loss);
 void model_backward(Model *m, int B);
 void model_zero_grad(Model *m);

@@ -542,6 +542,65 @@ static void test_crossentropy_predict(void **s) {
     gsl_rng_free(r);
 }
 
+/* The training step's tail in one op (Ops.head_loss_step) against the CPU's ops one by one:
+ * residual add and final norm, head, cross-entropy, the head's and the norm's backward.
+ * Shapes: MAD's (C 128, V 16) over a ragged last block; C 32 (idle lanes); V 5 (idle logits);
+ * no sublayer output (y NULL). */
+static void head_loss_case(int N, int C, int V, int with_y, gsl_rng *r) {
+    size_t nc = (size_t)N * C;
+    real *x = randv(r, nc, 1), *y = with_y ? randv(r, nc, 1) : NULL, *wn = randv(r, C, 1);
+    real *W = randv(r, (size_t)V * C, 0.5), *b = randv(r, V, 0.5);
+    real *dwn = randv(r, C, 1), *dW = randv(r, (size_t)V * C, 1), *db = randv(r, V, 1);
+    int *t = xmalloc(sizeof(int) * N), valid = 0;
+    for (int i = 0; i < N; i++) {
+        t[i] = gsl_rng_uniform(r) < 0.3 ? -100 : (int)gsl_rng_uniform_int(r, (unsigned long)V);
+        valid += t[i] >= 0;
+    }
+    real inv = (real)(1.0 / valid), loss = (real)0.25;
+    HeadLoss g = {.x = up(GPU, x, sizeof(real) * nc), .y = y ? up(GPU, y, sizeof(real) * nc) : NULL,
+                  .norm_w = up(GPU, wn, sizeof(real) * C), .W = up(GPU, W, sizeof(real) * V * C),
+                  .b = up(GPU, b, sizeof(real) * V), .inv_count = up(GPU, &inv, sizeof inv),
+                  .targets = up(GPU, t, sizeof(int) * N), .loss = up(GPU, &loss, sizeof loss),
+                  .dx = GPU->alloc(sizeof(real) * nc), .dnorm_w = up(GPU, dwn, sizeof(real) * C),
+                  .dW = up(GPU, dW, sizeof(real) * V * C), .db = up(GPU, db, sizeof(real) * V),
+                  .N = N, .C = C, .V = V, .eps = (real)1e-5};
+    /* the CPU: each op of the unfused path (model.c) */
+    real *res = xmalloc(sizeof(real) * nc), *f = xmalloc(sizeof(real) * nc), *rstd = xmalloc(sizeof(real) * N);
+    real *logits = xmalloc(sizeof(real) * N * V), *dl = xmalloc(sizeof(real) * N * V);
+    real *df = xmalloc(sizeof(real) * nc), *dx = xmalloc(sizeof(real) * nc);
+    real *zero = xcalloc(nc, sizeof(real));
+    CPU->residual_rmsnorm_forward(res, x, y ? y : zero, f, rstd, wn, N, C, g.eps);
+    CPU->matmul(logits, f, W, N, V, C, 0, 1, 1, 0);
+    CPU->add_bias(logits, b, N, V);
+    CPU->crossentropy(&loss, dl, logits, t, &inv, N, V);
+    CPU->matmul(df, dl, W, N, C, V, 0, 0, 1, 0);
+    CPU->matmul(dW, dl, f, V, C, N, 1, 0, 1, 1);
+    CPU->bias_backward(db, dl, N, V);
+    rmsnorm_backward_write(CPU, dx, dwn, df, res, wn, rstd, N, C);
+    printf("  head_loss_step N=%d C=%d V=%d%s\n", N, C, V, y ? "" : " (no y)");
+    assert_true(GPU->head_loss_step(&g));
+    cmp("    loss", &loss, g.loss, 1, 1e-5);
+    cmp("    dx", dx, g.dx, nc, 1e-5);
+    cmp("    dW", dW, g.dW, (size_t)V * C, 1e-5);
+    cmp("    db", db, g.db, V, 1e-5);
+    cmp("    dnorm_w", dwn, g.dnorm_w, C, 1e-5);
+    const void *bufs[] = {g.x, g.y, g.norm_w, g.W, g.b, g.inv_count, g.targets, g.loss, g.dx, g.dnorm_w, g.dW, g.db};
+    for (size_t i = 0; i < NCASES(bufs); i++)
+        if (bufs[i]) GPU->release((void *)bufs[i]);
+    free(x), free(y), free(wn), free(W), free(b), free(dwn), free(dW), free(db), free(t);
+    free(res), free(f), free(rstd), free(logits), free(dl), free(df), free(dx), free(zero);
+}
+static void test_head_loss(void **s) {
+    (void)s;
+    NEED_GPU();
+    gsl_rng *r = test_rng(16);
+    head_loss_case(1000, 128, 16, 1, r);
+    head_loss_case(130, 32, 16, 1, r);
+    head_loss_case(77, 128, 5, 1, r);
+    head_loss_case(64, 128, 16, 0, r);
+    gsl_rng_free(r);
+}
+
 static void test_optimizer_ops(void **s) {
     (void)s;
     NEED_GPU();
@@ -869,6 +928,7 @@ int main(void) {
         cmocka_unit_test(test_rmsnorm),         cmocka_unit_test(test_rmsnorm_rope),
         cmocka_unit_test(test_embedding_swiglu_gate),
         cmocka_unit_test(test_rope),            cmocka_unit_test(test_conv),            cmocka_unit_test(test_crossentropy_predict),
+        cmocka_unit_test(test_head_loss),
         cmocka_unit_test(test_optimizer_ops),   cmocka_unit_test(test_attention),        cmocka_unit_test(test_attention_tensor_cores),
         cmocka_unit_test(test_models_fp32),     cmocka_unit_test(test_models_bf16),
     };

@@ -92,7 +92,8 @@ void cu_colsum(float *out, const float *a, const float *b, const float *r, int N
 void cu_grad_colsum(float *dw, const float *a, const float *b, const float *r, int N, int C,
                     __nv_bfloat16 *ab = nullptr);
 // that last stage alone: dw[c] += sum_{s < S} part[s, c] in a fixed order, part from cu_parts
-void cu_grad_colsum_parts(float *dw, const float *part, int S, int C);
+// (wide: 4 adjacent columns a thread, for thousands of columns; else a warp a column)
+void cu_grad_colsum_parts(float *dw, const float *part, int S, int C, bool wide = false);
 void cu_sums_flush();
 // dW[M,N] += dY^T X over K rows (dY [K,M], X [K,N] bf16) into a weight gradient, its split-K
 // partial products summed with the pending sums: nothing may read dW before the flush
@@ -113,6 +114,8 @@ void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float b
 void cu_attn_rope(const AttnArgs *a, float sgn);
 void cu_attn_bias(const AttnArgs *a);
 
+// where the bf16 MLP's state `save` keeps its output gradient in bf16 (mlp_cuda.cu)
+__nv_bfloat16 *cu_mlp_dy_bf16(void *save, int N, int d);
 // rmsnorm_backward (write: dx =, else +=) with dx also written in bf16 to dxb, for the bf16
 // MLP's output gradient (mlp_cuda.cu); false where the one-pass kernel does not apply
 bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,

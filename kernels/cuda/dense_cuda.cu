@@ -264,9 +264,9 @@ void cu_grad_colsum(float *dw, const float *a, const float *b, const float *r, i
                     __nv_bfloat16 *ab) {
     colsum(dw, a, b, r, N, C, ab, true);
 }
-void cu_grad_colsum_parts(float *dw, const float *part, int S, int C) {
+void cu_grad_colsum_parts(float *dw, const float *part, int S, int C, bool wide) {
     if (S == 0 || C == 0) return;
-    add_parts(dw, part, S, C, C, true);
+    add_parts(dw, part, S, C, C, true, wide);
 }
 
 // ---- weight gradients: split over the tokens, summed with the deferred sums ----------

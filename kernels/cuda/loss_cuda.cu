@@ -136,6 +136,156 @@ static void crossentropy(float *loss, float *dlogits, const float *logits, const
     CKL();
 }
 
+// ---- the training step's tail: Ops.head_loss_step (ops.h HeadLoss) -------------------
+// At MAD's shape the last residual add, the final norm, the head (V = 16), the cross-entropy
+// and their backward were seven launches (two TF32 matmuls a way, the head's weight and bias
+// gradients, the norm's backward), each moving [N, d] or [N, V] through memory. Here a warp
+// takes a row at a time with everything in registers: the row in, dx out (and its bf16 copy
+// for the MLP below). Lane l owns columns 4l..4l+3 (C <= 128) and keeps the head's weights
+// of its columns and its share of their gradient (V <= 16: 64 registers each); the block's
+// warps add their gradients in a fixed order into a part row, summed with the other weight
+// gradients' parts at the flush (cu_grad_colsum_parts), and the loss as crossentropy sums it.
+constexpr int HL_V = 16, HL_WARPS = 4, HL_ROWS = 64; // vocab bound; warps, rows a block
+__device__ __forceinline__ float4 f4(float a) { return make_float4(a, a, a, a); }
+__device__ __forceinline__ float4 operator+(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+__device__ __forceinline__ float4 operator*(float4 a, float4 b) {
+    return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w);
+}
+__device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w; }
+__device__ __forceinline__ float4 fma4(float a, float4 b, float4 c) {
+    return make_float4(fmaf(a, b.x, c.x), fmaf(a, b.y, c.y), fmaf(a, b.z, c.z), fmaf(a, b.w, c.w));
+}
+// the lanes' 16 partial sums p[v] summed over the warp: lane l ends with v = l / 2's (lanes
+// 2v and 2v + 1 the same). Each exchange halves the vector a lane carries: 8 + 4 + 2 + 1 + 1
+// shuffles where 16 warp sums take 80.
+__device__ __forceinline__ float warp_sum16(float (&p)[HL_V], int lane) {
+#pragma unroll
+    for (int h = HL_V / 2, m = 16; h >= 1; h /= 2, m /= 2) {
+        const bool up = lane & m;
+#pragma unroll
+        for (int j = 0; j < h; j++) {
+            const float keep = up ? p[j + h] : p[j], give = up ? p[j] : p[j + h];
+            p[j] = keep + __shfl_xor_sync(0xffffffffu, give, m);
+        }
+    }
+    return p[0] + __shfl_xor_sync(0xffffffffu, p[0], 1);
+}
+__device__ __forceinline__ void hl_load(float4 &x, float4 &y, const HeadLoss &h, int n, int c, bool on) {
+    x = on ? *reinterpret_cast<const float4 *>(h.x + (size_t)n * h.C + c) : f4(0.f);
+    y = on && h.y ? *reinterpret_cast<const float4 *>(h.y + (size_t)n * h.C + c) : f4(0.f);
+}
+// a block's part rows: pW [V C], pb [V], pn [C] (dW, db, dnorm_w)
+__global__ void __launch_bounds__(32 * HL_WARPS)
+    head_loss_kernel(const HeadLoss h, double *nll_part, float *pW, float *pb, float *pn,
+                     __nv_bfloat16 *dxb) {
+    __shared__ float red[HL_WARPS][HL_V * 128 + HL_V + 128];
+    __shared__ double red_d[HL_WARPS];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C = h.C, V = h.V, c = 4 * lane;
+    const int my_v = lane / 2; // the logit this lane holds after warp_sum16
+    const bool on = c < C, valid = my_v < V;
+    float4 W[HL_V], dW[HL_V];
+#pragma unroll
+    for (int v = 0; v < HL_V; v++) {
+        W[v] = on && v < V ? *reinterpret_cast<const float4 *>(h.W + (size_t)v * C + c) : f4(0.f);
+        dW[v] = f4(0.f);
+    }
+    const float4 wn = on ? *reinterpret_cast<const float4 *>(h.norm_w + c) : f4(0.f);
+    const float bias = valid ? h.b[my_v] : 0.f, ic = h.inv_count[0];
+    float db = 0.f;
+    float4 dwn = f4(0.f);
+    double nll = 0;
+    int n = blockIdx.x * HL_ROWS + warp;
+    const int n1 = min(h.N, (blockIdx.x + 1) * HL_ROWS);
+    float4 x, y;
+    if (n < n1) hl_load(x, y, h, n, c, on);
+    for (; n < n1; n += HL_WARPS) {
+        float4 xn, yn; // the next row's, in flight during this one (past the last: row n again)
+        hl_load(xn, yn, h, n + HL_WARPS < n1 ? n + HL_WARPS : n, c, on);
+        const int tgt = h.targets[n];
+        // forward: r = x + y, f = rmsnorm(r) w (as residual_rmsnorm4_kernel), the logits
+        const float4 r = x + y;
+        const float rs = (float)(1.0 / sqrt((double)(warp_sum(dot4(r, r)) / C + h.eps)));
+        const float4 f = r * f4(rs) * wn;
+        float p[HL_V];
+#pragma unroll
+        for (int v = 0; v < HL_V; v++) p[v] = dot4(f, W[v]);
+        const float sum = warp_sum16(p, lane); // every lane: the shuffles take the whole warp
+        const float l = valid ? sum + bias : -INFINITY;
+        // the cross-entropy over the 16 lanes of one parity (as xent_group_kernel)
+        float mx = l;
+#pragma unroll
+        for (int m = 2; m < 32; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+        float s = valid ? expf(l - mx) : 0.f;
+#pragma unroll
+        for (int m = 2; m < 32; m *= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+        const float lse = mx + logf(s);
+        const bool hit = my_v == tgt;
+        const float g = tgt < 0 || !valid ? 0.f : expf(l - lse) * ic - (hit ? ic : 0.f);
+        if (hit && lane % 2 == 0) nll += lse - l;
+        db += g;
+        // backward: the head (df = g W, dW += g f), then the norm (rmsnorm_bwd_fused_kernel's
+        // formulas, baselines.md §1.3)
+        float4 df = f4(0.f);
+#pragma unroll
+        for (int v = 0; v < HL_V; v++) {
+            const float gv = __shfl_sync(0xffffffffu, g, 2 * v);
+            df = fma4(gv, W[v], df);
+            dW[v] = fma4(gv, f, dW[v]);
+        }
+        const float dot = warp_sum(dot4(wn * df, r)), s3 = rs * rs * rs / C;
+        const float4 dx = make_float4(rs * wn.x * df.x - s3 * r.x * dot, rs * wn.y * df.y - s3 * r.y * dot,
+                                      rs * wn.z * df.z - s3 * r.z * dot, rs * wn.w * df.w - s3 * r.w * dot);
+        if (on) {
+            const size_t o = (size_t)n * C + c;
+            *reinterpret_cast<float4 *>(h.dx + o) = dx;
+            if (dxb) {
+                __nv_bfloat162 lo = __floats2bfloat162_rn(dx.x, dx.y), hi = __floats2bfloat162_rn(dx.z, dx.w);
+                *reinterpret_cast<uint2 *>(dxb + o) =
+                    make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
+            }
+        }
+        dwn = dwn + df * r * f4(rs);
+        x = xn, y = yn;
+    }
+    // the block's gradients: each warp's into shared memory, then summed over the warps in
+    // a fixed order into the block's part rows
+    float *w = red[warp];
+#pragma unroll
+    for (int v = 0; v < HL_V; v++)
+        if (on && v < V) *reinterpret_cast<float4 *>(w + v * C + c) = dW[v];
+    if (valid && lane % 2 == 0) w[V * C + my_v] = db;
+    if (on) *reinterpret_cast<float4 *>(w + V * C + HL_V + c) = dwn; // 16-byte aligned
+    __syncthreads();
+    for (int e = threadIdx.x; e < V * C + HL_V + C; e += blockDim.x) {
+        const int i = e - V * C; // db's, then past HL_V dnorm_w's
+        if (i >= V && i < HL_V) continue;
+        float t = 0.f;
+        for (int k = 0; k < HL_WARPS; k++) t += red[k][e];
+        if (i < 0) pW[(size_t)blockIdx.x * V * C + e] = t;
+        else if (i < V) pb[(size_t)blockIdx.x * V + i] = t;
+        else pn[(size_t)blockIdx.x * C + i - HL_V] = t;
+    }
+    xent_finish(h.loss, nll_part, nll, h.inv_count, red_d);
+}
+static int head_loss_step(const HeadLoss *h) {
+    if (!(h->V <= HL_V && h->C <= 128 && h->C % 4 == 0 && cu_aligned16(h->x, h->y, h->dx, h->W) &&
+          cu_aligned16(h->norm_w)))
+        return 0;
+    if (h->N == 0) return 1;
+    const int S = cu_blocks(h->N, HL_ROWS), V = h->V, C = h->C;
+    float *pW = cu_parts((size_t)S * V * C), *pb = cu_parts((size_t)S * V), *pn = cu_parts((size_t)S * C);
+    double *nll_part = (double *)cu_scratch(2 * (size_t)S);
+    __nv_bfloat16 *dxb = h->mlp_save ? cu_mlp_dy_bf16(h->mlp_save, h->N, C) : nullptr;
+    head_loss_kernel<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
+    CKL();
+    cu_grad_colsum_parts(h->dW, pW, S, V * C, true);
+    cu_grad_colsum_parts(h->db, pb, S, V);
+    cu_grad_colsum_parts(h->dnorm_w, pn, S, C);
+    return 1;
+}
+
 // first maximum wins, as in the CPU loop
 __global__ void predict_kernel(int *pred, float *nll, const float *logits, const int *tgt, int N,
                                int V) {
@@ -167,4 +317,5 @@ static void predict(int *pred, float *nll, const float *logits, const int *targe
 void cu_fill_loss(Ops *o) {
     o->crossentropy = crossentropy;
     o->predict = predict;
+    o->head_loss_step = head_loss_step;
 }
