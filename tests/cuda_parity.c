@@ -390,6 +390,21 @@ static void test_embedding_swiglu_gate(void **s) {
     /* rows 0 and V-1 never appear: they must stay exactly as they were */
     CPU->embedding_backward(dtab, dout, tok, N, C, V), GPU->embedding_backward(gdtab, gdout, gtok, N, C, V);
     cmp("embedding backward", dtab, gdtab, (size_t)V * C, 1e-5);
+    /* MAD's table (16 x 128, a warp's table in shared memory) and a larger one (the one-hot matmul) */
+    const int eshape[][3] = {{1000, 128, 16}, {300, 128, 40}};
+    for (size_t k = 0; k < NCASES(eshape); k++) {
+        int EN = eshape[k][0], EC = eshape[k][1], EV = eshape[k][2];
+        int *et = xmalloc(sizeof(int) * EN);
+        for (int i = 0; i < EN; i++) et[i] = (int)gsl_rng_uniform_int(r, (unsigned long)EV);
+        real *ed = randv(r, (size_t)EN * EC, 1), *edt = randv(r, (size_t)EV * EC, 1);
+        int *get = up(GPU, et, sizeof(int) * EN);
+        real *ged = up(GPU, ed, sizeof(real) * EN * EC), *gedt = up(GPU, edt, sizeof(real) * EV * EC);
+        printf("  embedding backward N=%d C=%d V=%d\n", EN, EC, EV);
+        CPU->embedding_backward(edt, ed, et, EN, EC, EV), GPU->embedding_backward(gedt, ged, get, EN, EC, EV);
+        cmp("embedding backward", edt, gedt, (size_t)EV * EC, 1e-5);
+        GPU->release(get), GPU->release(ged), GPU->release(gedt);
+        free(et), free(ed), free(edt);
+    }
     /* the embedding with the norm after it in one pass, where the backend has it (C = 24: one
      * column group; C = 200: two) */
     for (int k = 0; k < 2 && GPU->embedding_rmsnorm_forward; k++) {

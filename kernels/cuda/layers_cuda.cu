@@ -388,11 +388,62 @@ __global__ void onehot_kernel(float *oh, const int *tok, int N, int V) {
     oh[i] = tok[i / V] == (int)(i % V) ? 1.f : 0.f;
 }
 
-// dtable[V,C] += onehot[N,V]^T dout[N,C]: one gemm at the table's precision (the one-hot
-// operand is exact in any), deterministic, its split-K sum deferred (a weight gradient)
+// Small tables (V C <= EMB_SMALL, C <= 128, C % 4 == 0: MAD's 16 x 128): each warp adds
+// its rows of dout into its own [V, C] table in shared memory (lane l owns columns
+// 4l..4l+3 of every token's row: no two lanes touch one address, and a lane's additions
+// run in row order), the block's warps are summed in a fixed order into a part row, and the
+// parts are summed at the flush (cu_grad_colsum_parts). One pass over dout in fp32, where
+// the one-hot matmul below took two launches (10 us under ncu at MAD) at the table's precision.
+constexpr int EMB_WARPS = 4, EMB_ROWS = 128, EMB_SMALL = 2048, EMB_INFLIGHT = 8;
+__global__ void __launch_bounds__(32 * EMB_WARPS)
+    embed_bwd_small_kernel(float *part, const float *dout, const int *tok, int N, int C, int V) {
+    extern __shared__ float4 emb_tab[]; // [EMB_WARPS][V C / 4]
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, c4 = V * C / 4;
+    float4 *tab = emb_tab + warp * c4;
+    const int r0 = blockIdx.x * EMB_ROWS + warp * (EMB_ROWS / EMB_WARPS);
+    const int r1 = min(N, r0 + EMB_ROWS / EMB_WARPS);
+    if (4 * lane < C) {
+        for (int v = 0; v < V; v++) tab[v * C / 4 + lane] = make_float4(0.f, 0.f, 0.f, 0.f); // its own
+        for (int n = r0; n < r1; n += EMB_INFLIGHT) { // EMB_INFLIGHT rows' loads, then their sums
+            float4 d[EMB_INFLIGHT];
+            int t[EMB_INFLIGHT];
+#pragma unroll
+            for (int k = 0; k < EMB_INFLIGHT; k++)
+                if (n + k < r1) {
+                    d[k] = *reinterpret_cast<const float4 *>(dout + (size_t)(n + k) * C + 4 * lane);
+                    t[k] = tok[n + k];
+                }
+#pragma unroll
+            for (int k = 0; k < EMB_INFLIGHT; k++)
+                if (n + k < r1) {
+                    float4 &a = tab[(t[k] * C) / 4 + lane];
+                    a.x += d[k].x, a.y += d[k].y, a.z += d[k].z, a.w += d[k].w;
+                }
+        }
+    }
+    __syncthreads();
+    const float *all = reinterpret_cast<const float *>(emb_tab);
+    for (int e = threadIdx.x; e < V * C; e += blockDim.x) {
+        float s = 0.f;
+        for (int w = 0; w < EMB_WARPS; w++) s += all[(size_t)w * V * C + e];
+        part[(size_t)blockIdx.x * V * C + e] = s;
+    }
+}
+// dtable[V,C] += onehot[N,V]^T dout[N,C]: the small tables' kernel above, else one gemm at
+// the table's precision (the one-hot operand is exact in any), deterministic, its split-K
+// sum deferred (a weight gradient)
 template <int P>
 static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C,
                                int V) {
+    if (V * C <= EMB_SMALL && C <= 128 && C % 4 == 0 && cu_aligned16(dout, dtable) && N > 0) {
+        const int S = cu_blocks(N, EMB_ROWS);
+        float *part = cu_parts((size_t)S * V * C);
+        embed_bwd_small_kernel<<<S, 32 * EMB_WARPS, sizeof(float) * EMB_WARPS * V * C, cu.stream>>>(
+            part, dout, tokens, N, C, V);
+        CKL();
+        cu_grad_colsum_parts(dtable, part, S, V * C, true);
+        return;
+    }
     float *oh = cu_scratch((size_t)N * V);
     long n = (long)N * V;
     onehot_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(oh, tokens, N, V);
