@@ -199,14 +199,14 @@ typedef struct Ops {
     /* Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
      * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
      * (mlp_save_bytes(N, d, F) bytes, backend-private) between forward and backward.
-     * Forward writes y; backward writes dx and adds into dW13, dW2. x = NULL: the saved
+     * Forward writes y; backward (the same W13, W2) writes dx and adds into dW13, dW2. x = NULL: the saved
      * input was written by residual_rmsnorm_bf16_forward; dy = NULL: the output gradient by
      * rmsnorm_backward_mlp. NULL: the model composes matmul and swiglu. */
     size_t (*mlp_save_bytes)(int N, int d, int F);
     void (*mlp_forward)(real *y, const real *x, const real *W13, const real *W2, void *save, int N,
                         int d, int F);
-    void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, void *save, int N, int d,
-                         int F);
+    void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, const real *W13,
+                         const real *W2, void *save, int N, int d, int F);
     /* Optional (bf16): residual_rmsnorm_forward whose norm output goes, in bf16 only, into
      * the first N*C bf16 of `save`: the saved input of a bf16 block that reads nothing else
      * of it (mlp_forward's, attn_block_forward's), which is then called with x = NULL.
@@ -229,6 +229,12 @@ typedef struct Ops {
     size_t (*attn_block_save_bytes)(const AttnBlock *blk);
     void (*attn_block_forward)(real *y, const real *x, const AttnBlock *blk, void *save);
     void (*attn_block_backward)(real *dx, const real *dy, const AttnBlock *blk, void *save);
+    /* Optional (CUDA bf16): params (n reals, a model's parameter vector) rounded to bf16 once
+     * at the start of a forward; the bf16 blocks above then read their weights from this
+     * copy, in that forward and the backward after it, instead of rounding their own (one
+     * launch a step, not one or two a block). Weights outside any such vector are rounded
+     * by their block as before. */
+    void (*params_bf16)(const real *params, long n);
     /* y = GELU(x) = x Phi(x), the exact erf form (torch nn.GELU), all [n] (writes) */
     void (*gelu_forward)(real *y, const real *x, long n);
     /* dx = dy (Phi(x) + x phi(x)) (writes) */

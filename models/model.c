@@ -345,8 +345,8 @@ static void mlp_backward(Model *m, int l, int N) {
     Mlp *p = &m->mlps[l];
     const real *x = m->ln[2 * l + 1];
     if (p->save) {
-        ops->mlp_backward(m->dln, G(m, p->w1), G(m, p->w2), p->dy_saved ? NULL : m->dres, p->save,
-                          N, d, F);
+        ops->mlp_backward(m->dln, G(m, p->w1), G(m, p->w2), p->dy_saved ? NULL : m->dres,
+                          P(m, p->w1), P(m, p->w2), p->save, N, d, F);
         return;
     }
     linear_backward_beta(ops, p->dh, 0, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
@@ -387,6 +387,7 @@ void model_forward(Model *m, int B, int with_loss) {
     int norm = norm_after(m, 0, &nout, &rstd, &nw), *saved;
     void *save = bf16_input(m, 0, &saved); /* the first mixer's, its input in bf16 only */
     m->tail_done = 0;
+    if (ops->params_bf16) ops->params_bf16(m->params, (long)m->pb.total);
     if (save && norm && ops->residual_rmsnorm_bf16_forward)
         *saved = ops->residual_rmsnorm_bf16_forward(m->res[0], P(m, m->p_embed), NULL, m->tokens,
                                                     save, rstd, nw, N, d, D->norm_eps);

@@ -141,7 +141,7 @@ static void mlp_bf16_case(gsl_rng *r, int N, int d, int F) {
     real *gy = GPU16->alloc(sizeof(real) * nx), *gdx = GPU16->alloc(sizeof(real) * nx);
     void *save = GPU16->alloc(GPU16->mlp_save_bytes(N, d, F));
     GPU16->mlp_forward(gy, gx, gW13, gW2, save, N, d, F);
-    GPU16->mlp_backward(gdx, gdW13, gdW2, gdy, save, N, d, F);
+    GPU16->mlp_backward(gdx, gdW13, gdW2, gdy, gW13, gW2, save, N, d, F);
     /* CPU: the same steps in fp32 on rounded values */
     real *xb = bf16_round(host_copy(x, nx), nx), *w13 = bf16_round(host_copy(W13, 2 * F * d), 2 * F * d);
     real *w2 = bf16_round(host_copy(W2, (size_t)d * F), (size_t)d * F);
@@ -215,9 +215,9 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
         }
         if (write) GPU16->rmsnorm_backward_write(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
         else GPU16->rmsnorm_backward(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
-        GPU16->mlp_backward(gmx[0], gd13[0], gd2[0], gd[0], sa, N, d, F);
+        GPU16->mlp_backward(gmx[0], gd13[0], gd2[0], gd[0], gW13, gW2, sa, N, d, F);
         assert_int_equal(GPU16->rmsnorm_backward_mlp(gd[1], gdw[1], gdout, gout, gw, grs, N, d, write, sb), 1);
-        GPU16->mlp_backward(gmx[1], gd13[1], gd2[1], NULL, sb, N, d, F);
+        GPU16->mlp_backward(gmx[1], gd13[1], gd2[1], NULL, gW13, gW2, sb, N, d, F);
         printf("   %s\n", write ? "norm backward written" : "norm backward accumulated");
         GPU16->to_host(h, gd[0], sizeof(real) * nx), cmp("norm dx", h, gd[1], nx, 0);
         GPU16->to_host(hw, gdw[0], sizeof(real) * d), cmp("norm dw", hw, gdw[1], (size_t)d, 0);

@@ -10,7 +10,8 @@
 //   backward  dyb = bf16(dy) with dbo += colsum(dy) in one pass, dob = dyb Wo, dWo += dyb^T o,
 //             dqkv, dr = core backward (the bias sums dbqkv inside), dl = norm backward (dr),
 //             dx = dqkv Wqkv + dl Wr (fp32), dWqkv += dqkv^T xb, dWr += dl^T xb
-// The weights and biases are rounded to bf16 once per forward (autocast casts them too).
+// The weights and biases are rounded to bf16 once per forward (autocast casts them too): the
+// model's whole parameter vector at once (Ops.params_bf16), or here.
 #include <cstring>
 
 #include "cuda_common.cuh"
@@ -165,6 +166,21 @@ __global__ void __launch_bounds__(256) probe_norm_bwd_kernel(bf16 *dl, float *pa
     }
 }
 
+// the weights in bf16: views of the model's copy (Ops.params_bf16), or the block's own in
+// save (w, wo, bqkv, wr), which the forward rounds
+struct Weights {
+    const bf16 *w, *wo, *bqkv, *wr;
+    bool own;
+};
+Weights weights(const AttnBlock *blk, const Save &s, int d) {
+    const long dd = (long)d * d;
+    const Weights m = {cu_params_bf16_of(blk->Wqkv, 3 * dd), cu_params_bf16_of(blk->Wo, dd),
+                       blk->bqkv ? cu_params_bf16_of(blk->bqkv, 3L * d) : nullptr,
+                       blk->Wr ? cu_params_bf16_of(blk->Wr, dd) : nullptr, false};
+    if (m.w && m.wo && (!blk->bqkv || m.bqkv) && (!blk->Wr || m.wr)) return m;
+    return {s.w, s.wo, s.bqkv, s.wr, true};
+}
+
 void forward(float *y, const float *x, const AttnBlock *blk, void *save) {
     const AttnArgs *core = &blk->core;
     const int N = core->B * core->T, d = core->H * core->hd;
@@ -172,18 +188,20 @@ void forward(float *y, const float *x, const AttnBlock *blk, void *save) {
     Save s = layout(save, N, d);
     if (x) cu_to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_bf16_forward wrote it
     const float *W = blk->Wqkv, *b = blk->bqkv;
-    if (blk->Wo == W + 3 * dd && (!b || (b == W + 4 * dd && blk->bo == b + 3 * d)) &&
-        (!blk->Wr || (b && blk->Wr == b + 4 * d))) {
+    const Weights wb = weights(blk, s, d);
+    const bool adjacent = blk->Wo == W + 3 * dd && (!b || (b == W + 4 * dd && blk->bo == b + 3 * d)) &&
+                          (!blk->Wr || (b && blk->Wr == b + 4 * d));
+    if (wb.own && adjacent) {
         cu_to_bf16(s.w, W, (long)(4 * dd + (b ? 4 * d : 0) + (blk->Wr ? dd : 0))); // one pass
-    } else {
+    } else if (wb.own) {
         cu_to_bf16(s.w, W, (long)(3 * dd));
         cu_to_bf16(s.wo, blk->Wo, (long)dd);
         if (b) cu_to_bf16(s.bqkv, b, 3L * d), cu_to_bf16(s.bo, blk->bo, d);
         if (blk->Wr) cu_to_bf16(s.wr, blk->Wr, (long)dd);
     }
-    linear<bf16>(s.qkv, CUDA_R_16BF, s.xb, s.w, b ? s.bqkv : nullptr, N, d, 3 * d);
+    linear<bf16>(s.qkv, CUDA_R_16BF, s.xb, wb.w, b ? wb.bqkv : nullptr, N, d, 3 * d);
     if (blk->Wr) {
-        cu_gemm_bf16(s.rl, CUDA_R_16BF, s.xb, s.wr, N, d, d, 0, 1, 0.f);
+        cu_gemm_bf16(s.rl, CUDA_R_16BF, s.xb, wb.wr, N, d, d, 0, 1, 0.f);
         const long nh = (long)N * core->H;
         const float *cs = core->rope_r && core->rope_rot ? cu_rope_table(core->T, HD, core->rope_base) : nullptr;
         probe_norm_fwd_kernel<<<cu_blocks(nh, 256), 256, 0, cu.stream>>>(s.r, s.rsr, s.rl, blk->r_norm,
@@ -192,22 +210,23 @@ void forward(float *y, const float *x, const AttnBlock *blk, void *save) {
     }
     const AttnArgs c = core_args(blk, s);
     cu_attention_tc(&c, 0);
-    linear<float>(y, CUDA_R_32F, s.o, s.wo, blk->bo, N, d, d);
+    linear<float>(y, CUDA_R_32F, s.o, wb.wo, blk->bo, N, d, d);
 }
 
 void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     const AttnArgs *core = &blk->core;
     const int N = core->B * core->T, d = core->H * core->hd;
     Save s = layout(save, N, d);
+    const Weights wb = weights(blk, s, d);
     if (blk->dbo) cu_grad_colsum(blk->dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy in bf16, same pass
     else cu_to_bf16(s.dyb, dy, (long)N * d);
-    cu_gemm_bf16(s.dob, CUDA_R_16BF, s.dyb, s.wo, N, d, d, 0, 0, 0.f);
+    cu_gemm_bf16(s.dob, CUDA_R_16BF, s.dyb, wb.wo, N, d, d, 0, 0, 0.f);
     cu_grad_gemm_bf16(blk->dWo, s.dyb, s.o, d, d, N);
     AttnArgs c = core_args(blk, s);
     c.grads_write = 1;
     c.dbias = blk->dbqkv;
     cu_attention_tc(&c, 1);
-    cu_gemm_bf16(dx, CUDA_R_32F, s.dqkv, s.w, N, d, 3 * d, 0, 0, 0.f);
+    cu_gemm_bf16(dx, CUDA_R_32F, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
     cu_grad_gemm_bf16(blk->dWqkv, s.dqkv, s.xb, 3 * d, d, N);
     if (!blk->Wr) return;
     const long nh = (long)N * core->H;
@@ -216,7 +235,7 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     probe_norm_bwd_kernel<<<nb, 256, 0, cu.stream>>>(s.dl, part, s.dr, s.rl, blk->r_norm, s.rsr, nh);
     CKL();
     cu_grad_colsum_parts(blk->dr_norm, part, nb, HD);
-    cu_gemm_bf16(dx, CUDA_R_32F, s.dl, s.wr, N, d, d, 0, 0, 1.f);
+    cu_gemm_bf16(dx, CUDA_R_32F, s.dl, wb.wr, N, d, d, 0, 0, 1.f);
     cu_grad_gemm_bf16(blk->dWr, s.dl, s.xb, d, d, N);
 }
 

@@ -56,6 +56,45 @@ void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n) {
     CKL();
 }
 
+// ---- a model's parameters in bf16, once a forward (Ops.params_bf16) ---------------------
+// The bf16 blocks rounded their own weights, one or two launches a block (four a MAD step,
+// about 3 us each); now the model rounds its whole parameter vector at the start of each
+// forward and the blocks take views of that copy (cu_params_bf16_of). One copy per vector
+// (the tests keep several models alive), dropped when the vector is released; a vector met
+// first inside a graph capture (no allocation there) or past the slots gets none.
+struct ParamsCopy {
+    const float *base;
+    long n;
+    __nv_bfloat16 *bf;
+};
+static ParamsCopy pcopy[8];
+static void params_bf16(const float *p, long n) {
+    ParamsCopy *c = nullptr, *free_slot = nullptr;
+    for (ParamsCopy &e : pcopy) {
+        if (e.base == p && e.n == n) c = &e;
+        if (!e.base && !free_slot) free_slot = &e;
+    }
+    cudaStreamCaptureStatus st;
+    CK(cudaStreamIsCapturing(cu.stream, &st));
+    if (!c && free_slot && st == cudaStreamCaptureStatusNone) {
+        CK(cudaMalloc(&free_slot->bf, sizeof(__nv_bfloat16) * n));
+        free_slot->base = p, free_slot->n = n, c = free_slot;
+    }
+    if (c) cu_to_bf16(c->bf, p, n);
+}
+const __nv_bfloat16 *cu_params_bf16_of(const float *w, long n) {
+    for (const ParamsCopy &e : pcopy)
+        if (e.base && w >= e.base && w + n <= e.base + e.n) return e.bf + (w - e.base);
+    return nullptr;
+}
+void cu_params_bf16_drop(const void *p) {
+    for (ParamsCopy &e : pcopy)
+        if (e.base == p) {
+            CK(cudaFree(e.bf));
+            e = ParamsCopy{};
+        }
+}
+
 __global__ void add_bias_kernel(float *y, const float *b, long n, int C) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i < n) y[i] += b[i % C];
@@ -400,4 +439,5 @@ void cu_fill_dense(Ops *o, int p) {
     o->scale = scale;
     o->sumsq = sumsq;
     o->scale_rsqrt = scale_rsqrt;
+    o->params_bf16 = p == 2 ? params_bf16 : nullptr; // the bf16 blocks' weights
 }

@@ -112,19 +112,32 @@ void swiglu_bwd_bf16(bf16 *dab, const bf16 *dh, const bf16 *ab, int N, int F) {
     CKL();
 }
 
+// the weights in bf16: views of the model's copy (Ops.params_bf16), or the block's own in save
+// (w13, w2), which the forward rounds
+struct Weights {
+    const bf16 *w13, *w2;
+    bool own;
+};
+Weights weights(const float *W13, const float *W2, const Save &s, int d, int F) {
+    const bf16 *a = cu_params_bf16_of(W13, 2L * F * d), *b = cu_params_bf16_of(W2, (long)d * F);
+    if (a && b) return {a, b, false};
+    return {s.w13, s.w2, true};
+}
+
 void mlp_forward(float *y, const float *x, const float *W13, const float *W2, void *save, int N,
                  int d, int F) {
     Save s = layout(save, N, d, F);
     if (x) cu_to_bf16(s.xb, x, (long)N * d); // else residual_rmsnorm_bf16_forward wrote it
-    if (W2 == W13 + 2L * F * d) { // adjacent parameters (the model's): one conversion
+    const Weights w = weights(W13, W2, s, d, F);
+    if (w.own && W2 == W13 + 2L * F * d) { // adjacent parameters (the model's): one conversion
         cu_to_bf16(s.w13, W13, 3L * F * d);
-    } else {
+    } else if (w.own) {
         cu_to_bf16(s.w13, W13, 2L * F * d);
         cu_to_bf16(s.w2, W2, (long)d * F);
     }
-    cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, s.w13, N, 2 * F, d, 0, 1, 0.f);
+    cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, w.w13, N, 2 * F, d, 0, 1, 0.f);
     swiglu_fwd_bf16(s.h, s.ab, N, F);
-    cu_gemm_bf16(y, CUDA_R_32F, s.h, s.w2, N, d, F, 0, 1, 0.f);
+    cu_gemm_bf16(y, CUDA_R_32F, s.h, w.w2, N, d, F, 0, 1, 0.f);
 }
 
 // the norm backward whose dx is the MLP's output gradient: dx in bf16 too, as it is stored
@@ -133,16 +146,17 @@ int rmsnorm_backward_mlp(float *dx, float *dw, const float *dout, const float *x
     return cu_rmsnorm_bwd_bf16(dx, dw, dout, x, w, rstd, N, C, write, layout(save, N, C, 0).dyb);
 }
 
-void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, void *save, int N, int d,
-                  int F) {
+void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, const float *W13,
+                  const float *W2, void *save, int N, int d, int F) {
     Save s = layout(save, N, d, F);
+    const Weights w = weights(W13, W2, s, d, F);
     bf16 *dyb = s.dyb, *dh = (bf16 *)cu_scratch(((size_t)N * 3 * F + 1) / 2); // dh [N,F], dab [N,2F]
     bf16 *dab = dh + (size_t)N * F;
     if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
-    cu_gemm_bf16(dh, CUDA_R_16BF, dyb, s.w2, N, F, d, 0, 0, 0.f);
+    cu_gemm_bf16(dh, CUDA_R_16BF, dyb, w.w2, N, F, d, 0, 0, 0.f);
     swiglu_bwd_bf16(dab, dh, s.ab, N, F);
     cu_grad_gemm_bf16(dW2, dyb, s.h, d, F, N);
-    cu_gemm_bf16(dx, CUDA_R_32F, dab, s.w13, N, d, 2 * F, 0, 0, 0.f);
+    cu_gemm_bf16(dx, CUDA_R_32F, dab, w.w13, N, d, 2 * F, 0, 0, 0.f);
     cu_grad_gemm_bf16(dW13, dab, s.xb, 2 * F, d, N);
 }
 

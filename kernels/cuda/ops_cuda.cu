@@ -90,6 +90,7 @@ static void *cu_alloc(size_t bytes) {
 static void cu_release(void *p) {
     cu_sums_flush();
     CK(cudaStreamSynchronize(cu.stream));
+    cu_params_bf16_drop(p);
     CK(cudaFree(p));
 }
 // Host-to-device copies go through a pinned staging ring, so that they never wait for
