@@ -100,8 +100,8 @@ static inline AttnArgs attn_strides(const AttnArgs *a) {
  *   loss[0] += crossentropy's sum       (as Ops.crossentropy, ignore index and inv_count)
  *   dx = dloss / dr                     (writes, [N,C])
  *   dnorm_w, dW, db += their gradients
- * mlp_save (may be NULL): the last bf16 MLP's state, which also gets dx in bf16 (as
- * rmsnorm_backward_mlp writes it). Nothing else is written: not r, f or the logits. */
+ * mlp_save (may be NULL): the last bf16 MLP's state, which also gets dx in bf16 (its output
+ * gradient, slot 1: as rmsnorm_backward_bf16 writes it). Nothing else is written: not r, f or the logits. */
 typedef struct {
     const real *x, *y, *norm_w, *W, *b, *inv_count;
     const int *targets;
@@ -196,36 +196,44 @@ typedef struct Ops {
     /* da, db (writes, rows ld apart like a, b) from dh [N,F] */
     void (*swiglu_backward)(real *da, real *db, const real *dh, const real *a, const real *b,
                             int N, int F, int ld);
-    /* Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
+    /* bf16 block states. The bf16 blocks below (mlp_*, attn_block_*) keep their activations
+     * in a backend-private state between forward and backward, which begins with two [N, d]
+     * bf16 slots that the model's norms read and write directly (no fp32 copy, no pass):
+     *   slot 0: the block's input (residual_rmsnorm_bf16_forward writes it; the forward is
+     *           then called with x = NULL), and after the backward, when it is called with
+     *           dx = NULL, the input gradient (rmsnorm_backward_bf16 reads it);
+     *   slot 1: the output gradient (rmsnorm_backward_bf16 writes it; the backward is then
+     *           called with dy = NULL).
+     * Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
      * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
-     * (mlp_save_bytes(N, d, F) bytes, backend-private) between forward and backward.
-     * Forward writes y; backward (the same W13, W2) writes dx and adds into dW13, dW2. x = NULL: the saved
-     * input was written by residual_rmsnorm_bf16_forward; dy = NULL: the output gradient by
-     * rmsnorm_backward_mlp. NULL: the model composes matmul and swiglu. */
+     * (mlp_save_bytes(N, d, F) bytes) between forward and backward. Forward writes y;
+     * backward (the same W13, W2) writes dx and adds into dW13, dW2. NULL: the model composes
+     * matmul and swiglu. */
     size_t (*mlp_save_bytes)(int N, int d, int F);
     void (*mlp_forward)(real *y, const real *x, const real *W13, const real *W2, void *save, int N,
                         int d, int F);
     void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, const real *W13,
                          const real *W2, void *save, int N, int d, int F);
     /* Optional (bf16): residual_rmsnorm_forward whose norm output goes, in bf16 only, into
-     * the first N*C bf16 of `save`: the saved input of a bf16 block that reads nothing else
-     * of it (mlp_forward's, attn_block_forward's), which is then called with x = NULL.
+     * slot 0 of a bf16 block state `save` (above): the block's input.
      * tokens (then y = NULL): out = x[tokens[n], :], embedding_rmsnorm_forward's sum.
      * Returns 0 when it did nothing. */
     int (*residual_rmsnorm_bf16_forward)(real *out, const real *x, const real *y,
                                          const int *tokens, void *save, real *rstd, const real *w,
                                          int N, int C, real eps);
-    /* Optional (with mlp_backward): rmsnorm_backward (write: dx =, else +=) whose dx is the
-     * MLP's output gradient, also written in bf16 into its saved state; then mlp_backward
-     * is called with dy = NULL. Returns 0 when it did nothing. */
-    int (*rmsnorm_backward_mlp)(real *dx, real *dw, const real *dout, const real *x, const real *w,
-                                const real *rstd, int N, int C, int write, void *mlp_save);
+    /* Optional (with the bf16 blocks): rmsnorm_backward (write: dx =, else +=) whose dout is
+     * fp32, or (dout NULL) a bf16 block's input gradient in slot 0 of dout_state, and whose dx
+     * is also written in bf16 into slot 1 of dx_state (NULL: not), a bf16 block's output
+     * gradient. Returns 0 when it did nothing (then dout is not NULL). */
+    int (*rmsnorm_backward_bf16)(real *dx, real *dw, const real *dout, const void *dout_state,
+                                 const real *x, const real *w, const real *rstd, int N, int C,
+                                 int write, void *dx_state);
     /* Optional (CUDA bf16): the plain attention core's whole block with its activations in
      * bf16 (AttnBlock, above), as PyTorch's bf16 autocast stores them. save: per layer,
      * attn_block_save_bytes bytes, kept from forward to backward; 0 bytes: no block for
      * these arguments (the model composes the other ops). Forward writes y [N,d] (fp32)
-     * and core.lse, core.tbar (x = NULL: its input was written into save by
-     * residual_rmsnorm_bf16_forward); backward writes dx [N,d] and adds into the gradients. */
+     * and core.lse, core.tbar; backward writes dx [N,d] and adds into the gradients. x, dy, dx
+     * may be NULL: in the state's slots (bf16 block states, above). */
     size_t (*attn_block_save_bytes)(const AttnBlock *blk);
     void (*attn_block_forward)(real *y, const real *x, const AttnBlock *blk, void *save);
     void (*attn_block_backward)(real *dx, const real *dy, const AttnBlock *blk, void *save);

@@ -48,7 +48,8 @@ typedef struct {
     int ld;
     void *save; /* the backend's whole-MLP op (ops->mlp_forward) in use: its saved state */
     int x_saved; /* the norm before wrote the input into save (residual_rmsnorm_bf16_forward) */
-    int dy_saved; /* the norm after wrote the output gradient into save (rmsnorm_backward_mlp) */
+    int dy_saved; /* the norm after wrote the output gradient into save (rmsnorm_backward_bf16) */
+    int dx_saved; /* the backward wrote the input gradient into save in bf16, not into dln */
 } Mlp;
 
 struct Model {
@@ -59,6 +60,8 @@ struct Model {
     const MixerKind *kind;
     void **mixers;
     int *mixer_x_saved; /* the norm before wrote layer l's input into its mixer's bf16 state */
+    int *mixer_dx_saved; /* layer l's backward wrote its input gradient there, not into dln
+                          * (the second half of mixer_x_saved's allocation) */
     Mlp *mlps;
     AutoEncoder *ae; /* model.backbone=autoencoder (compression), else NULL */
     int p_embed, p_final_norm, p_head_w, p_head_b;
@@ -120,7 +123,8 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
     m->p_embed = pb_add(pb, "embed", D->V, d, 0, INIT_NORMAL, 0.02);
     m->p_norm = xcalloc((size_t)(2 * L), sizeof(int));
     m->mixers = xcalloc((size_t)L, sizeof(void *));
-    m->mixer_x_saved = xcalloc((size_t)L, sizeof(int));
+    m->mixer_x_saved = xcalloc((size_t)(2 * L), sizeof(int));
+    m->mixer_dx_saved = m->mixer_x_saved + L;
     m->mlps = xcalloc((size_t)L, sizeof(Mlp));
     for (int l = 0; l < L; l++) {
         snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.", l);
@@ -344,9 +348,10 @@ static void mlp_backward(Model *m, int l, int N) {
     int d = m->dims.d, F = m->dims.mlp_width;
     Mlp *p = &m->mlps[l];
     const real *x = m->ln[2 * l + 1];
-    if (p->save) {
-        ops->mlp_backward(m->dln, G(m, p->w1), G(m, p->w2), p->dy_saved ? NULL : m->dres,
-                          P(m, p->w1), P(m, p->w2), p->save, N, d, F);
+    if (p->save) { /* its input gradient in bf16 in its state where the norm can read it */
+        p->dx_saved = ops->rmsnorm_backward_bf16 != NULL;
+        ops->mlp_backward(p->dx_saved ? NULL : m->dln, G(m, p->w1), G(m, p->w2),
+                          p->dy_saved ? NULL : m->dres, P(m, p->w1), P(m, p->w2), p->save, N, d, F);
         return;
     }
     linear_backward_beta(ops, p->dh, 0, G(m, p->w2), NULL, m->dres, p->h, P(m, p->w2), N, F, d);
@@ -422,6 +427,14 @@ void model_forward(Model *m, int B, int with_loss) {
         ops->crossentropy(m->loss, m->dlogits, m->logits, m->targets, m->inv_count, N, D->V);
 }
 
+/* the bf16 state of the block after residual state s (s < 2L) whose backward left its input
+ * gradient there (slot 0) instead of in dln; NULL: none */
+static void *dx_state(Model *m, int s) {
+    if (s >= 2 * m->dims.layers) return NULL;
+    if (s % 2) return m->mlps[s / 2].dx_saved ? m->mlps[s / 2].save : NULL;
+    return m->mixer_dx_saved[s / 2] ? m->kind->bf16_input(m->mixers[s / 2]) : NULL;
+}
+
 /* dres (write: =, else +=) the gradient through the norm after residual state s (s = 2L:
  * the final one); where MLP `mlp` reads dres next (-1: none), the backend may also write it
  * in bf16 into the MLP's saved state, as the MLP stores it */
@@ -432,10 +445,14 @@ static void norm_backward(Model *m, int s, int N, int write, int mlp) {
     real *dw = G(m, fin ? m->p_final_norm : m->p_norm[s]), *rstd = fin ? m->fin_rstd : m->rstd[s];
     const real *w = P(m, fin ? m->p_final_norm : m->p_norm[s]);
     Mlp *p = mlp >= 0 ? &m->mlps[mlp] : NULL;
-    if (p && p->save && ops->rmsnorm_backward_mlp)
-        p->dy_saved = ops->rmsnorm_backward_mlp(m->dres, dw, m->dln, m->res[s], w, rstd, N, d, write,
-                                                p->save);
-    if (p && p->dy_saved) return;
+    void *dout_state = dx_state(m, s), *dy_state = p ? p->save : NULL;
+    if (p) p->dy_saved = 0;
+    if ((dout_state || dy_state) && ops->rmsnorm_backward_bf16 &&
+        ops->rmsnorm_backward_bf16(m->dres, dw, dout_state ? NULL : m->dln, dout_state, m->res[s], w,
+                                   rstd, N, d, write, dy_state)) {
+        if (p) p->dy_saved = dy_state != NULL;
+        return;
+    }
     if (write) rmsnorm_backward_write(ops, m->dres, dw, m->dln, m->res[s], w, rstd, N, d);
     else ops->rmsnorm_backward(m->dres, dw, m->dln, m->res[s], w, rstd, N, d);
 }
@@ -443,7 +460,7 @@ static void norm_backward(Model *m, int s, int N, int write, int mlp) {
 void model_backward(Model *m, int B) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
-    int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers;
+    int N = B * D->T, d = D->d, F = D->mlp_width, L = D->layers, *saved;
     size_t nd = sizeof(real) * (size_t)N * d;
     if (m->tail_done) { /* the forward's head_loss_step did the head and the final norm */
         m->tail_done = 0;
@@ -463,8 +480,12 @@ void model_backward(Model *m, int B) {
             mlp_backward(m, l, N);
             norm_backward(m, 2 * l + 1, N, 0, -1);
         }
-        if (!m->kind->backward_writes_dx) ops->zero(m->dln, nd);
-        m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->dres, m->dln, B, D->T);
+        /* a bf16 block state: the input gradient in bf16 there, where the norm reads it */
+        int *in_state = &m->mixer_dx_saved[l];
+        *in_state = bf16_input(m, 2 * l, &saved) && ops->rmsnorm_backward_bf16;
+        if (!m->kind->backward_writes_dx && !*in_state) ops->zero(m->dln, nd);
+        m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->dres, *in_state ? NULL : m->dln, B,
+                          D->T);
         norm_backward(m, 2 * l, N, 0, F && l > 0 ? l - 1 : -1);
     }
     ops->embedding_backward(G(m, m->p_embed), m->dres, m->tokens, N, d, D->V);

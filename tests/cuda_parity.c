@@ -174,7 +174,8 @@ static void mlp_bf16_case(gsl_rng *r, int N, int d, int F) {
  * (residual_rmsnorm_bf16_forward, then mlp_forward with x = NULL): the residual sum and
  * rstd as the CPU's, and the MLP's output bit for bit that of the fp32 norm output
  * converted by the MLP (both round the same float once, to nearest even). The same for
- * the norm's backward that hands the MLP its output gradient (rmsnorm_backward_mlp). */
+ * the norm's backward that hands the MLP its output gradient (rmsnorm_backward_bf16), and
+ * the MLP's backward that hands the norm before it its input gradient in bf16. */
 static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     size_t nx = (size_t)N * d;
     real *x = randv(r, nx, 1), *y = randv(r, nx, 1), *w = randv(r, d, 1);
@@ -200,7 +201,7 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     cmp("rstd", rs, grs, (size_t)N, 1e-6);
     cmp("MLP output (x = NULL)", ya, gyb, nx, 0);
     /* backward: the norm (after the MLP) that also writes its dx in bf16 as the MLP's
-     * output gradient (rmsnorm_backward_mlp, then mlp_backward with dy = NULL), written
+     * output gradient (rmsnorm_backward_bf16, then mlp_backward with dy = NULL), written
      * and accumulated: everything bit for bit as the fp32 dx converted by the MLP */
     real *dout = randv(r, nx, 1), *dx0 = randv(r, nx, 1), *h = malloc(sizeof(real) * nx);
     real *hw = malloc(sizeof(real) * d), *h13 = malloc(sizeof(real) * 2 * F * d);
@@ -216,7 +217,7 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
         if (write) GPU16->rmsnorm_backward_write(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
         else GPU16->rmsnorm_backward(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
         GPU16->mlp_backward(gmx[0], gd13[0], gd2[0], gd[0], gW13, gW2, sa, N, d, F);
-        assert_int_equal(GPU16->rmsnorm_backward_mlp(gd[1], gdw[1], gdout, gout, gw, grs, N, d, write, sb), 1);
+        assert_int_equal(GPU16->rmsnorm_backward_bf16(gd[1], gdw[1], gdout, NULL, gout, gw, grs, N, d, write, sb), 1);
         GPU16->mlp_backward(gmx[1], gd13[1], gd2[1], NULL, gW13, gW2, sb, N, d, F);
         printf("   %s\n", write ? "norm backward written" : "norm backward accumulated");
         GPU16->to_host(h, gd[0], sizeof(real) * nx), cmp("norm dx", h, gd[1], nx, 0);
@@ -229,6 +230,21 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
             for (int i = 0; i < 5; i++) GPU16->release(b[i]);
         }
     }
+    /* the MLP's input gradient left in bf16 in its state (mlp_backward with dx = NULL) and the
+     * norm before it reading it there (rmsnorm_backward_bf16 with dout = NULL): as from the
+     * fp32 dx, within the one rounding (sa's input slot is overwritten: its last use) */
+    real *gx32 = GPU16->alloc(sizeof(real) * nx), *gr[2], *gwd[2];
+    real *g13 = GPU16->alloc(sizeof(real) * 2 * F * d), *g2 = GPU16->alloc(sizeof(real) * d * F);
+    for (int k = 0; k < 2; k++) gr[k] = up(GPU16, dx0, sizeof(real) * nx), gwd[k] = GPU16->alloc(sizeof(real) * d);
+    GPU16->mlp_backward(gx32, g13, g2, gdout, gW13, gW2, sa, N, d, F);
+    GPU16->rmsnorm_backward(gr[0], gwd[0], gx32, gout, gw, grs, N, d);
+    GPU16->mlp_backward(NULL, g13, g2, gdout, gW13, gW2, sa, N, d, F);
+    assert_int_equal(GPU16->rmsnorm_backward_bf16(gr[1], gwd[1], NULL, sa, gout, gw, grs, N, d, 0, NULL), 1);
+    printf("   the MLP's input gradient in bf16 into the norm's backward\n");
+    GPU16->to_host(h, gr[0], sizeof(real) * nx), cmp("norm dx", h, gr[1], nx, 2 * BF16_EPS);
+    GPU16->to_host(hw, gwd[0], sizeof(real) * d), cmp("norm dw", hw, gwd[1], (size_t)d, 2 * BF16_EPS);
+    void *b3[] = {gx32, g13, g2, gr[0], gr[1], gwd[0], gwd[1]};
+    for (int i = 0; i < 7; i++) GPU16->release(b3[i]);
     GPU16->release(gdout);
     real *hb2[] = {dout, dx0, h, hw, h13, h2, hmx};
     for (size_t i = 0; i < sizeof hb2 / sizeof *hb2; i++) free(hb2[i]);

@@ -9,7 +9,7 @@
 //             o = core(q, k, v, r), y = o Wo^T + bo                    (bf16 but y)
 //   backward  dyb = bf16(dy) with dbo += colsum(dy) in one pass, dob = dyb Wo, dWo += dyb^T o,
 //             dqkv, dr = core backward (the bias sums dbqkv inside), dl = norm backward (dr),
-//             dx = dqkv Wqkv + dl Wr (fp32), dWqkv += dqkv^T xb, dWr += dl^T xb
+//             dWqkv += dqkv^T xb, dWr += dl^T xb, dx = dqkv Wqkv + dl Wr (fp32, or bf16 in xb's slot)
 // The weights and biases are rounded to bf16 once per forward (autocast casts them too): the
 // model's whole parameter vector at once (Ops.params_bf16), or here.
 #include <cstring>
@@ -22,8 +22,9 @@ typedef __nv_bfloat16 bf16;
 constexpr int HD = 8; // the head dim the core runs on bf16 rows (cu_attention_tc_io_bf16)
 
 // the layer's tensors in one buffer (bf16 element offsets, each a multiple of 8: 16-byte
-// aligned): activations and gradients [N, d or 3d], the input xb first (where
-// residual_rmsnorm_bf16_forward writes it); the weights in the parameter vector's
+// aligned): activations and gradients [N, d or 3d], the input xb (then the input gradient)
+// and the output gradient dyb first, slots 0 and 1 of the bf16 block state (ops.h), which
+// the model's norms read and write; the weights in the parameter vector's
 // order (wq wk wv wo bq bk bv bo wr), so that one conversion serves them where they are
 // adjacent; then the probe norm's rstd [N*H] (fp32)
 struct Save {
@@ -35,7 +36,7 @@ Save layout(void *p, int N, int d) {
     const size_t nd = up8((size_t)N * d), dd = (size_t)d * d;
     bf16 *b = (bf16 *)p;
     Save s;
-    bf16 **one[] = {&s.xb, &s.o, &s.obar, &s.rl, &s.r, &s.dyb, &s.dob, &s.dr, &s.dl};
+    bf16 **one[] = {&s.xb, &s.dyb, &s.o, &s.obar, &s.rl, &s.r, &s.dob, &s.dr, &s.dl};
     for (bf16 **x : one) *x = b, b += nd;
     s.qkv = b, b += 3 * nd;
     s.dqkv = b, b += 3 * nd;
@@ -226,17 +227,26 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     c.grads_write = 1;
     c.dbias = blk->dbqkv;
     cu_attention_tc(&c, 1);
-    cu_gemm_bf16(dx, CUDA_R_32F, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
     cu_grad_gemm_bf16(blk->dWqkv, s.dqkv, s.xb, 3 * d, d, N);
-    if (!blk->Wr) return;
-    const long nh = (long)N * core->H;
-    const int nb = cu_blocks(nh, 256);
-    float *part = cu_parts((size_t)nb * HD);
-    probe_norm_bwd_kernel<<<nb, 256, 0, cu.stream>>>(s.dl, part, s.dr, s.rl, blk->r_norm, s.rsr, nh);
-    CKL();
-    cu_grad_colsum_parts(blk->dr_norm, part, nb, HD);
-    cu_gemm_bf16(dx, CUDA_R_32F, s.dl, wb.wr, N, d, d, 0, 0, 1.f);
-    cu_grad_gemm_bf16(blk->dWr, s.dl, s.xb, d, d, N);
+    if (blk->Wr) {
+        const long nh = (long)N * core->H;
+        const int nb = cu_blocks(nh, 256);
+        float *part = cu_parts((size_t)nb * HD);
+        probe_norm_bwd_kernel<<<nb, 256, 0, cu.stream>>>(s.dl, part, s.dr, s.rl, blk->r_norm, s.rsr, nh);
+        CKL();
+        cu_grad_colsum_parts(blk->dr_norm, part, nb, HD);
+        cu_grad_gemm_bf16(blk->dWr, s.dl, s.xb, d, d, N);
+    }
+    // dx = dqkv Wqkv (+ dl Wr): fp32, or (dx NULL) bf16 into xb's slot, which the weight
+    // gradients above were the last to read (with a probe: summed in fp32 first, rounded once)
+    if (!dx && !blk->Wr) {
+        cu_gemm_bf16(s.xb, CUDA_R_16BF, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
+        return;
+    }
+    float *dx32 = dx ? dx : cu_scratch((size_t)N * d);
+    cu_gemm_bf16(dx32, CUDA_R_32F, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
+    if (blk->Wr) cu_gemm_bf16(dx32, CUDA_R_32F, s.dl, wb.wr, N, d, d, 0, 0, 1.f);
+    if (!dx) cu_to_bf16(s.xb, dx32, (long)N * d);
 }
 
 } // namespace

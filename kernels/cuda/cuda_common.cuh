@@ -118,12 +118,12 @@ void cu_rope_run(float *x, int N, int T, int H, int hd, int ld, int rot, float b
 void cu_attn_rope(const AttnArgs *a, float sgn);
 void cu_attn_bias(const AttnArgs *a);
 
-// where the bf16 MLP's state `save` keeps its output gradient in bf16 (mlp_cuda.cu)
-__nv_bfloat16 *cu_mlp_dy_bf16(void *save, int N, int d);
-// rmsnorm_backward (write: dx =, else +=) with dx also written in bf16 to dxb, for the bf16
-// MLP's output gradient (mlp_cuda.cu); false where the one-pass kernel does not apply
-bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                         const float *rstd, int N, int C, bool write, __nv_bfloat16 *dxb);
+// slot k of a bf16 block's state (ops.h "bf16 block states": 0 its input and input
+// gradient, 1 its output gradient), [N, C] bf16 each, 16-byte aligned
+inline size_t cu_slot_elems(int N, int C) { return ((size_t)N * C + 7) / 8 * 8; }
+inline __nv_bfloat16 *cu_state_slot(void *state, int N, int C, int k) {
+    return (__nv_bfloat16 *)state + (size_t)k * cu_slot_elems(N, C);
+}
 
 // cuBLAS compute type of a table's precision (0 fp32, 1 tf32, 2 bf16): fp32 in and out,
 // tensor-core operands rounded to tf32 or bf16 for 1 and 2

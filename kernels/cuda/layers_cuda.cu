@@ -234,10 +234,16 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
 // Formulas: baselines.md §1.3 (dx = r (w dy) - r^3/C x sum(w dy x), dw = sum dy x r).
 constexpr int NORM_BLOCK_ROWS = 64; // rows per block: 256 blocks at N = 16384 (MAD)
 __device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
-// a warp's row at offset o: this lane's float4s of dout, x and dx
-template <int K>
+__device__ __forceinline__ float4 ld4(const __nv_bfloat16 *p) { // 4 bf16 (8 bytes) as floats
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+// a warp's row at offset o: this lane's float4s of dout (float or bf16), x and dx
+template <int K, typename GT>
 __device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], float4 (&d)[K],
-                                              const float *dout, const float *x, const float *dx,
+                                              const GT *dout, const float *x, const float *dx,
                                               size_t o, int lane, const bool (&on)[K], bool write) {
 #pragma unroll
     for (int k = 0; k < K; k++)
@@ -247,9 +253,10 @@ __device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], f
             d[k] = write ? make_float4(0.f, 0.f, 0.f, 0.f) : ld4(dx + i);
         }
 }
-// dxb (may be NULL): dx also in bf16, the bf16 MLP's output gradient (cu_rmsnorm_bwd_bf16)
-template <int K> // C <= 128 K: lane owns columns 4 lane + 128 k .. + 3 for k < K
-__global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float *part, const float *dout,
+// dout: fp32, or bf16 (a bf16 block's input gradient); dxb (may be NULL): dx also in bf16, a
+// bf16 block's output gradient (cu_rmsnorm_bwd_bf16)
+template <int K, typename GT> // C <= 128 K: lane owns columns 4 lane + 128 k .. + 3 for k < K
+__global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float *part, const GT *dout,
                                                                  const float *x, const float *w,
                                                                  const float *rstd, int N, int C,
                                                                  bool write, __nv_bfloat16 *dxb) {
@@ -268,12 +275,12 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
     // the rows of a warp are n, n + 8, ...: the next row's loads are issued before this
     // row's reduction and store, two rows in flight per warp (only 16 warps per SM at MAD)
     float r = 0.f;
-    if (n < n1) norm_row_load<K>(g, xv, d, dout, x, dx, (size_t)n * C, lane, on, write), r = rstd[n];
+    if (n < n1) norm_row_load<K, GT>(g, xv, d, dout, x, dx, (size_t)n * C, lane, on, write), r = rstd[n];
     for (; n < n1; n += 8) {
         // past the last row the "next" loads repeat row n (cached; never used)
         int m = n + 8 < n1 ? n + 8 : n;
         float4 gn[K], xn[K], dn[K];
-        norm_row_load<K>(gn, xn, dn, dout, x, dx, (size_t)m * C, lane, on, write);
+        norm_row_load<K, GT>(gn, xn, dn, dout, x, dx, (size_t)m * C, lane, on, write);
         float rn = rstd[m], dot = 0.f;
 #pragma unroll
         for (int k = 0; k < K; k++)
@@ -315,7 +322,8 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
 // write: dx = (not +=) the input gradient, no zeroing pass before (rmsnorm_backward_write)
 // the one-pass kernel (16 < C <= 256, C % 4 == 0, aligned rows), dx also in bf16 where
 // dxb is given; false: nothing done
-static bool rmsnorm_bwd_fused(float *dx, float *dw, const float *dout, const float *x,
+template <typename GT>
+static bool rmsnorm_bwd_fused(float *dx, float *dw, const GT *dout, const float *x,
                               const float *w, const float *rstd, int N, int C, bool write,
                               __nv_bfloat16 *dxb) {
     if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(dx, dout, x, w) && cu_aligned16(dxb)))
@@ -324,15 +332,38 @@ static bool rmsnorm_bwd_fused(float *dx, float *dw, const float *dout, const flo
     int S = cu_blocks(N, NORM_BLOCK_ROWS);
     float *part = dw ? cu_parts((size_t)S * C) : nullptr;
     if (C <= 128)
-        rmsnorm_bwd_fused_kernel<1><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
-    else rmsnorm_bwd_fused_kernel<2><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
+        rmsnorm_bwd_fused_kernel<1, GT><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
+    else rmsnorm_bwd_fused_kernel<2, GT><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
     CKL();
     if (dw) cu_grad_colsum_parts(dw, part, S, C);
     return true;
 }
-bool cu_rmsnorm_bwd_bf16(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                         const float *rstd, int N, int C, bool write, __nv_bfloat16 *dxb) {
-    return rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, dxb);
+__global__ void from_bf16_kernel(float *y, const __nv_bfloat16 *x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __bfloat162float(x[i]);
+}
+static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
+                        const float *rstd, int N, int C, bool write);
+// Ops.rmsnorm_backward_bf16: dout fp32, or (NULL) bf16 in slot 0 of dout_state; dx also in
+// bf16 into slot 1 of dx_state (may be NULL). The one-pass kernel where it applies; else
+// (dout in bf16: widened into scratch first) the fp32 passes and a conversion
+static int rmsnorm_backward_bf16(float *dx, float *dw, const float *dout, const void *dout_state,
+                                 const float *x, const float *w, const float *rstd, int N, int C,
+                                 int write, void *dx_state) {
+    __nv_bfloat16 *dxb = dx_state ? cu_state_slot(dx_state, N, C, 1) : nullptr;
+    const __nv_bfloat16 *doutb = dout ? nullptr : cu_state_slot((void *)dout_state, N, C, 0);
+    if (doutb ? rmsnorm_bwd_fused(dx, dw, doutb, x, w, rstd, N, C, write, dxb)
+              : rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, dxb))
+        return 1;
+    if (doutb) {
+        float *g = cu_scratch((size_t)N * C);
+        from_bf16_kernel<<<cu_blocks((long)N * C, 256), 256, 0, cu.stream>>>(g, doutb, (long)N * C);
+        CKL();
+        dout = g;
+    }
+    rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, C, write);
+    if (dxb) cu_to_bf16(dxb, dx, (long)N * C);
+    return 1;
 }
 static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int C, bool write) {
@@ -748,6 +779,7 @@ void cu_fill_layers(Ops *o, int p) {
     o->residual_rmsnorm_bf16_forward = p == 2 ? residual_rmsnorm_bf16_forward : nullptr;
     o->rmsnorm_backward = rmsnorm_backward;
     o->rmsnorm_backward_write = rmsnorm_backward_write;
+    o->rmsnorm_backward_bf16 = p == 2 ? rmsnorm_backward_bf16 : nullptr;
     o->embedding_forward = embedding_forward;
     o->embedding_rmsnorm_forward = embedding_rmsnorm_forward;
     o->embedding_backward = p == 0   ? embedding_backward<0>

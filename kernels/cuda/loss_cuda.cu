@@ -277,7 +277,7 @@ static int head_loss_step(const HeadLoss *h) {
     const int S = cu_blocks(h->N, HL_ROWS), V = h->V, C = h->C;
     float *pW = cu_parts((size_t)S * V * C), *pb = cu_parts((size_t)S * V), *pn = cu_parts((size_t)S * C);
     double *nll_part = (double *)cu_scratch(2 * (size_t)S);
-    __nv_bfloat16 *dxb = h->mlp_save ? cu_mlp_dy_bf16(h->mlp_save, h->N, C) : nullptr;
+    __nv_bfloat16 *dxb = h->mlp_save ? cu_state_slot(h->mlp_save, h->N, C, 1) : nullptr;
     head_loss_kernel<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
     CKL();
     cu_grad_colsum_parts(h->dW, pW, S, V * C, true);

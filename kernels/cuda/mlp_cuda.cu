@@ -6,7 +6,7 @@
 // COMPUTE_32F); the MLP's output, the weight gradients and dx stay fp32.
 //   forward   xb = bf16(x) (or written by the norm before), ab = xb W13^T (bf16), h = silu(a) b (bf16), y = h W2^T (fp32)
 //   backward  dyb = bf16(dy) (or written by the norm's backward), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
-//             dx = dab W13 (fp32, written), dW13 += dab^T xb
+//             dW13 += dab^T xb, dx = dab W13 (fp32 written, or bf16 into xb's slot for the norm's backward)
 // W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
 // rows.
 #include <cuda_bf16.h>
@@ -18,16 +18,16 @@ namespace {
 typedef __nv_bfloat16 bf16;
 
 // the forward's saved tensors, in one buffer per layer (element offsets), and the output
-// gradient dyb, which the norm's backward may write (rmsnorm_backward_mlp); xb (which
-// residual_rmsnorm_bf16_forward may write) and dyb come first, where they are whatever F is
+// gradient dyb; xb (the input, then the input gradient) and dyb are slots 0 and 1 of the
+// bf16 block state (ops.h), which the model's norms read and write
 struct Save {
     bf16 *xb, *dyb, *ab, *h, *w13, *w2;
 };
 Save layout(void *p, int N, int d, int F) {
-    bf16 *b = (bf16 *)p;
     Save s;
-    s.xb = b, b += (size_t)N * d;
-    s.dyb = b, b += (size_t)N * d;
+    s.xb = cu_state_slot(p, N, d, 0);
+    s.dyb = cu_state_slot(p, N, d, 1);
+    bf16 *b = cu_state_slot(p, N, d, 2);
     s.ab = b, b += (size_t)N * 2 * F;
     s.h = b, b += (size_t)N * F;
     s.w13 = b, b += (size_t)2 * F * d;
@@ -35,7 +35,7 @@ Save layout(void *p, int N, int d, int F) {
     return s;
 }
 size_t save_bytes(int N, int d, int F) {
-    return sizeof(bf16) * (2 * (size_t)N * d + (size_t)N * 3 * F + (size_t)3 * F * d);
+    return sizeof(bf16) * (2 * cu_slot_elems(N, d) + (size_t)N * 3 * F + (size_t)3 * F * d);
 }
 
 // h = silu(a) b in fp32 from bf16 a, b (rows 2F apart), rounded once to bf16
@@ -140,33 +140,26 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
     cu_gemm_bf16(y, CUDA_R_32F, s.h, w.w2, N, d, F, 0, 1, 0.f);
 }
 
-// the norm backward whose dx is the MLP's output gradient: dx in bf16 too, as it is stored
-int rmsnorm_backward_mlp(float *dx, float *dw, const float *dout, const float *x, const float *w,
-                         const float *rstd, int N, int C, int write, void *save) {
-    return cu_rmsnorm_bwd_bf16(dx, dw, dout, x, w, rstd, N, C, write, layout(save, N, C, 0).dyb);
-}
-
 void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, const float *W13,
                   const float *W2, void *save, int N, int d, int F) {
     Save s = layout(save, N, d, F);
     const Weights w = weights(W13, W2, s, d, F);
     bf16 *dyb = s.dyb, *dh = (bf16 *)cu_scratch(((size_t)N * 3 * F + 1) / 2); // dh [N,F], dab [N,2F]
     bf16 *dab = dh + (size_t)N * F;
-    if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else rmsnorm_backward_mlp wrote it
+    if (dy) cu_to_bf16(dyb, dy, (long)N * d); // else the norm's backward wrote it
     cu_gemm_bf16(dh, CUDA_R_16BF, dyb, w.w2, N, F, d, 0, 0, 0.f);
     swiglu_bwd_bf16(dab, dh, s.ab, N, F);
     cu_grad_gemm_bf16(dW2, dyb, s.h, d, F, N);
-    cu_gemm_bf16(dx, CUDA_R_32F, dab, w.w13, N, d, 2 * F, 0, 0, 0.f);
     cu_grad_gemm_bf16(dW13, dab, s.xb, 2 * F, d, N);
+    if (dx) cu_gemm_bf16(dx, CUDA_R_32F, dab, w.w13, N, d, 2 * F, 0, 0, 0.f);
+    else cu_gemm_bf16(s.xb, CUDA_R_16BF, dab, w.w13, N, d, 2 * F, 0, 0, 0.f); // xb is done with
+
 }
 
 } // namespace
-
-__nv_bfloat16 *cu_mlp_dy_bf16(void *save, int N, int d) { return layout(save, N, d, 0).dyb; }
 
 void cu_fill_mlp(Ops *o, int p) {
     o->mlp_save_bytes = p == 2 ? save_bytes : nullptr;
     o->mlp_forward = p == 2 ? mlp_forward : nullptr;
     o->mlp_backward = p == 2 ? mlp_backward : nullptr;
-    o->rmsnorm_backward_mlp = p == 2 ? rmsnorm_backward_mlp : nullptr;
 }
