@@ -202,11 +202,12 @@ typedef struct Ops {
      *   slot 0: the block's input (residual_rmsnorm_bf16_forward writes it; the forward is
      *           then called with x = NULL), and after the backward, when it is called with
      *           dx = NULL, the input gradient (rmsnorm_backward_bf16 reads it);
-     *   slot 1: the output gradient (rmsnorm_backward_bf16 writes it; the backward is then
-     *           called with dy = NULL).
+     *   slot 1: the output, when the forward is called with y = NULL (the next
+     *           residual_rmsnorm_bf16_forward reads it), then the output gradient
+     *           (rmsnorm_backward_bf16 writes it; the backward is then called with dy = NULL).
      * Optional (CUDA bf16): the whole SwiGLU MLP y[N,d] = (silu(x W1^T) * x W3^T) W2^T with
      * W13 = [W1; W3] ([2F,d]) and its hidden activations kept in `save`
-     * (mlp_save_bytes(N, d, F) bytes) between forward and backward. Forward writes y;
+     * (mlp_save_bytes(N, d, F) bytes) between forward and backward. Forward writes y (or slot 1);
      * backward (the same W13, W2) writes dx and adds into dW13, dW2. NULL: the model composes
      * matmul and swiglu. */
     size_t (*mlp_save_bytes)(int N, int d, int F);
@@ -215,12 +216,13 @@ typedef struct Ops {
     void (*mlp_backward)(real *dx, real *dW13, real *dW2, const real *dy, const real *W13,
                          const real *W2, void *save, int N, int d, int F);
     /* Optional (bf16): residual_rmsnorm_forward whose norm output goes, in bf16 only, into
-     * slot 0 of a bf16 block state `save` (above): the block's input.
-     * tokens (then y = NULL): out = x[tokens[n], :], embedding_rmsnorm_forward's sum.
-     * Returns 0 when it did nothing. */
+     * slot 0 of a bf16 block state `save` (above): the block's input. y = NULL and y_state:
+     * y is the bf16 output of the block before, in slot 1 of its state. tokens (then y =
+     * NULL, y_state = NULL): out = x[tokens[n], :], embedding_rmsnorm_forward's sum.
+     * Returns 0 when it did nothing (never with y_state). */
     int (*residual_rmsnorm_bf16_forward)(real *out, const real *x, const real *y,
-                                         const int *tokens, void *save, real *rstd, const real *w,
-                                         int N, int C, real eps);
+                                         const void *y_state, const int *tokens, void *save,
+                                         real *rstd, const real *w, int N, int C, real eps);
     /* Optional (with the bf16 blocks): rmsnorm_backward (write: dx =, else +=) whose dout is
      * fp32, or (dout NULL) a bf16 block's input gradient in slot 0 of dout_state, and whose dx
      * is also written in bf16 into slot 1 of dx_state (NULL: not), a bf16 block's output

@@ -27,8 +27,9 @@ typedef struct MixerKind {
     int backward_writes_dx;
     /* optional: the backend's bf16 state of this layer (Ops.attn_block_*, ops.h "bf16 block
      * states") whose input the norm before may write in bf16 (Ops.residual_rmsnorm_bf16_forward):
-     * forward is then called with x = NULL and reads it from there; backward may be called
-     * with dx = NULL and then leaves the input gradient there in bf16 (for
+     * forward is then called with x = NULL and reads it from there, and may be called with
+     * y = NULL and then leaves its output there in bf16 (for the norm after); backward may
+     * be called with dx = NULL and then leaves the input gradient there in bf16 (for
      * Ops.rmsnorm_backward_bf16). NULL (or returning NULL): none */
     void *(*bf16_input)(void *self);
     void (*destroy)(void *self, const Ops *ops);

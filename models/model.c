@@ -308,28 +308,42 @@ static void *bf16_input(Model *m, int s, int **saved) {
     return m->kind->bf16_input ? m->kind->bf16_input(m->mixers[l]) : NULL;
 }
 
-/* res[s] = res[s-1] + y, and the norm after it in the same pass */
-static void residual(Model *m, int s, const real *y, int N) {
+/* the bf16 state of the block before residual state s (s >= 1), where it may leave its
+ * output in bf16 (slot 1) for the norm after s to read: where that norm writes the next
+ * block's bf16 input; NULL: the block writes tmp */
+static void *y_state(Model *m, int s) {
+    int *saved, l = (s - 1) / 2;
+    if (!m->ops->residual_rmsnorm_bf16_forward || !bf16_input(m, s, &saved)) return NULL;
+    if (s % 2) return m->kind->bf16_input ? m->kind->bf16_input(m->mixers[l]) : NULL;
+    return m->mlps[l].save;
+}
+
+/* res[s] = res[s-1] + y (y NULL: in bf16 in y_st, from y_state), and the norm after it in
+ * the same pass */
+static void residual(Model *m, int s, const real *y, const void *y_st, int N) {
     real *out, *rstd;
     const real *w;
     int norm = norm_after(m, s, &out, &rstd, &w), *saved;
     void *save = bf16_input(m, s, &saved);
     if (save && m->ops->residual_rmsnorm_bf16_forward && /* the block's input, in bf16 only */
-        (*saved = m->ops->residual_rmsnorm_bf16_forward(m->res[s], m->res[s - 1], y, NULL, save,
-                                                         rstd, w, N, m->dims.d, m->dims.norm_eps)))
+        (*saved = m->ops->residual_rmsnorm_bf16_forward(m->res[s], m->res[s - 1], y, y_st, NULL,
+                                                         save, rstd, w, N, m->dims.d,
+                                                         m->dims.norm_eps)))
         return;
     m->ops->residual_rmsnorm_forward(m->res[s], m->res[s - 1], y, norm ? out : NULL, rstd, w, N,
                                      m->dims.d, m->dims.norm_eps);
 }
 
-/* tmp = SwiGLU MLP of ln[2l+1]: the backend's whole-MLP op, or matmuls and swiglu */
-static void mlp_forward(Model *m, int l, int N) {
+/* tmp (or with y_st, slot 1 of the MLP's state) = SwiGLU MLP of ln[2l+1]: the backend's
+ * whole-MLP op, or matmuls and swiglu */
+static void mlp_forward(Model *m, int l, int N, const void *y_st) {
     const Ops *ops = m->ops;
     int d = m->dims.d, F = m->dims.mlp_width;
     Mlp *p = &m->mlps[l];
     const real *x = m->ln[2 * l + 1];
     if (p->save) {
-        ops->mlp_forward(m->tmp, p->x_saved ? NULL : x, P(m, p->w1), P(m, p->w2), p->save, N, d, F);
+        ops->mlp_forward(y_st ? NULL : m->tmp, p->x_saved ? NULL : x, P(m, p->w1), P(m, p->w2),
+                         p->save, N, d, F);
         return;
     }
     if (p->ld == 2 * F) {
@@ -394,8 +408,8 @@ void model_forward(Model *m, int B, int with_loss) {
     m->tail_done = 0;
     if (ops->params_bf16) ops->params_bf16(m->params, (long)m->pb.total);
     if (save && norm && ops->residual_rmsnorm_bf16_forward)
-        *saved = ops->residual_rmsnorm_bf16_forward(m->res[0], P(m, m->p_embed), NULL, m->tokens,
-                                                    save, rstd, nw, N, d, D->norm_eps);
+        *saved = ops->residual_rmsnorm_bf16_forward(m->res[0], P(m, m->p_embed), NULL, NULL,
+                                                    m->tokens, save, rstd, nw, N, d, D->norm_eps);
     if (!(save && *saved) &&
         !(norm && ops->embedding_rmsnorm_forward &&
           ops->embedding_rmsnorm_forward(m->res[0], m->tokens, P(m, m->p_embed), nout, rstd, nw, N,
@@ -404,19 +418,21 @@ void model_forward(Model *m, int B, int with_loss) {
         norm_state(m, 0, N);
     }
     for (int l = 0; l < L; l++) {
-        /* mixer sublayer */
-        m->kind->forward(m->mixers[l], ops, m->mixer_x_saved[l] ? NULL : m->ln[2 * l], m->tmp, B,
-                         D->T);
-        residual(m, 2 * l + 1, m->tmp, N);
+        /* mixer sublayer (its output in bf16 in its state where the norm after can read it) */
+        const void *y_st = y_state(m, 2 * l + 1);
+        m->kind->forward(m->mixers[l], ops, m->mixer_x_saved[l] ? NULL : m->ln[2 * l],
+                         y_st ? NULL : m->tmp, B, D->T);
+        residual(m, 2 * l + 1, y_st ? NULL : m->tmp, y_st, N);
         /* MLP sublayer (identity when model.mlp=none) */
         if (!F) {
             ops->copy(m->res[2 * l + 2], m->res[2 * l + 1], nd);
             norm_state(m, 2 * l + 2, N);
             continue;
         }
-        mlp_forward(m, l, N);
+        y_st = y_state(m, 2 * l + 2);
+        mlp_forward(m, l, N, y_st);
         if (l == L - 1 && with_loss && head_loss_step(m, N)) return;
-        residual(m, 2 * l + 2, m->tmp, N);
+        residual(m, 2 * l + 2, y_st ? NULL : m->tmp, y_st, N);
     }
     /* autoencoder: the final norm and head unembed the decoder output (mad.md §4.2) */
     if (m->ae)

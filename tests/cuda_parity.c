@@ -190,7 +190,7 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     GPU16->residual_rmsnorm_forward(gout, gx, gy, gn, grs, gw, N, d, 1e-5f);
     GPU16->mlp_forward(gya, gn, gW13, gW2, sa, N, d, F);
     GPU16->zero(gout, sizeof(real) * nx), GPU16->zero(grs, sizeof(real) * N);
-    assert_int_equal(GPU16->residual_rmsnorm_bf16_forward(gout, gx, gy, NULL, sb, grs, gw, N, d, 1e-5f), 1);
+    assert_int_equal(GPU16->residual_rmsnorm_bf16_forward(gout, gx, gy, NULL, NULL, sb, grs, gw, N, d, 1e-5f), 1);
     GPU16->mlp_forward(gyb, NULL, gW13, gW2, sb, N, d, F);
     real *out = malloc(sizeof(real) * nx), *n = malloc(sizeof(real) * nx), *rs = malloc(sizeof(real) * N);
     real *ya = malloc(sizeof(real) * nx);
@@ -254,6 +254,32 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     for (size_t i = 0; i < sizeof hb / sizeof *hb; i++) free(hb[i]);
 }
 
+/* The norm after a bf16 block reading the block's output in bf16 from its state
+ * (mlp_forward with y = NULL, then residual_rmsnorm_bf16_forward with y_state): the sum and
+ * rstd as from the fp32 output within its rounding; d = 18: not the one-pass kernel */
+static void norm_after_mlp_case(gsl_rng *r, int N, int d, int F) {
+    size_t nx = (size_t)N * d;
+    real *x = randv(r, nx, 1), *xin = randv(r, nx, 1), *w = randv(r, d, 1);
+    real *W13 = randv(r, 2 * F * d, 0.3), *W2 = randv(r, (size_t)d * F, 0.3);
+    real *gx = up(GPU16, x, sizeof(real) * nx), *gin = up(GPU16, xin, sizeof(real) * nx);
+    real *gw = up(GPU16, w, sizeof(real) * d), *gW13 = up(GPU16, W13, sizeof(real) * 2 * F * d);
+    real *gW2 = up(GPU16, W2, sizeof(real) * d * F), *gy = GPU16->alloc(sizeof(real) * nx);
+    real *gout[2], *grs[2], *gn = GPU16->alloc(sizeof(real) * nx);
+    for (int k = 0; k < 2; k++) gout[k] = GPU16->alloc(sizeof(real) * nx), grs[k] = GPU16->alloc(sizeof(real) * N);
+    void *sa = GPU16->alloc(GPU16->mlp_save_bytes(N, d, F)), *sb = GPU16->alloc(GPU16->mlp_save_bytes(N, d, F));
+    GPU16->mlp_forward(gy, gin, gW13, gW2, sa, N, d, F);
+    GPU16->mlp_forward(NULL, gin, gW13, gW2, sa, N, d, F);
+    GPU16->residual_rmsnorm_forward(gout[0], gx, gy, gn, grs[0], gw, N, d, 1e-5f);
+    assert_int_equal(GPU16->residual_rmsnorm_bf16_forward(gout[1], gx, NULL, sa, NULL, sb, grs[1], gw, N, d, 1e-5f), 1);
+    printf("  the norm after the bf16 MLP reading its output in bf16, N=%d d=%d F=%d\n", N, d, F);
+    real *h = down(GPU16, gout[0], nx), *hr = down(GPU16, grs[0], N);
+    cmp("residual sum", h, gout[1], nx, BF16_EPS);
+    cmp("rstd", hr, grs[1], (size_t)N, BF16_EPS);
+    void *bufs[] = {gx, gin, gw, gW13, gW2, gy, gn, gout[0], gout[1], grs[0], grs[1], sa, sb};
+    for (size_t i = 0; i < NCASES(bufs); i++) GPU16->release(bufs[i]);
+    free(x), free(xin), free(w), free(W13), free(W2), free(h), free(hr);
+}
+
 static void test_mlp_bf16(void **s) {
     (void)s;
     NEED_GPU();
@@ -263,6 +289,8 @@ static void test_mlp_bf16(void **s) {
     mlp_bf16_case(r, 300, 128, 352); /* MAD's d = 128 and F */
     mlp_bf16_case(r, 256, 128, 64);  /* d = 128, a small F */
     norm_into_mlp_case(r, 300, 128, 352); /* MAD's d and F */
+    norm_after_mlp_case(r, 300, 128, 352);
+    norm_after_mlp_case(r, 50, 18, 24);
     norm_into_mlp_case(r, 77, 200, 48);   /* the 8-column-a-lane kernel, ragged */
     gsl_rng_free(r);
 }

@@ -6,7 +6,8 @@
 // kernels and accumulate in fp32, the core reads and writes bf16 rows (AttnArgs.io_bf16,
 // attention_tc_cuda.cu), and the weight gradients, dx and the output y stay fp32.
 //   forward   xb = bf16(x), qkv = xb Wqkv^T + bqkv, rl = xb Wr^T, r = RoPE(norm(rl) r_norm),
-//             o = core(q, k, v, r), y = o Wo^T + bo                    (bf16 but y)
+//             o = core(q, k, v, r), y = o Wo^T + bo   (bf16 but y, unless y goes to dyb's slot for
+//                                                      the norm after)
 //   backward  dyb = bf16(dy) with dbo += colsum(dy) in one pass, dob = dyb Wo, dWo += dyb^T o,
 //             dqkv, dr = core backward (the bias sums dbqkv inside), dl = norm backward (dr),
 //             dWqkv += dqkv^T xb, dWr += dl^T xb, dx = dqkv Wqkv + dl Wr (fp32, or bf16 in xb's slot)
@@ -170,16 +171,17 @@ __global__ void __launch_bounds__(256) probe_norm_bwd_kernel(bf16 *dl, float *pa
 // the weights in bf16: views of the model's copy (Ops.params_bf16), or the block's own in
 // save (w, wo, bqkv, wr), which the forward rounds
 struct Weights {
-    const bf16 *w, *wo, *bqkv, *wr;
+    const bf16 *w, *wo, *bqkv, *bo, *wr;
     bool own;
 };
 Weights weights(const AttnBlock *blk, const Save &s, int d) {
     const long dd = (long)d * d;
     const Weights m = {cu_params_bf16_of(blk->Wqkv, 3 * dd), cu_params_bf16_of(blk->Wo, dd),
                        blk->bqkv ? cu_params_bf16_of(blk->bqkv, 3L * d) : nullptr,
+                       blk->bo ? cu_params_bf16_of(blk->bo, d) : nullptr,
                        blk->Wr ? cu_params_bf16_of(blk->Wr, dd) : nullptr, false};
-    if (m.w && m.wo && (!blk->bqkv || m.bqkv) && (!blk->Wr || m.wr)) return m;
-    return {s.w, s.wo, s.bqkv, s.wr, true};
+    if (m.w && m.wo && (!blk->bqkv || (m.bqkv && m.bo)) && (!blk->Wr || m.wr)) return m;
+    return {s.w, s.wo, s.bqkv, s.bo, s.wr, true};
 }
 
 void forward(float *y, const float *x, const AttnBlock *blk, void *save) {
@@ -211,7 +213,9 @@ void forward(float *y, const float *x, const AttnBlock *blk, void *save) {
     }
     const AttnArgs c = core_args(blk, s);
     cu_attention_tc(&c, 0);
-    linear<float>(y, CUDA_R_32F, s.o, wb.wo, blk->bo, N, d, d);
+    if (y) linear<float>(y, CUDA_R_32F, s.o, wb.wo, blk->bo, N, d, d);
+    else linear<bf16>(s.dyb, CUDA_R_16BF, s.o, wb.wo, blk->bo ? wb.bo : nullptr, N, d, d); // slot 1
+
 }
 
 void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {

@@ -138,9 +138,17 @@ __device__ __forceinline__ void st4(__nv_bfloat16 *p, float4 v) {
     __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
     *reinterpret_cast<uint2 *>(p) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
 }
-// tok (then y == NULL): out = the embedding rows x[tok[row]] instead of x + y (embedding_rmsnorm_forward)
-template <int K, typename NT>
-__global__ void residual_rmsnorm4_kernel(float *out, const float *x, const float *y, NT *nout,
+__device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+__device__ __forceinline__ float4 ld4(const __nv_bfloat16 *p) { // 4 bf16 (8 bytes) as floats
+    const uint2 u = *reinterpret_cast<const uint2 *>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+// y: float, or bf16 (a bf16 block's output). tok (then y == NULL): out = the embedding rows
+// x[tok[row]] instead of x + y (embedding_rmsnorm_forward)
+template <int K, typename NT, typename YT>
+__global__ void residual_rmsnorm4_kernel(float *out, const float *x, const YT *y, NT *nout,
                                          float *rstd, const float *w, int N, int C, float eps,
                                          const int *tok) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -152,8 +160,8 @@ __global__ void residual_rmsnorm4_kernel(float *out, const float *x, const float
     for (int k = 0; k < K; k++) {
         int c = 4 * lane + 128 * k;
         if (c >= C) continue;
-        float4 a = *reinterpret_cast<const float4 *>(x + xo + c);
-        float4 b = y ? *reinterpret_cast<const float4 *>(y + o + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        float4 a = ld4(x + xo + c);
+        float4 b = y ? ld4(y + o + c) : make_float4(0.f, 0.f, 0.f, 0.f);
         v[k] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
         st4(out + o + c, v[k]);
         ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
@@ -176,15 +184,15 @@ __global__ void add_kernel(float *out, const float *x, const float *y, long n) {
 }
 // the one-pass kernel where C fits (16 < C <= 256, C % 4 == 0, aligned); false: the caller
 // runs it in passes (add, then the norm). tok: x's rows by token, y NULL (the embedding)
-template <typename NT>
-static bool residual_rmsnorm_fused(float *out, const float *x, const float *y, NT *nout,
+template <typename NT, typename YT>
+static bool residual_rmsnorm_fused(float *out, const float *x, const YT *y, NT *nout,
                                    float *rstd, const float *w, int N, int C, float eps,
                                    const int *tok = nullptr) {
     if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(out, x, y, w) && cu_aligned16(nout)))
         return false;
     if (C <= 128)
-        residual_rmsnorm4_kernel<1, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, tok);
-    else residual_rmsnorm4_kernel<2, NT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, tok);
+        residual_rmsnorm4_kernel<1, NT, YT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, tok);
+    else residual_rmsnorm4_kernel<2, NT, YT><<<cu_blocks(N, 8), 256, 0, cu.stream>>>(out, x, y, nout, rstd, w, N, C, eps, tok);
     CKL();
     return true;
 }
@@ -196,11 +204,31 @@ static void residual_rmsnorm_forward(float *out, const float *x, const float *y,
     CKL();
     if (nout) rmsnorm_forward(nout, rstd, out, w, N, C, eps);
 }
-// the norm written into the first N*C bf16 of a bf16 block's state, its input: no fp32 copy
-// and no conversion pass (tokens: the embedding's rows, as embedding_rmsnorm_forward)
-static int residual_rmsnorm_bf16_forward(float *out, const float *x, const float *y, const int *tokens,
-                                         void *save, float *rstd, const float *w, int N, int C, float eps) {
-    return residual_rmsnorm_fused(out, x, y, (__nv_bfloat16 *)save, rstd, w, N, C, eps, tokens);
+__global__ void from_bf16_kernel(float *y, const __nv_bfloat16 *x, long n) {
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n) y[i] = __bfloat162float(x[i]);
+}
+static float *widen(const __nv_bfloat16 *x, long n, float *y) { // y = float(x), y in scratch
+    from_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(y, x, n);
+    CKL();
+    return y;
+}
+// the norm written into slot 0 of a bf16 block's state, its input: no fp32 copy and no
+// conversion pass (tokens: the embedding's rows, as embedding_rmsnorm_forward); y NULL and
+// y_state: y is the bf16 output in slot 1 of that block's state. Where the one-pass kernel
+// does not apply: 0, or with y_state (whose y exists in no other form) the passes
+static int residual_rmsnorm_bf16_forward(float *out, const float *x, const float *y, const void *y_state,
+                                         const int *tokens, void *save, float *rstd, const float *w,
+                                         int N, int C, float eps) {
+    __nv_bfloat16 *xb = cu_state_slot(save, N, C, 0);
+    if (!y_state) return residual_rmsnorm_fused(out, x, y, xb, rstd, w, N, C, eps, tokens);
+    const __nv_bfloat16 *yb = cu_state_slot((void *)y_state, N, C, 1);
+    if (residual_rmsnorm_fused(out, x, yb, xb, rstd, w, N, C, eps)) return 1;
+    const long n = (long)N * C;
+    float *y32 = widen(yb, n, cu_scratch(2 * (size_t)n)), *nout = y32 + n;
+    residual_rmsnorm_forward(out, x, y32, nout, rstd, w, N, C, eps);
+    cu_to_bf16(xb, nout, n);
+    return 1;
 }
 
 // dx = r (w dy) - r^3/C x sum(w dy x)  (the CPU reference's formula); dw by column sums
@@ -233,13 +261,6 @@ __global__ void rmsnorm_bwd_row_kernel(float *dx, const float *dout, const float
 // partials to dw. Before, a separate column-sum pass re-read dout and x (8 N C bytes).
 // Formulas: baselines.md §1.3 (dx = r (w dy) - r^3/C x sum(w dy x), dw = sum dy x r).
 constexpr int NORM_BLOCK_ROWS = 64; // rows per block: 256 blocks at N = 16384 (MAD)
-__device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
-__device__ __forceinline__ float4 ld4(const __nv_bfloat16 *p) { // 4 bf16 (8 bytes) as floats
-    const uint2 u = *reinterpret_cast<const uint2 *>(p);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
-    return make_float4(a.x, a.y, b.x, b.y);
-}
 // a warp's row at offset o: this lane's float4s of dout (float or bf16), x and dx
 template <int K, typename GT>
 __device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], float4 (&d)[K],
@@ -338,10 +359,6 @@ static bool rmsnorm_bwd_fused(float *dx, float *dw, const GT *dout, const float 
     if (dw) cu_grad_colsum_parts(dw, part, S, C);
     return true;
 }
-__global__ void from_bf16_kernel(float *y, const __nv_bfloat16 *x, long n) {
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i < n) y[i] = __bfloat162float(x[i]);
-}
 static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int C, bool write);
 // Ops.rmsnorm_backward_bf16: dout fp32, or (NULL) bf16 in slot 0 of dout_state; dx also in
@@ -355,12 +372,7 @@ static int rmsnorm_backward_bf16(float *dx, float *dw, const float *dout, const 
     if (doutb ? rmsnorm_bwd_fused(dx, dw, doutb, x, w, rstd, N, C, write, dxb)
               : rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, dxb))
         return 1;
-    if (doutb) {
-        float *g = cu_scratch((size_t)N * C);
-        from_bf16_kernel<<<cu_blocks((long)N * C, 256), 256, 0, cu.stream>>>(g, doutb, (long)N * C);
-        CKL();
-        dout = g;
-    }
+    if (doutb) dout = widen(doutb, (long)N * C, cu_scratch((size_t)N * C));
     rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, C, write);
     if (dxb) cu_to_bf16(dxb, dx, (long)N * C);
     return 1;
@@ -405,7 +417,7 @@ __global__ void embed_fwd_kernel(float *out, const int *tok, const float *table,
 // by token, adding nothing); 0 where it does not apply (the model then runs the two ops)
 static int embedding_rmsnorm_forward(float *out, const int *tokens, const float *table, float *nout,
                                      float *rstd, const float *w, int N, int C, float eps) {
-    return residual_rmsnorm_fused(out, table, nullptr, nout, rstd, w, N, C, eps, tokens);
+    return residual_rmsnorm_fused(out, table, (const float *)nullptr, nout, rstd, w, N, C, eps, tokens);
 }
 static void embedding_forward(float *out, const int *tokens, const float *table, int N, int C) {
     long n = (long)N * C;

@@ -4,7 +4,8 @@
 // largest tensors of a MAD step, and at fp32 the MLP's matmuls and SwiGLU passes are
 // bound by moving them. Matmuls take bf16 operands and accumulate in fp32 (cuBLAS
 // COMPUTE_32F); the MLP's output, the weight gradients and dx stay fp32.
-//   forward   xb = bf16(x) (or written by the norm before), ab = xb W13^T (bf16), h = silu(a) b (bf16), y = h W2^T (fp32)
+//   forward   xb = bf16(x) (or written by the norm before), ab = xb W13^T (bf16), h = silu(a) b (bf16),
+//             y = h W2^T (fp32, or bf16 in dyb's slot for the norm after)
 //   backward  dyb = bf16(dy) (or written by the norm's backward), dh = dyb W2 (bf16), dW2 += dyb^T h, dab = SwiGLU' (bf16),
 //             dW13 += dab^T xb, dx = dab W13 (fp32 written, or bf16 into xb's slot for the norm's backward)
 // W13 = [W1; W3] ([2F, d]: the model's adjacent W1, W3), a and b side by side in ab's
@@ -137,7 +138,8 @@ void mlp_forward(float *y, const float *x, const float *W13, const float *W2, vo
     }
     cu_gemm_bf16(s.ab, CUDA_R_16BF, s.xb, w.w13, N, 2 * F, d, 0, 1, 0.f);
     swiglu_fwd_bf16(s.h, s.ab, N, F);
-    cu_gemm_bf16(y, CUDA_R_32F, s.h, w.w2, N, d, F, 0, 1, 0.f);
+    if (y) cu_gemm_bf16(y, CUDA_R_32F, s.h, w.w2, N, d, F, 0, 1, 0.f);
+    else cu_gemm_bf16(s.dyb, CUDA_R_16BF, s.h, w.w2, N, d, F, 0, 1, 0.f); // slot 1, for the norm after
 }
 
 void mlp_backward(float *dx, float *dW13, float *dW2, const float *dy, const float *W13,
