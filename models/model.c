@@ -452,8 +452,9 @@ static void *dx_state(Model *m, int s) {
 }
 
 /* dres (write: =, else +=) the gradient through the norm after residual state s (s = 2L:
- * the final one); where MLP `mlp` reads dres next (-1: none), the backend may also write it
- * in bf16 into the MLP's saved state, as the MLP stores it */
+ * the final one), from dln or from the bf16 state where the block after s left it
+ * (dx_state); where MLP `mlp` reads dres next (-1: none), the backend may also write it in
+ * bf16 into the MLP's state, as the MLP stores it */
 static void norm_backward(Model *m, int s, int N, int write, int mlp) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
