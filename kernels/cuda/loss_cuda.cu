@@ -204,15 +204,17 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
         float4 xn, yn; // the next row's, in flight during this one (past the last: row n again)
         hl_load(xn, yn, h, n + HL_WARPS < n1 ? n + HL_WARPS : n, c, on);
         const int tgt = h.targets[n];
-        // forward: r = x + y, f = rmsnorm(r) w (as residual_rmsnorm4_kernel), the logits
-        const float4 r = x + y;
-        const float rs = (float)(1.0 / sqrt((double)(warp_sum(dot4(r, r)) / C + h.eps)));
-        const float4 f = r * f4(rs) * wn;
+        // forward: r = x + y, f = rmsnorm(r) w (as residual_rmsnorm4_kernel), the logits as
+        // rstd ((r w) W^T) + b: their sums need not wait for the norm's (two chains of
+        // shuffles side by side)
+        const float4 r = x + y, u = r * wn;
         float p[HL_V];
 #pragma unroll
-        for (int v = 0; v < HL_V; v++) p[v] = dot4(f, W[v]);
-        const float sum = warp_sum16(p, lane); // every lane: the shuffles take the whole warp
-        const float l = valid ? sum + bias : -INFINITY;
+        for (int v = 0; v < HL_V; v++) p[v] = dot4(u, W[v]);
+        const float ss = warp_sum(dot4(r, r)), sum = warp_sum16(p, lane); // every lane: whole-warp shuffles
+        const float rs = (float)(1.0 / sqrt((double)(ss / C + h.eps)));
+        const float4 f = u * f4(rs);
+        const float l = valid ? rs * sum + bias : -INFINITY;
         // the cross-entropy over the 16 lanes of one parity (as xent_group_kernel)
         float mx = l;
 #pragma unroll
