@@ -226,16 +226,18 @@ typedef struct Ops {
     /* Optional (with the bf16 blocks): rmsnorm_backward (write: dx =, else +=) whose dout is
      * fp32, or (dout NULL) a bf16 block's input gradient in slot 0 of dout_state, and whose dx
      * is also written in bf16 into slot 1 of dx_state (NULL: not), a bf16 block's output
-     * gradient. Returns 0 when it did nothing (then dout is not NULL). */
+     * gradient, and (dx_colsum not NULL) its column sums added into dx_colsum [C] (that
+     * block's output bias gradient). Returns 0 when it did nothing (then dout is not NULL). */
     int (*rmsnorm_backward_bf16)(real *dx, real *dw, const real *dout, const void *dout_state,
                                  const real *x, const real *w, const real *rstd, int N, int C,
-                                 int write, void *dx_state);
+                                 int write, void *dx_state, real *dx_colsum);
     /* Optional (CUDA bf16): the plain attention core's whole block with its activations in
      * bf16 (AttnBlock, above), as PyTorch's bf16 autocast stores them. save: per layer,
      * attn_block_save_bytes bytes, kept from forward to backward; 0 bytes: no block for
      * these arguments (the model composes the other ops). Forward writes y [N,d] (fp32)
      * and core.lse, core.tbar; backward writes dx [N,d] and adds into the gradients. x, dy, dx
-     * may be NULL: in the state's slots (bf16 block states, above). */
+     * may be NULL: in the state's slots (bf16 block states, above); dy = NULL: dbo too was
+     * added by the norm's backward that wrote dy (rmsnorm_backward_bf16's dx_colsum). */
     size_t (*attn_block_save_bytes)(const AttnBlock *blk);
     void (*attn_block_forward)(real *y, const real *x, const AttnBlock *blk, void *save);
     void (*attn_block_backward)(real *dx, const real *dy, const AttnBlock *blk, void *save);

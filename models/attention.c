@@ -513,6 +513,7 @@ static void attn_backward(void *self, const Ops *ops, const real *x, const real 
 }
 
 static void *attn_bf16_input(void *self) { return ((Attn *)self)->block; }
+static real *attn_bf16_output_bias_grad(void *self) { return ((Attn *)self)->G[S_BO]; }
 
 /* CG residual of the last forward pass (parallax_lla.md §2.3): the worst and
  * the mean relative residual |r|/|b| over rows, so a run shows whether
@@ -573,6 +574,7 @@ static int attn_check_ops(const void *self, const Ops *ops, Err *err) {
                              .bind = attn_bind, .forward = attn_forward,                      \
                              .backward = attn_backward, .backward_writes_dx = 1,              \
                              .bf16_input = attn_bf16_input,                                   \
+                             .bf16_output_bias_grad = attn_bf16_output_bias_grad,             \
                              .destroy = attn_destroy,                                         \
                              .diagnostics = attn_diagnostics, .check_ops = attn_check_ops}
 

@@ -32,6 +32,10 @@ typedef struct MixerKind {
      * be called with dx = NULL and then leaves the input gradient there in bf16 (for
      * Ops.rmsnorm_backward_bf16). NULL (or returning NULL): none */
     void *(*bf16_input)(void *self);
+    /* optional, with bf16_input: the gradient of the bias of the layer's output projection
+     * (NULL: none); the model passes it to the norm's backward that writes the layer's
+     * output gradient into its bf16 state, and then calls backward with dy = NULL */
+    real *(*bf16_output_bias_grad)(void *self);
     void (*destroy)(void *self, const Ops *ops);
     /* reals of recurrent state one layer keeps per sequence (MAD compares at matched
      * state); NULL when the state grows with the sequence (softmax's KV cache) */

@@ -60,8 +60,9 @@ struct Model {
     const MixerKind *kind;
     void **mixers;
     int *mixer_x_saved; /* the norm before wrote layer l's input into its mixer's bf16 state */
-    int *mixer_dx_saved; /* layer l's backward wrote its input gradient there, not into dln
-                          * (the second half of mixer_x_saved's allocation) */
+    int *mixer_dx_saved; /* layer l's backward wrote its input gradient there, not into dln */
+    int *mixer_dy_saved; /* the norm after wrote layer l's output gradient there (these three
+                          * flags share mixer_x_saved's allocation) */
     Mlp *mlps;
     AutoEncoder *ae; /* model.backbone=autoencoder (compression), else NULL */
     int p_embed, p_final_norm, p_head_w, p_head_b;
@@ -123,8 +124,8 @@ Model *model_create(const Config *cfg, const Ops *ops, int B, int T, Err *err) {
     m->p_embed = pb_add(pb, "embed", D->V, d, 0, INIT_NORMAL, 0.02);
     m->p_norm = xcalloc((size_t)(2 * L), sizeof(int));
     m->mixers = xcalloc((size_t)L, sizeof(void *));
-    m->mixer_x_saved = xcalloc((size_t)(2 * L), sizeof(int));
-    m->mixer_dx_saved = m->mixer_x_saved + L;
+    m->mixer_x_saved = xcalloc((size_t)(3 * L), sizeof(int));
+    m->mixer_dx_saved = m->mixer_x_saved + L, m->mixer_dy_saved = m->mixer_x_saved + 2 * L;
     m->mlps = xcalloc((size_t)L, sizeof(Mlp));
     for (int l = 0; l < L; l++) {
         snprintf(pb->prefix, sizeof pb->prefix, "blocks.%d.", l);
@@ -451,23 +452,43 @@ static void *dx_state(Model *m, int s) {
     return m->mixer_dx_saved[s / 2] ? m->kind->bf16_input(m->mixers[s / 2]) : NULL;
 }
 
+/* the bf16 state of the block before residual state s (s >= 1), whose output gradient is
+ * the dres that the norm after s finishes: the norm may write it there in bf16 too (slot 1;
+ * *flag then says so) and sum its columns into *bias_grad, that block's output bias
+ * gradient (NULL: none); NULL: no such state */
+static void *dy_state(Model *m, int s, int **flag, real **bias_grad) {
+    int l = (s - 1) / 2;
+    *flag = NULL, *bias_grad = NULL;
+    if (s == 0) return NULL;
+    if (s % 2 == 0) { /* MLP l */
+        if (!m->dims.mlp_width || !m->mlps[l].save) return NULL;
+        *flag = &m->mlps[l].dy_saved;
+        return m->mlps[l].save;
+    }
+    void *st = m->kind->bf16_input ? m->kind->bf16_input(m->mixers[l]) : NULL;
+    if (!st) return NULL;
+    *flag = &m->mixer_dy_saved[l];
+    if (m->kind->bf16_output_bias_grad) *bias_grad = m->kind->bf16_output_bias_grad(m->mixers[l]);
+    return st;
+}
+
 /* dres (write: =, else +=) the gradient through the norm after residual state s (s = 2L:
  * the final one), from dln or from the bf16 state where the block after s left it
- * (dx_state); where MLP `mlp` reads dres next (-1: none), the backend may also write it in
- * bf16 into the MLP's state, as the MLP stores it */
-static void norm_backward(Model *m, int s, int N, int write, int mlp) {
+ * (dx_state); the backend may also write the result in bf16 into the state of the block
+ * before s, its output gradient (dy_state) */
+static void norm_backward(Model *m, int s, int N, int write) {
     const Ops *ops = m->ops;
     const ModelDims *D = &m->dims;
-    int fin = s == 2 * D->layers, d = D->d;
+    int fin = s == 2 * D->layers, d = D->d, *dy_saved;
     real *dw = G(m, fin ? m->p_final_norm : m->p_norm[s]), *rstd = fin ? m->fin_rstd : m->rstd[s];
+    real *dy_bias;
     const real *w = P(m, fin ? m->p_final_norm : m->p_norm[s]);
-    Mlp *p = mlp >= 0 ? &m->mlps[mlp] : NULL;
-    void *dout_state = dx_state(m, s), *dy_state = p ? p->save : NULL;
-    if (p) p->dy_saved = 0;
-    if ((dout_state || dy_state) && ops->rmsnorm_backward_bf16 &&
+    void *dout_state = dx_state(m, s), *dy_st = dy_state(m, s, &dy_saved, &dy_bias);
+    if (dy_saved) *dy_saved = 0;
+    if ((dout_state || dy_st) && ops->rmsnorm_backward_bf16 &&
         ops->rmsnorm_backward_bf16(m->dres, dw, dout_state ? NULL : m->dln, dout_state, m->res[s], w,
-                                   rstd, N, d, write, dy_state)) {
-        if (p) p->dy_saved = dy_state != NULL;
+                                   rstd, N, d, write, dy_st, dy_bias)) {
+        if (dy_saved) *dy_saved = dy_st != NULL;
         return;
     }
     if (write) rmsnorm_backward_write(ops, m->dres, dw, m->dln, m->res[s], w, rstd, N, d);
@@ -489,21 +510,21 @@ void model_backward(Model *m, int B) {
             ae_backward(m->ae, ops, m->dln, P(m, m->p_final_norm), G(m, m->p_final_norm),
                         m->fin_rstd, m->dres, B, D->T);
         } else {
-            norm_backward(m, 2 * L, N, 1, F ? L - 1 : -1);
+            norm_backward(m, 2 * L, N, 1);
         }
     }
     for (int l = L - 1; l >= 0; l--) {
         if (F) {
             mlp_backward(m, l, N);
-            norm_backward(m, 2 * l + 1, N, 0, -1);
+            norm_backward(m, 2 * l + 1, N, 0);
         }
         /* a bf16 block state: the input gradient in bf16 there, where the norm reads it */
         int *in_state = &m->mixer_dx_saved[l];
         *in_state = bf16_input(m, 2 * l, &saved) && ops->rmsnorm_backward_bf16;
         if (!m->kind->backward_writes_dx && !*in_state) ops->zero(m->dln, nd);
-        m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->dres, *in_state ? NULL : m->dln, B,
-                          D->T);
-        norm_backward(m, 2 * l, N, 0, F && l > 0 ? l - 1 : -1);
+        m->kind->backward(m->mixers[l], ops, m->ln[2 * l], m->mixer_dy_saved[l] ? NULL : m->dres,
+                          *in_state ? NULL : m->dln, B, D->T);
+        norm_backward(m, 2 * l, N, 0);
     }
     ops->embedding_backward(G(m, m->p_embed), m->dres, m->tokens, N, d, D->V);
 }

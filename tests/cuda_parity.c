@@ -217,10 +217,14 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
         if (write) GPU16->rmsnorm_backward_write(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
         else GPU16->rmsnorm_backward(gd[0], gdw[0], gdout, gout, gw, grs, N, d);
         GPU16->mlp_backward(gmx[0], gd13[0], gd2[0], gd[0], gW13, gW2, sa, N, d, F);
-        assert_int_equal(GPU16->rmsnorm_backward_bf16(gd[1], gdw[1], gdout, NULL, gout, gw, grs, N, d, write, sb), 1);
+        real *gcs = GPU16->alloc(sizeof(real) * d), *cs = xcalloc((size_t)d, sizeof(real));
+        assert_int_equal(GPU16->rmsnorm_backward_bf16(gd[1], gdw[1], gdout, NULL, gout, gw, grs, N, d, write, sb, gcs), 1);
         GPU16->mlp_backward(gmx[1], gd13[1], gd2[1], NULL, gW13, gW2, sb, N, d, F);
         printf("   %s\n", write ? "norm backward written" : "norm backward accumulated");
         GPU16->to_host(h, gd[0], sizeof(real) * nx), cmp("norm dx", h, gd[1], nx, 0);
+        CPU->bias_backward(cs, h, N, d); /* the output bias gradient from dx as written */
+        cmp("norm dx column sums", cs, gcs, (size_t)d, 1e-5);
+        GPU16->release(gcs), free(cs);
         GPU16->to_host(hw, gdw[0], sizeof(real) * d), cmp("norm dw", hw, gdw[1], (size_t)d, 0);
         GPU16->to_host(hmx, gmx[0], sizeof(real) * nx), cmp("MLP dx (dy = NULL)", hmx, gmx[1], nx, 0);
         GPU16->to_host(h13, gd13[0], sizeof(real) * 2 * F * d), cmp("MLP dW13", h13, gd13[1], 2 * F * d, 0);
@@ -239,7 +243,7 @@ static void norm_into_mlp_case(gsl_rng *r, int N, int d, int F) {
     GPU16->mlp_backward(gx32, g13, g2, gdout, gW13, gW2, sa, N, d, F);
     GPU16->rmsnorm_backward(gr[0], gwd[0], gx32, gout, gw, grs, N, d);
     GPU16->mlp_backward(NULL, g13, g2, gdout, gW13, gW2, sa, N, d, F);
-    assert_int_equal(GPU16->rmsnorm_backward_bf16(gr[1], gwd[1], NULL, sa, gout, gw, grs, N, d, 0, NULL), 1);
+    assert_int_equal(GPU16->rmsnorm_backward_bf16(gr[1], gwd[1], NULL, sa, gout, gw, grs, N, d, 0, NULL, NULL), 1);
     printf("   the MLP's input gradient in bf16 into the norm's backward\n");
     GPU16->to_host(h, gr[0], sizeof(real) * nx), cmp("norm dx", h, gr[1], nx, 2 * BF16_EPS);
     GPU16->to_host(hw, gwd[0], sizeof(real) * d), cmp("norm dw", hw, gwd[1], (size_t)d, 2 * BF16_EPS);

@@ -8,7 +8,8 @@
 //   forward   xb = bf16(x), qkv = xb Wqkv^T + bqkv, rl = xb Wr^T, r = RoPE(norm(rl) r_norm),
 //             o = core(q, k, v, r), y = o Wo^T + bo   (bf16 but y, unless y goes to dyb's slot for
 //                                                      the norm after)
-//   backward  dyb = bf16(dy) with dbo += colsum(dy) in one pass, dob = dyb Wo, dWo += dyb^T o,
+//   backward  dyb = bf16(dy) with dbo += colsum(dy) in one pass (or both by the norm's backward),
+//             dob = dyb Wo, dWo += dyb^T o,
 //             dqkv, dr = core backward (the bias sums dbqkv inside), dl = norm backward (dr),
 //             dWqkv += dqkv^T xb, dWr += dl^T xb, dx = dqkv Wqkv + dl Wr (fp32, or bf16 in xb's slot)
 // The weights and biases are rounded to bf16 once per forward (autocast casts them too): the
@@ -223,8 +224,8 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
     const int N = core->B * core->T, d = core->H * core->hd;
     Save s = layout(save, N, d);
     const Weights wb = weights(blk, s, d);
-    if (blk->dbo) cu_grad_colsum(blk->dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy in bf16, same pass
-    else cu_to_bf16(s.dyb, dy, (long)N * d);
+    if (dy && blk->dbo) cu_grad_colsum(blk->dbo, dy, nullptr, nullptr, N, d, s.dyb); // dy in bf16, same pass
+    else if (dy) cu_to_bf16(s.dyb, dy, (long)N * d); // (no dy: the norm's backward did both)
     cu_gemm_bf16(s.dob, CUDA_R_16BF, s.dyb, wb.wo, N, d, d, 0, 0, 0.f);
     cu_grad_gemm_bf16(blk->dWo, s.dyb, s.o, d, d, N);
     AttnArgs c = core_args(blk, s);

@@ -274,24 +274,44 @@ __device__ __forceinline__ void norm_row_load(float4 (&g)[K], float4 (&xv)[K], f
             d[k] = write ? make_float4(0.f, 0.f, 0.f, 0.f) : ld4(dx + i);
         }
 }
+// the block's column sums: each warp's float4s acc into red, then the 8 warps in a fixed order
+// into the block's part row (every thread of the block calls it)
+template <int K>
+__device__ void norm_block_sums(float (&red)[8][256], const float4 (&acc)[K], const bool (&on)[K],
+                                float *part, int C) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads(); // red free
+#pragma unroll
+    for (int k = 0; k < K; k++)
+        if (on[k]) *reinterpret_cast<float4 *>(&red[warp][4 * lane + 128 * k]) = acc[k];
+    __syncthreads();
+    const int c = threadIdx.x;
+    if (c < C) {
+        float t = 0.f;
+        for (int k = 0; k < 8; k++) t += red[k][c];
+        part[(size_t)blockIdx.x * C + c] = t;
+    }
+}
 // dout: fp32, or bf16 (a bf16 block's input gradient); dxb (may be NULL): dx also in bf16, a
-// bf16 block's output gradient (cu_rmsnorm_bwd_bf16)
+// bf16 block's output gradient; cpart (may be NULL): the block's column sums of dx as written
+// (that block's output bias gradient: rmsnorm_backward_bf16)
 template <int K, typename GT> // C <= 128 K: lane owns columns 4 lane + 128 k .. + 3 for k < K
 __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float *part, const GT *dout,
                                                                  const float *x, const float *w,
                                                                  const float *rstd, int N, int C,
-                                                                 bool write, __nv_bfloat16 *dxb) {
+                                                                 bool write, __nv_bfloat16 *dxb,
+                                                                 float *cpart) {
     __shared__ float red[8][256]; // [warp][column] partial dw sums
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, b = blockIdx.x;
     int n = b * NORM_BLOCK_ROWS + warp, n1 = min(N, (b + 1) * NORM_BLOCK_ROWS);
     bool on[K];
-    float4 wv[K], acc[K], g[K], xv[K], d[K];
+    float4 wv[K], acc[K], cacc[K], g[K], xv[K], d[K];
 #pragma unroll
     for (int k = 0; k < K; k++) {
         int c = 4 * lane + 128 * k;
         on[k] = c < C;
         wv[k] = w && on[k] ? ld4(w + c) : make_float4(1.f, 1.f, 1.f, 1.f);
-        acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+        acc[k] = cacc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
     // the rows of a warp are n, n + 8, ...: the next row's loads are issued before this
     // row's reduction and store, two rows in flight per warp (only 16 warps per SM at MAD)
@@ -321,24 +341,16 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
                 d[k].w += r * wv[k].w * g[k].w - s * xv[k].w * dot;
                 *reinterpret_cast<float4 *>(dx + o + 4 * lane + 128 * k) = d[k];
                 if (dxb) st4(dxb + o + 4 * lane + 128 * k, d[k]);
+                if (cpart) cacc[k].x += d[k].x, cacc[k].y += d[k].y, cacc[k].z += d[k].z, cacc[k].w += d[k].w;
                 acc[k].x += g[k].x * xv[k].x * r, acc[k].y += g[k].y * xv[k].y * r;
                 acc[k].z += g[k].z * xv[k].z * r, acc[k].w += g[k].w * xv[k].w * r;
                 g[k] = gn[k], xv[k] = xn[k], d[k] = dn[k];
             }
         r = rn;
     }
-    if (!part) return; // dw == NULL: the whole block leaves before the barrier
-#pragma unroll
-    for (int k = 0; k < K; k++)
-        if (on[k]) *reinterpret_cast<float4 *>(&red[warp][4 * lane + 128 * k]) = acc[k];
-    __syncthreads();
-    // warps in a fixed order: the same sums on every run
-    int c = threadIdx.x;
-    if (c < C) {
-        float t = 0.f;
-        for (int k = 0; k < 8; k++) t += red[k][c];
-        part[(size_t)blockIdx.x * C + c] = t;
-    }
+    // (part, cpart: the same for the whole block, which leaves or sums as one)
+    if (part) norm_block_sums<K>(red, acc, on, part, C);
+    if (cpart) norm_block_sums<K>(red, cacc, on, cpart, C);
 }
 // write: dx = (not +=) the input gradient, no zeroing pass before (rmsnorm_backward_write)
 // the one-pass kernel (16 < C <= 256, C % 4 == 0, aligned rows), dx also in bf16 where
@@ -346,35 +358,38 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_fused_kernel(float *dx, float
 template <typename GT>
 static bool rmsnorm_bwd_fused(float *dx, float *dw, const GT *dout, const float *x,
                               const float *w, const float *rstd, int N, int C, bool write,
-                              __nv_bfloat16 *dxb) {
+                              __nv_bfloat16 *dxb, float *dx_colsum = nullptr) {
     if (!(C > 16 && C <= 256 && C % 4 == 0 && cu_aligned16(dx, dout, x, w) && cu_aligned16(dxb)))
         return false;
     if (N <= 0) return true;
     int S = cu_blocks(N, NORM_BLOCK_ROWS);
-    float *part = dw ? cu_parts((size_t)S * C) : nullptr;
+    float *part = dw ? cu_parts((size_t)S * C) : nullptr, *cpart = dx_colsum ? cu_parts((size_t)S * C) : nullptr;
     if (C <= 128)
-        rmsnorm_bwd_fused_kernel<1, GT><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
-    else rmsnorm_bwd_fused_kernel<2, GT><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb);
+        rmsnorm_bwd_fused_kernel<1, GT><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb, cpart);
+    else rmsnorm_bwd_fused_kernel<2, GT><<<S, 256, 0, cu.stream>>>(dx, part, dout, x, w, rstd, N, C, write, dxb, cpart);
     CKL();
     if (dw) cu_grad_colsum_parts(dw, part, S, C);
+    if (dx_colsum) cu_grad_colsum_parts(dx_colsum, cpart, S, C);
     return true;
 }
 static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
                         const float *rstd, int N, int C, bool write);
 // Ops.rmsnorm_backward_bf16: dout fp32, or (NULL) bf16 in slot 0 of dout_state; dx also in
-// bf16 into slot 1 of dx_state (may be NULL). The one-pass kernel where it applies; else
-// (dout in bf16: widened into scratch first) the fp32 passes and a conversion
+// bf16 into slot 1 of dx_state (may be NULL) and its column sums into dx_colsum (may be
+// NULL). The one-pass kernel where it applies; else (dout in bf16: widened into scratch
+// first) the fp32 passes, a conversion and a column sum
 static int rmsnorm_backward_bf16(float *dx, float *dw, const float *dout, const void *dout_state,
                                  const float *x, const float *w, const float *rstd, int N, int C,
-                                 int write, void *dx_state) {
+                                 int write, void *dx_state, float *dx_colsum) {
     __nv_bfloat16 *dxb = dx_state ? cu_state_slot(dx_state, N, C, 1) : nullptr;
     const __nv_bfloat16 *doutb = dout ? nullptr : cu_state_slot((void *)dout_state, N, C, 0);
-    if (doutb ? rmsnorm_bwd_fused(dx, dw, doutb, x, w, rstd, N, C, write, dxb)
-              : rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, dxb))
+    if (doutb ? rmsnorm_bwd_fused(dx, dw, doutb, x, w, rstd, N, C, write, dxb, dx_colsum)
+              : rmsnorm_bwd_fused(dx, dw, dout, x, w, rstd, N, C, write, dxb, dx_colsum))
         return 1;
     if (doutb) dout = widen(doutb, (long)N * C, cu_scratch((size_t)N * C));
     rmsnorm_bwd(dx, dw, dout, x, w, rstd, N, C, write);
-    if (dxb) cu_to_bf16(dxb, dx, (long)N * C);
+    if (dx_colsum) cu_grad_colsum(dx_colsum, dx, nullptr, nullptr, N, C, dxb);
+    else if (dxb) cu_to_bf16(dxb, dx, (long)N * C);
     return 1;
 }
 static void rmsnorm_bwd(float *dx, float *dw, const float *dout, const float *x, const float *w,
