@@ -1,6 +1,7 @@
 """Sums `ncu --csv --metrics gpu__time_duration.sum` output per kernel name
 (for finding where a plab step spends its time): python3 ncu_summary.py LOG
-Steps are counted as launches of the loss kernel (xent_kernel or xent_row_kernel, once a step)."""
+Steps are counted as launches of the loss kernel (xent_* or, in training, head_loss_kernel: once a
+step)."""
 import csv
 import sys
 from collections import defaultdict
@@ -8,7 +9,8 @@ from collections import defaultdict
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
 hdr, data = rows[0], rows[1:]
 ki, vi = hdr.index("Kernel Name"), hdr.index("Metric Value")
-steps = max(1, sum(r[ki].startswith("xent") for r in data))
+LOSS = ("xent", "head_loss")
+steps = max(1, sum(r[ki].startswith(LOSS) for r in data))
 tot, cnt = defaultdict(float), defaultdict(int)
 for r in data:
     name = r[ki].split("(")[0][:70]
@@ -22,7 +24,7 @@ for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:25]:
 # the launch sequence of one whole step (the second-to-last complete one), so a
 # kernel can be matched to the op that launched it: python3 ncu_summary.py LOG --sequence
 if "--sequence" in sys.argv:
-    ends = [i for i, r in enumerate(data) if r[ki].startswith("xent")]
+    ends = [i for i, r in enumerate(data) if r[ki].startswith(LOSS)]
     if len(ends) >= 3:
         a, b = ends[-3], ends[-2]
         # a step runs from after the previous step's loss kernel's backward start; print
