@@ -51,6 +51,11 @@ extern CuState cu;
 // graph is being captured is a bug (the first step always runs uncaptured).
 float *cu_scratch(size_t n);
 
+// an A/B switch: the environment variable `name` set to 0 turns a fused path off
+static inline bool cu_env_off(const char *name) {
+    const char *e = getenv(name);
+    return e && e[0] == '0' && !e[1];
+}
 static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1) / threads); }
 // every pointer 16-byte aligned (float4 / uint4 access); nullptr counts as aligned
 static inline bool cu_aligned16(const void *a, const void *b = nullptr, const void *c = nullptr,

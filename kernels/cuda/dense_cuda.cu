@@ -439,5 +439,5 @@ void cu_fill_dense(Ops *o, int p) {
     o->scale = scale;
     o->sumsq = sumsq;
     o->scale_rsqrt = scale_rsqrt;
-    o->params_bf16 = p == 2 ? params_bf16 : nullptr; // the bf16 blocks' weights
+    o->params_bf16 = p == 2 && !cu_env_off("PLAB_PARAMS_BF16") ? params_bf16 : nullptr; // A/B switch
 }

@@ -493,7 +493,8 @@ __global__ void __launch_bounds__(32 * EMB_WARPS)
 template <int P>
 static void embedding_backward(float *dtable, const float *dout, const int *tokens, int N, int C,
                                int V) {
-    if (V * C <= EMB_SMALL && C <= 128 && C % 4 == 0 && cu_aligned16(dout, dtable) && N > 0) {
+    static const bool small_off = cu_env_off("PLAB_EMB_SMALL"); // A/B switch
+    if (V * C <= EMB_SMALL && C <= 128 && C % 4 == 0 && cu_aligned16(dout, dtable) && N > 0 && !small_off) {
         const int S = cu_blocks(N, EMB_ROWS);
         float *part = cu_parts((size_t)S * V * C);
         embed_bwd_small_kernel<<<S, 32 * EMB_WARPS, sizeof(float) * EMB_WARPS * V * C, cu.stream>>>(
