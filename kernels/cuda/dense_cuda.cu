@@ -42,10 +42,7 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *y, const float *x, long n) {
 __global__ void to_bf16_v4_kernel(__nv_bfloat16 *y, const float *x, long n4) {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (i >= n4) return;
-    float4 v = reinterpret_cast<const float4 *>(x)[i];
-    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-    reinterpret_cast<uint2 *>(y)[i] = make_uint2(*reinterpret_cast<uint32_t *>(&lo),
-                                                 *reinterpret_cast<uint32_t *>(&hi));
+    st4(y + 4 * i, ld4(x + 4 * i));
 }
 void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n) {
     if (n == 0) return;

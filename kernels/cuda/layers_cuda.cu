@@ -133,18 +133,6 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
 // block's input: residual_rmsnorm_bf16_forward): a warp per row, kept in registers, 16-byte accesses
 // (C % 4 == 0, C <= 128 K, aligned rows); lane owns columns 4 lane + 128 k .. + 3, as
 // rmsnorm_bwd_fused_kernel (MAD's d = 128: one float4 a lane)
-__device__ __forceinline__ void st4(float *p, float4 v) { *reinterpret_cast<float4 *>(p) = v; }
-__device__ __forceinline__ void st4(__nv_bfloat16 *p, float4 v) {
-    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-    *reinterpret_cast<uint2 *>(p) = make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
-}
-__device__ __forceinline__ float4 ld4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
-__device__ __forceinline__ float4 ld4(const __nv_bfloat16 *p) { // 4 bf16 (8 bytes) as floats
-    const uint2 u = *reinterpret_cast<const uint2 *>(p);
-    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.x));
-    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&u.y));
-    return make_float4(a.x, a.y, b.x, b.y);
-}
 // y: float, or bf16 (a bf16 block's output). tok (then y == NULL): out = the embedding rows
 // x[tok[row]] instead of x + y (embedding_rmsnorm_forward)
 template <int K, typename NT, typename YT>
@@ -468,7 +456,7 @@ __global__ void __launch_bounds__(32 * EMB_WARPS)
 #pragma unroll
             for (int k = 0; k < EMB_INFLIGHT; k++)
                 if (n + k < r1) {
-                    d[k] = *reinterpret_cast<const float4 *>(dout + (size_t)(n + k) * C + 4 * lane);
+                    d[k] = ld4(dout + (size_t)(n + k) * C + 4 * lane);
                     t[k] = tok[n + k];
                 }
 #pragma unroll

@@ -173,8 +173,8 @@ __device__ __forceinline__ float warp_sum16(float (&p)[HL_V], int lane) {
     return p[0] + __shfl_xor_sync(0xffffffffu, p[0], 1);
 }
 __device__ __forceinline__ void hl_load(float4 &x, float4 &y, const HeadLoss &h, int n, int c, bool on) {
-    x = on ? *reinterpret_cast<const float4 *>(h.x + (size_t)n * h.C + c) : f4(0.f);
-    y = on && h.y ? *reinterpret_cast<const float4 *>(h.y + (size_t)n * h.C + c) : f4(0.f);
+    x = on ? ld4(h.x + (size_t)n * h.C + c) : f4(0.f);
+    y = on && h.y ? ld4(h.y + (size_t)n * h.C + c) : f4(0.f);
 }
 // a block's part rows: pW [V C], pb [V], pn [C] (dW, db, dnorm_w)
 __global__ void __launch_bounds__(32 * HL_WARPS)
@@ -188,10 +188,10 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
     float4 W[HL_V], dW[HL_V];
 #pragma unroll
     for (int v = 0; v < HL_V; v++) {
-        W[v] = on && v < V ? *reinterpret_cast<const float4 *>(h.W + (size_t)v * C + c) : f4(0.f);
+        W[v] = on && v < V ? ld4(h.W + (size_t)v * C + c) : f4(0.f);
         dW[v] = f4(0.f);
     }
-    const float4 wn = on ? *reinterpret_cast<const float4 *>(h.norm_w + c) : f4(0.f);
+    const float4 wn = on ? ld4(h.norm_w + c) : f4(0.f);
     const float bias = valid ? h.b[my_v] : 0.f, ic = h.inv_count[0];
     float db = 0.f;
     float4 dwn = f4(0.f);
@@ -241,12 +241,8 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
                                       rs * wn.z * df.z - s3 * r.z * dot, rs * wn.w * df.w - s3 * r.w * dot);
         if (on) {
             const size_t o = (size_t)n * C + c;
-            *reinterpret_cast<float4 *>(h.dx + o) = dx;
-            if (dxb) {
-                __nv_bfloat162 lo = __floats2bfloat162_rn(dx.x, dx.y), hi = __floats2bfloat162_rn(dx.z, dx.w);
-                *reinterpret_cast<uint2 *>(dxb + o) =
-                    make_uint2(*reinterpret_cast<uint32_t *>(&lo), *reinterpret_cast<uint32_t *>(&hi));
-            }
+            st4(h.dx + o, dx);
+            if (dxb) st4(dxb + o, dx);
         }
         dwn = dwn + df * r * f4(rs);
         x = xn, y = yn;
@@ -256,9 +252,9 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
     float *w = red[warp];
 #pragma unroll
     for (int v = 0; v < HL_V; v++)
-        if (on && v < V) *reinterpret_cast<float4 *>(w + v * C + c) = dW[v];
+        if (on && v < V) st4(w + v * C + c, dW[v]);
     if (valid && lane % 2 == 0) w[V * C + my_v] = db;
-    if (on) *reinterpret_cast<float4 *>(w + V * C + HL_V + c) = dwn; // 16-byte aligned
+    if (on) st4(w + V * C + HL_V + c, dwn); // 16-byte aligned
     __syncthreads();
     for (int e = threadIdx.x; e < V * C + HL_V + C; e += blockDim.x) {
         const int i = e - V * C; // db's, then past HL_V dnorm_w's
