@@ -243,15 +243,12 @@ void backward(float *dx, const float *dy, const AttnBlock *blk, void *save) {
         cu_grad_gemm_bf16(blk->dWr, s.dl, s.xb, d, d, N);
     }
     // dx = dqkv Wqkv (+ dl Wr): fp32, or (dx NULL) bf16 into xb's slot, which the weight
-    // gradients above were the last to read (with a probe: summed in fp32 first, rounded once)
-    if (!dx && !blk->Wr) {
-        cu_gemm_bf16(s.xb, CUDA_R_16BF, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
-        return;
-    }
-    float *dx32 = dx ? dx : cu_scratch((size_t)N * d);
-    cu_gemm_bf16(dx32, CUDA_R_32F, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
-    if (blk->Wr) cu_gemm_bf16(dx32, CUDA_R_32F, s.dl, wb.wr, N, d, d, 0, 0, 1.f);
-    if (!dx) cu_to_bf16(s.xb, dx32, (long)N * d);
+    // gradients above were the last to read (with a probe: each product rounded to bf16 as
+    // it is added, as autocast sums the two linear layers' bf16 input gradients)
+    void *out = dx ? (void *)dx : (void *)s.xb;
+    const cudaDataType ot = dx ? CUDA_R_32F : CUDA_R_16BF;
+    cu_gemm_bf16(out, ot, s.dqkv, wb.w, N, d, 3 * d, 0, 0, 0.f);
+    if (blk->Wr) cu_gemm_bf16(out, ot, s.dl, wb.wr, N, d, d, 0, 0, 1.f);
 }
 
 } // namespace
