@@ -10,7 +10,7 @@ rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))
 hdr, data = rows[0], rows[1:]
 ki, vi = hdr.index("Kernel Name"), hdr.index("Metric Value")
 LOSS = ("xent", "head_loss")
-steps = max(1, sum(r[ki].startswith(LOSS) for r in data))
+steps = max(1, sum(r[ki].removeprefix("void ").startswith(LOSS) for r in data))
 tot, cnt = defaultdict(float), defaultdict(int)
 for r in data:
     name = r[ki].split("(")[0][:70]
@@ -24,7 +24,7 @@ for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:25]:
 # the launch sequence of one whole step (the second-to-last complete one), so a
 # kernel can be matched to the op that launched it: python3 ncu_summary.py LOG --sequence
 if "--sequence" in sys.argv:
-    ends = [i for i, r in enumerate(data) if r[ki].startswith(LOSS)]
+    ends = [i for i, r in enumerate(data) if r[ki].removeprefix("void ").startswith(LOSS)]
     if len(ends) >= 3:
         a, b = ends[-3], ends[-2]
         # a step runs from after the previous step's loss kernel's backward start; print

@@ -160,15 +160,15 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
 // A sum into anything else (the bias_backward op, whose output may be an activation's
 // gradient) runs the same kernel at once.
 // out[c] += sum over s < S and k < W / C of part[s, c + kC], the parts in cu_parts memory.
-// wide (the split weight gradients, cu_grad_gemm_bf16): out[i] += sum_s part[s, i] for
-// i < C, WIDE_ELEMS elements a block, 4 a thread, instead of a block per column
+// wide (the split weight gradients, cu_grad_gemm_bf16; the head step's): out[i] += sum_s
+// part[s, i] for i < C, WIDE_ELEMS elements a block (wide_sum), instead of a block per column
 struct PendingSum {
     float *out;
     const float *part;
     int S, W, C, first; // first: the index of its first block in the launch
     bool wide;
 };
-constexpr int WIDE_ELEMS = 1024; // 256 threads, 4 adjacent elements each
+constexpr int WIDE_SLICES = 8, WIDE_ELEMS = 128; // 256 threads: 8 slices of S, 32 x 4 elements
 constexpr int MAX_PENDING = 40; // the launch's argument stays under 4 KB
 struct PendingSums {
     PendingSum e[MAX_PENDING];
@@ -176,38 +176,53 @@ struct PendingSums {
 };
 static PendingSums pending;
 
-// a wide entry's block: each thread sums its 4 elements' S parts in order
+// a wide entry's 4 elements i0.. of part row s (zero past C)
+__device__ __forceinline__ float4 wide_load(const PendingSum &e, int s, int i0, bool vec) {
+    const float *p = e.part + (size_t)s * e.C + i0;
+    if (vec) return __ldcg(reinterpret_cast<const float4 *>(p));
+    float t[4];
+    for (int k = 0; k < 4; k++) t[k] = i0 + k < e.C ? __ldcg(p + k) : 0.f;
+    return make_float4(t[0], t[1], t[2], t[3]);
+}
+// a wide entry's block: WIDE_SLICES warps, each summing its contiguous share of the S part
+// rows in order for the block's WIDE_ELEMS elements (4 a lane, eight loads in flight), then
+// the slices' sums added in slice order. A thread per 4 elements over all S rows was a chain
+// of S / 8 round trips: the head step's 256 part rows took 20 us of the flush.
 __device__ void wide_sum(const PendingSum &e, int blk) {
-    const int i0 = blk * WIDE_ELEMS + 4 * threadIdx.x;
-    if (i0 >= e.C) return;
+    __shared__ float4 acc[WIDE_SLICES][32];
+    const int lane = threadIdx.x % 32, slice = threadIdx.x / 32, i0 = blk * WIDE_ELEMS + 4 * lane;
+    const bool vec = e.C % 4 == 0 && (uintptr_t)e.out % 16 == 0; // parts: 16-byte aligned
+    const int s0 = (int)((long)e.S * slice / WIDE_SLICES), s1 = (int)((long)e.S * (slice + 1) / WIDE_SLICES);
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (i0 + 4 <= e.C && e.C % 4 == 0 && (uintptr_t)e.out % 16 == 0) { // parts: 16-byte aligned
-        // eight loads in flight, then their sums in order (S up to 64: a serial chain of
-        // dependent round trips was most of the flush's time)
-        const float4 *p = reinterpret_cast<const float4 *>(e.part + i0);
-        const size_t st = e.C / 4;
-        int s = 0;
-        for (; s + 8 <= e.S; s += 8) {
+    if (i0 < e.C) {
+        int s = s0;
+        for (; s + 8 <= s1; s += 8) {
             float4 x[8];
 #pragma unroll
-            for (int k = 0; k < 8; k++) x[k] = __ldcg(p + (s + k) * st);
+            for (int k = 0; k < 8; k++) x[k] = wide_load(e, s + k, i0, vec);
 #pragma unroll
             for (int k = 0; k < 8; k++) v.x += x[k].x, v.y += x[k].y, v.z += x[k].z, v.w += x[k].w;
         }
-        for (; s < e.S; s++) {
-            const float4 x = __ldcg(p + s * st);
+        for (; s < s1; s++) {
+            const float4 x = wide_load(e, s, i0, vec);
             v.x += x.x, v.y += x.y, v.z += x.z, v.w += x.w;
         }
+    }
+    acc[slice][lane] = v;
+    __syncthreads();
+    if (slice != 0 || i0 >= e.C) return;
+    for (int k = 1; k < WIDE_SLICES; k++) {
+        const float4 x = acc[k][lane];
+        v.x += x.x, v.y += x.y, v.z += x.z, v.w += x.w;
+    }
+    if (vec) {
         float4 *o = reinterpret_cast<float4 *>(e.out + i0);
         const float4 y = *o;
         *o = make_float4(y.x + v.x, y.y + v.y, y.z + v.z, y.w + v.w);
         return;
     }
-    for (int k = 0; k < 4 && i0 + k < e.C; k++) {
-        float t = 0.f;
-        for (int s = 0; s < e.S; s++) t += e.part[(size_t)s * e.C + i0 + k];
-        e.out[i0 + k] += t;
-    }
+    const float t[4] = {v.x, v.y, v.z, v.w};
+    for (int k = 0; k < 4 && i0 + k < e.C; k++) e.out[i0 + k] += t[k];
 }
 // a warp per column of each entry (COLS_PER_BLOCK a block; a wide entry: WIDE_ELEMS a
 // block): lane-strided sums, eight loads in flight, then the warp's butterfly (a fixed

@@ -157,26 +157,36 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) { return a.x * b.x + a
 __device__ __forceinline__ float4 fma4(float a, float4 b, float4 c) {
     return make_float4(fmaf(a, b.x, c.x), fmaf(a, b.y, c.y), fmaf(a, b.z, c.z), fmaf(a, b.w, c.w));
 }
+// one exchange of warp_sum16: lanes with bit M set keep the upper H of their vector and send
+// the lower H, the others the reverse (H and M template arguments: with them as loop
+// variables nvcc kept p in local memory and branched on the lane bit)
+template <int H, int M> __device__ __forceinline__ void fold16(float (&p)[HL_V], int lane) {
+    const bool up = lane & M;
+#pragma unroll
+    for (int j = 0; j < H; j++) {
+        const float keep = up ? p[j + H] : p[j], give = up ? p[j] : p[j + H];
+        p[j] = keep + __shfl_xor_sync(0xffffffffu, give, M);
+    }
+}
 // the lanes' 16 partial sums p[v] summed over the warp: lane l ends with v = l / 2's (lanes
 // 2v and 2v + 1 the same). Each exchange halves the vector a lane carries: 8 + 4 + 2 + 1 + 1
 // shuffles where 16 warp sums take 80.
 __device__ __forceinline__ float warp_sum16(float (&p)[HL_V], int lane) {
-#pragma unroll
-    for (int h = HL_V / 2, m = 16; h >= 1; h /= 2, m /= 2) {
-        const bool up = lane & m;
-#pragma unroll
-        for (int j = 0; j < h; j++) {
-            const float keep = up ? p[j + h] : p[j], give = up ? p[j] : p[j + h];
-            p[j] = keep + __shfl_xor_sync(0xffffffffu, give, m);
-        }
-    }
+    static_assert(HL_V == 16, "four exchanges");
+    fold16<8, 16>(p, lane);
+    fold16<4, 8>(p, lane);
+    fold16<2, 4>(p, lane);
+    fold16<1, 2>(p, lane);
     return p[0] + __shfl_xor_sync(0xffffffffu, p[0], 1);
 }
 __device__ __forceinline__ void hl_load(float4 &x, float4 &y, const HeadLoss &h, int n, int c, bool on) {
     x = on ? ld4(h.x + (size_t)n * h.C + c) : f4(0.f);
     y = on && h.y ? ld4(h.y + (size_t)n * h.C + c) : f4(0.f);
 }
-// a block's part rows: pW [V C], pb [V], pn [C] (dW, db, dnorm_w)
+// a block's part rows: pW [V C], pb [V], pn [C] (dW, db, dnorm_w). A warp takes HL_R rows
+// side by side: one row's chain of shuffles left each SM's warps idle half the time (two
+// warps a scheduler fit beside the registers the weights take).
+constexpr int HL_R = 2;
 __global__ void __launch_bounds__(32 * HL_WARPS)
     head_loss_kernel(const HeadLoss h, double *nll_part, float *pW, float *pb, float *pn,
                      __nv_bfloat16 *dxb) {
@@ -196,56 +206,84 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
     float db = 0.f;
     float4 dwn = f4(0.f);
     double nll = 0;
-    int n = blockIdx.x * HL_ROWS + warp;
-    const int n1 = min(h.N, (blockIdx.x + 1) * HL_ROWS);
-    float4 x, y;
-    if (n < n1) hl_load(x, y, h, n, c, on);
-    for (; n < n1; n += HL_WARPS) {
-        float4 xn, yn; // the next row's, in flight during this one (past the last: row n again)
-        hl_load(xn, yn, h, n + HL_WARPS < n1 ? n + HL_WARPS : n, c, on);
-        const int tgt = h.targets[n];
+    const int n0 = blockIdx.x * HL_ROWS, n1 = min(h.N, n0 + HL_ROWS), step = HL_WARPS * HL_R;
+    // rows n + k (k < HL_R) an iteration; one past n1 is computed on row n with no target
+    // (its gradient zero) and not stored
+    int n = n0 + warp * HL_R;
+    float4 x[HL_R], y[HL_R];
+#pragma unroll
+    for (int k = 0; k < HL_R; k++)
+        if (n < n1) hl_load(x[k], y[k], h, n + k < n1 ? n + k : n, c, on);
+    for (; n < n1; n += step) {
+        float4 xn[HL_R], yn[HL_R]; // the next rows', in flight during these
+        int tgt[HL_R];
+#pragma unroll
+        for (int k = 0; k < HL_R; k++) {
+            const int m = n + step + k;
+            hl_load(xn[k], yn[k], h, m < n1 ? m : n, c, on);
+            tgt[k] = n + k < n1 ? h.targets[n + k] : -1;
+        }
         // forward: r = x + y, f = rmsnorm(r) w (as residual_rmsnorm4_kernel), the logits as
         // rstd ((r w) W^T) + b: their sums need not wait for the norm's (two chains of
-        // shuffles side by side)
-        const float4 r = x + y, u = r * wn;
-        float p[HL_V];
+        // shuffles side by side, twice)
+        float4 r[HL_R], u[HL_R];
+        float ss[HL_R], sum[HL_R];
 #pragma unroll
-        for (int v = 0; v < HL_V; v++) p[v] = dot4(u, W[v]);
-        const float ss = warp_sum(dot4(r, r)), sum = warp_sum16(p, lane); // every lane: whole-warp shuffles
-        const float rs = (float)(1.0 / sqrt((double)(ss / C + h.eps)));
-        const float4 f = u * f4(rs);
-        const float l = valid ? rs * sum + bias : -INFINITY;
-        // the cross-entropy over the 16 lanes of one parity (as xent_group_kernel)
-        float mx = l;
+        for (int k = 0; k < HL_R; k++) {
+            r[k] = x[k] + y[k], u[k] = r[k] * wn;
+            float p[HL_V];
 #pragma unroll
-        for (int m = 2; m < 32; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
-        float s = valid ? expf(l - mx) : 0.f;
+            for (int v = 0; v < HL_V; v++) p[v] = dot4(u[k], W[v]);
+            ss[k] = warp_sum(dot4(r[k], r[k])), sum[k] = warp_sum16(p, lane); // every lane
+        }
+        float rs[HL_R], g[HL_R];
 #pragma unroll
-        for (int m = 2; m < 32; m *= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
-        const float lse = mx + logf(s);
-        const bool hit = my_v == tgt;
-        const float g = tgt < 0 || !valid ? 0.f : expf(l - lse) * ic - (hit ? ic : 0.f);
-        if (hit && lane % 2 == 0) nll += lse - l;
-        db += g;
+        for (int k = 0; k < HL_R; k++) {
+            rs[k] = (float)(1.0 / sqrt((double)(ss[k] / C + h.eps)));
+            const float l = valid ? rs[k] * sum[k] + bias : -INFINITY;
+            // the cross-entropy over the 16 lanes of one parity (as xent_group_kernel)
+            float mx = l;
+#pragma unroll
+            for (int m = 2; m < 32; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+            float s = valid ? expf(l - mx) : 0.f;
+#pragma unroll
+            for (int m = 2; m < 32; m *= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+            const float lse = mx + logf(s);
+            const bool hit = my_v == tgt[k];
+            g[k] = tgt[k] < 0 || !valid ? 0.f : expf(l - lse) * ic - (hit ? ic : 0.f);
+            if (hit && lane % 2 == 0) nll += lse - l;
+            db += g[k];
+        }
         // backward: the head (df = g W, dW += g f), then the norm (rmsnorm_bwd_fused_kernel's
         // formulas, baselines.md §1.3)
-        float4 df = f4(0.f);
+        float4 df[HL_R];
+        float dot[HL_R];
 #pragma unroll
-        for (int v = 0; v < HL_V; v++) {
-            const float gv = __shfl_sync(0xffffffffu, g, 2 * v);
-            df = fma4(gv, W[v], df);
-            dW[v] = fma4(gv, f, dW[v]);
+        for (int k = 0; k < HL_R; k++) {
+            const float4 f = u[k] * f4(rs[k]);
+            df[k] = f4(0.f);
+#pragma unroll
+            for (int v = 0; v < HL_V; v++) {
+                const float gv = __shfl_sync(0xffffffffu, g[k], 2 * v);
+                df[k] = fma4(gv, W[v], df[k]);
+                dW[v] = fma4(gv, f, dW[v]);
+            }
+            dot[k] = warp_sum(dot4(wn * df[k], r[k]));
         }
-        const float dot = warp_sum(dot4(wn * df, r)), s3 = rs * rs * rs / C;
-        const float4 dx = make_float4(rs * wn.x * df.x - s3 * r.x * dot, rs * wn.y * df.y - s3 * r.y * dot,
-                                      rs * wn.z * df.z - s3 * r.z * dot, rs * wn.w * df.w - s3 * r.w * dot);
-        if (on) {
-            const size_t o = (size_t)n * C + c;
-            st4(h.dx + o, dx);
-            if (dxb) st4(dxb + o, dx);
+#pragma unroll
+        for (int k = 0; k < HL_R; k++) {
+            const float q = rs[k], s3 = q * q * q / C, t = dot[k];
+            const float4 rr = r[k], dd = df[k];
+            const float4 dx = make_float4(q * wn.x * dd.x - s3 * rr.x * t, q * wn.y * dd.y - s3 * rr.y * t,
+                                          q * wn.z * dd.z - s3 * rr.z * t, q * wn.w * dd.w - s3 * rr.w * t);
+            if (on && n + k < n1) {
+                const size_t o = (size_t)(n + k) * C + c;
+                st4(h.dx + o, dx);
+                if (dxb) st4(dxb + o, dx);
+            }
+            dwn = dwn + dd * rr * f4(q);
+            x[k] = xn[k], y[k] = yn[k];
         }
-        dwn = dwn + df * r * f4(rs);
-        x = xn, y = yn;
     }
     // the block's gradients: each warp's into shared memory, then summed over the warps in
     // a fixed order into the block's part rows
