@@ -330,8 +330,9 @@ void cu_grad_colsum_parts(float *dw, const float *part, int S, int C, bool wide)
 // it with one S, or four "a:b:c:d" for M N up to 4K, 16K, 48K and larger (0: cuBLAS's own
 // split-K and its reduce kernel), for A/B runs.
 // By size class of dW (the head and embedding, 128 x 128, up to 48K elements, larger); the
-// H100's best of the 4 x 4 tried, 2026-12-07 (docs/BENCHMARKS.md): small matrices want many slices.
-static const int WGRAD_SPLIT[4] = {64, 32, 16, 8};
+// H100's best of the 4 x 4 tried, 2026-12-07 (docs/BENCHMARKS.md): small matrices want many
+// slices. Halved at 15:26Z (6 us a step) once the flush summed them by slices in parallel.
+static const int WGRAD_SPLIT[4] = {32, 16, 8, 4};
 static int wgrad_split(int M, int N, int K) {
     static int env[4] = {-2};
     if (env[0] == -2) {

@@ -183,10 +183,12 @@ __device__ __forceinline__ void hl_load(float4 &x, float4 &y, const HeadLoss &h,
     x = on ? ld4(h.x + (size_t)n * h.C + c) : f4(0.f);
     y = on && h.y ? ld4(h.y + (size_t)n * h.C + c) : f4(0.f);
 }
-// a block's part rows: pW [V C], pb [V], pn [C] (dW, db, dnorm_w). A warp takes HL_R rows
-// side by side: one row's chain of shuffles left each SM's warps idle half the time (two
-// warps a scheduler fit beside the registers the weights take).
-constexpr int HL_R = 2;
+// a block's part rows: pW [V C], pb [V], pn [C] (dW, db, dnorm_w). A warp takes R rows side
+// by side (one, two or three took the same time on the H100, 2026-12-07: two kept). FAST:
+// the norm's rstd, the exponentials and the log by the fast single-precision instructions
+// instead of the double rstd of residual_rmsnorm4_kernel and libm's expf and logf (2 us a
+// step on the H100; PLAB_HL_FAST=0 for the exact ones).
+template <bool FAST, int R = 2>
 __global__ void __launch_bounds__(32 * HL_WARPS)
     head_loss_kernel(const HeadLoss h, double *nll_part, float *pW, float *pb, float *pn,
                      __nv_bfloat16 *dxb) {
@@ -206,19 +208,19 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
     float db = 0.f;
     float4 dwn = f4(0.f);
     double nll = 0;
-    const int n0 = blockIdx.x * HL_ROWS, n1 = min(h.N, n0 + HL_ROWS), step = HL_WARPS * HL_R;
-    // rows n + k (k < HL_R) an iteration; one past n1 is computed on row n with no target
+    const int n0 = blockIdx.x * HL_ROWS, n1 = min(h.N, n0 + HL_ROWS), step = HL_WARPS * R;
+    // rows n + k (k < R) an iteration; one past n1 is computed on row n with no target
     // (its gradient zero) and not stored
-    int n = n0 + warp * HL_R;
-    float4 x[HL_R], y[HL_R];
+    int n = n0 + warp * R;
+    float4 x[R], y[R];
 #pragma unroll
-    for (int k = 0; k < HL_R; k++)
+    for (int k = 0; k < R; k++)
         if (n < n1) hl_load(x[k], y[k], h, n + k < n1 ? n + k : n, c, on);
     for (; n < n1; n += step) {
-        float4 xn[HL_R], yn[HL_R]; // the next rows', in flight during these
-        int tgt[HL_R];
+        float4 xn[R], yn[R]; // the next rows', in flight during these
+        int tgt[R];
 #pragma unroll
-        for (int k = 0; k < HL_R; k++) {
+        for (int k = 0; k < R; k++) {
             const int m = n + step + k;
             hl_load(xn[k], yn[k], h, m < n1 ? m : n, c, on);
             tgt[k] = n + k < n1 ? h.targets[n + k] : -1;
@@ -226,40 +228,40 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
         // forward: r = x + y, f = rmsnorm(r) w (as residual_rmsnorm4_kernel), the logits as
         // rstd ((r w) W^T) + b: their sums need not wait for the norm's (two chains of
         // shuffles side by side, twice)
-        float4 r[HL_R], u[HL_R];
-        float ss[HL_R], sum[HL_R];
+        float4 r[R], u[R];
+        float ss[R], sum[R];
 #pragma unroll
-        for (int k = 0; k < HL_R; k++) {
+        for (int k = 0; k < R; k++) {
             r[k] = x[k] + y[k], u[k] = r[k] * wn;
             float p[HL_V];
 #pragma unroll
             for (int v = 0; v < HL_V; v++) p[v] = dot4(u[k], W[v]);
             ss[k] = warp_sum(dot4(r[k], r[k])), sum[k] = warp_sum16(p, lane); // every lane
         }
-        float rs[HL_R], g[HL_R];
+        float rs[R], g[R];
 #pragma unroll
-        for (int k = 0; k < HL_R; k++) {
-            rs[k] = (float)(1.0 / sqrt((double)(ss[k] / C + h.eps)));
+        for (int k = 0; k < R; k++) {
+            rs[k] = FAST ? rsqrtf(ss[k] / C + h.eps) : (float)(1.0 / sqrt((double)(ss[k] / C + h.eps)));
             const float l = valid ? rs[k] * sum[k] + bias : -INFINITY;
             // the cross-entropy over the 16 lanes of one parity (as xent_group_kernel)
             float mx = l;
 #pragma unroll
             for (int m = 2; m < 32; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
-            float s = valid ? expf(l - mx) : 0.f;
+            float s = valid ? (FAST ? __expf(l - mx) : expf(l - mx)) : 0.f;
 #pragma unroll
             for (int m = 2; m < 32; m *= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
-            const float lse = mx + logf(s);
+            const float lse = mx + (FAST ? __logf(s) : logf(s));
             const bool hit = my_v == tgt[k];
-            g[k] = tgt[k] < 0 || !valid ? 0.f : expf(l - lse) * ic - (hit ? ic : 0.f);
+            g[k] = tgt[k] < 0 || !valid ? 0.f : (FAST ? __expf(l - lse) : expf(l - lse)) * ic - (hit ? ic : 0.f);
             if (hit && lane % 2 == 0) nll += lse - l;
             db += g[k];
         }
         // backward: the head (df = g W, dW += g f), then the norm (rmsnorm_bwd_fused_kernel's
         // formulas, baselines.md §1.3)
-        float4 df[HL_R];
-        float dot[HL_R];
+        float4 df[R];
+        float dot[R];
 #pragma unroll
-        for (int k = 0; k < HL_R; k++) {
+        for (int k = 0; k < R; k++) {
             const float4 f = u[k] * f4(rs[k]);
             df[k] = f4(0.f);
 #pragma unroll
@@ -271,7 +273,7 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
             dot[k] = warp_sum(dot4(wn * df[k], r[k]));
         }
 #pragma unroll
-        for (int k = 0; k < HL_R; k++) {
+        for (int k = 0; k < R; k++) {
             const float q = rs[k], s3 = q * q * q / C, t = dot[k];
             const float4 rr = r[k], dd = df[k];
             const float4 dx = make_float4(q * wn.x * dd.x - s3 * rr.x * t, q * wn.y * dd.y - s3 * rr.y * t,
@@ -314,7 +316,9 @@ static int head_loss_step(const HeadLoss *h) {
     float *pW = cu_parts((size_t)S * V * C), *pb = cu_parts((size_t)S * V), *pn = cu_parts((size_t)S * C);
     double *nll_part = (double *)cu_scratch(2 * (size_t)S);
     __nv_bfloat16 *dxb = h->mlp_save ? cu_state_slot(h->mlp_save, h->N, C, 1) : nullptr;
-    head_loss_kernel<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
+    static const bool fast = !cu_env_off("PLAB_HL_FAST"); // A/B switch
+    auto kern = fast ? head_loss_kernel<true> : head_loss_kernel<false>;
+    kern<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
     CKL();
     cu_grad_colsum_parts(h->dW, pW, S, V * C, true);
     cu_grad_colsum_parts(h->db, pb, S, V);
