@@ -140,8 +140,8 @@ static void crossentropy(float *loss, float *dlogits, const float *logits, const
 // At MAD's shape the last residual add, the final norm, the head (V = 16), the cross-entropy
 // and their backward were seven launches (two TF32 matmuls a way, the head's weight and bias
 // gradients, the norm's backward), each moving [N, d] or [N, V] through memory. Here a warp
-// takes rows (two at a time, below) with everything in registers: the row in, dx out (and its bf16 copy
-// for the MLP below). Lane l owns columns 4l..4l+3 (C <= 128) and keeps the head's weights
+// takes rows (two at a time) with everything in registers: the row in, dx out (and its bf16
+// copy for the MLP below). Lane l owns columns 4l..4l+3 (C <= 128) and keeps the head's weights
 // of its columns and its share of their gradient (V <= 16: 64 registers each); the block's
 // warps add their gradients in a fixed order into a part row, summed with the other weight
 // gradients' parts at the flush (cu_grad_colsum_parts), and the loss as crossentropy sums it.
