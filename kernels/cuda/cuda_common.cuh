@@ -102,9 +102,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n);
 void cu_gemm_bf16(void *C, cudaDataType ct, const __nv_bfloat16 *A, const __nv_bfloat16 *B, int M,
                   int N, int K, int tA, int tB, float beta);
-// the bf16 copy of weights w[0..n) made by Ops.params_bf16 at the start of this forward
-// (dense_cuda.cu), or nullptr (then the block rounds its own); cu_release drops a copy
+// the bf16 copy of weights w[0..n) kept by Ops.params_bf16 (dense_cuda.cu), or nullptr (then
+// the block rounds its own); _out: the same for a kernel that writes w (it writes the copy
+// too), nullptr when the copy is rounded at each forward instead; _sync: a copy, upload or
+// zero into [dst, dst + bytes) has been queued, round what it covers; cu_release drops a copy
 const __nv_bfloat16 *cu_params_bf16_of(const float *w, long n);
+__nv_bfloat16 *cu_params_bf16_out(const float *w, long n);
+void cu_params_bf16_sync(const void *dst, size_t bytes);
 void cu_params_bf16_drop(const void *params);
 // out[c] += sum_n a[n,c] * (b ? b[n,c] : 1) * (r ? r[n] : 1), deterministic (dense_cuda.cu);
 // ab: a is also written in bf16 there, in the same pass where it can

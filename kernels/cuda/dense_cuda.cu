@@ -53,24 +53,33 @@ void cu_to_bf16(__nv_bfloat16 *y, const float *x, long n) {
     CKL();
 }
 
-// ---- a model's parameters in bf16, once a forward (Ops.params_bf16) ---------------------
+// ---- a model's parameters in bf16 (Ops.params_bf16) ----------------------------------
 // The bf16 blocks rounded their own weights, one or two launches a block (four a MAD step,
-// about 3 us each); now the model rounds its whole parameter vector at the start of each
-// forward and the blocks take views of that copy (cu_params_bf16_of). One copy per vector
-// (the tests keep several models alive), dropped when the vector is released; a vector met
-// first inside a graph capture (no allocation there) or past the slots gets none.
+// about 3 us each); the model keeps one bf16 copy of its whole parameter vector and the
+// blocks take views of it (cu_params_bf16_of). Whatever writes the parameters writes the
+// copy too: the optimizer's kernels as they update (cu_params_bf16_out), and to_device,
+// copy and zero after they land (cu_params_bf16_sync); so the forward rounds the vector
+// only when it first meets it. PLAB_PARAMS_SYNC=0 (A/B) rounds it at every forward
+// instead, as up to 4ba11cf. One copy per vector (the tests keep several models alive),
+// dropped when the vector is released; a vector met first inside a graph capture (no
+// allocation there) or past the slots gets none.
 struct ParamsCopy {
     const float *base;
     long n;
     __nv_bfloat16 *bf;
 };
 static ParamsCopy pcopy[8];
+static bool params_sync() {
+    static const bool on = !cu_env_off("PLAB_PARAMS_SYNC");
+    return on;
+}
 static void params_bf16(const float *p, long n) {
     ParamsCopy *c = nullptr, *free_slot = nullptr;
     for (ParamsCopy &e : pcopy) {
         if (e.base == p && e.n == n) c = &e;
         if (!e.base && !free_slot) free_slot = &e;
     }
+    if (c && params_sync()) return; // kept current by its writers
     cudaStreamCaptureStatus st;
     CK(cudaStreamIsCapturing(cu.stream, &st));
     if (!c && free_slot && st == cudaStreamCaptureStatusNone) {
@@ -83,6 +92,24 @@ const __nv_bfloat16 *cu_params_bf16_of(const float *w, long n) {
     for (const ParamsCopy &e : pcopy)
         if (e.base && w >= e.base && w + n <= e.base + e.n) return e.bf + (w - e.base);
     return nullptr;
+}
+__nv_bfloat16 *cu_params_bf16_out(const float *w, long n) {
+    if (!params_sync()) return nullptr;
+    for (const ParamsCopy &e : pcopy)
+        if (e.base && w >= e.base && w + n <= e.base + e.n) return e.bf + (w - e.base);
+    return nullptr;
+}
+void cu_params_bf16_sync(const void *dst, size_t bytes) {
+    if (!params_sync()) return;
+    const char *lo = (const char *)dst, *hi = lo + bytes;
+    for (const ParamsCopy &e : pcopy) {
+        if (!e.base) continue;
+        const char *b = (const char *)e.base, *t = (const char *)(e.base + e.n);
+        if (hi <= b || t <= lo) continue;
+        const long i0 = (long)((lo > b ? lo - b : 0) / sizeof(float));
+        const long i1 = (long)(((hi < t ? hi : t) - b + sizeof(float) - 1) / sizeof(float));
+        cu_to_bf16(e.bf + i0, e.base + i0, i1 - i0);
+    }
 }
 void cu_params_bf16_drop(const void *p) {
     for (ParamsCopy &e : pcopy)
@@ -160,21 +187,37 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
 // A sum into anything else (the bias_backward op, whose output may be an activation's
 // gradient) runs the same kernel at once.
 // out[c] += sum over s < S and k < W / C of part[s, c + kC], the parts in cu_parts memory.
-// wide (the split weight gradients, cu_grad_gemm_bf16; the head step's): out[i] += sum_s
-// part[s, i] for i < C, WIDE_ELEMS elements a block (wide_sum), instead of a block per column
+// wide (the split weight gradients, cu_grad_gemm_bf16; the head step's; any entry with W = C
+// unless PLAB_FLUSH_OLD=1): out[i] += sum_s part[s, i] for i < C, coalesced (wide_sum),
+// instead of a warp per column reading down it
 struct PendingSum {
     float *out;
     const float *part;
     int S, W, C, first; // first: the index of its first block in the launch
     bool wide;
+    int slices; // wide: warps that split S (1, 2, 4 or 8); a block spans 8 / slices columns of lanes
 };
-constexpr int WIDE_SLICES = 8, WIDE_ELEMS = 128; // 256 threads: 8 slices of S, 32 x 4 elements
+constexpr int WIDE_WARPS = 8, WIDE_ELEMS = 128; // 256 threads; a warp's lanes span 32 x 4 elements
 constexpr int MAX_PENDING = 40; // the launch's argument stays under 4 KB
 struct PendingSums {
     PendingSum e[MAX_PENDING];
     int n;
 };
 static PendingSums pending;
+static bool flush_old() {
+    static const int old = getenv("PLAB_FLUSH_OLD") && !strcmp(getenv("PLAB_FLUSH_OLD"), "1");
+    return old;
+}
+// a wide entry's slices: about 8 part rows a warp (one round of loads in flight), so the
+// launch has few blocks of real work. 95f14fe split every entry 8 ways, 128 elements a
+// block: 3,378 blocks a softmax step, most of them four rows deep (20-26 us under ncu).
+static int wide_slices(int S) {
+    if (flush_old()) return WIDE_WARPS;
+    int sl = 1;
+    while (sl < WIDE_WARPS && 8 * sl < S) sl *= 2;
+    return sl;
+}
+static int wide_elems_per_block(const PendingSum &e) { return WIDE_ELEMS * (WIDE_WARPS / e.slices); }
 
 // a wide entry's 4 elements i0.. of part row s (zero past C)
 __device__ __forceinline__ float4 wide_load(const PendingSum &e, int s, int i0, bool vec) {
@@ -184,37 +227,37 @@ __device__ __forceinline__ float4 wide_load(const PendingSum &e, int s, int i0, 
     for (int k = 0; k < 4; k++) t[k] = i0 + k < e.C ? __ldcg(p + k) : 0.f;
     return make_float4(t[0], t[1], t[2], t[3]);
 }
-// a wide entry's block: WIDE_SLICES warps, each summing its contiguous share of the S part
-// rows in order for the block's WIDE_ELEMS elements (4 a lane, eight loads in flight), then
-// the slices' sums added in slice order. A thread per 4 elements over all S rows was a chain
-// of S / 8 round trips: the head step's 256 part rows took 20 us of the flush.
+// a wide entry's block: groups of e.slices warps, each group WIDE_ELEMS elements (4 a lane);
+// each warp sums its contiguous share of the S part rows in order (eight loads in flight),
+// then the group's slices are added in slice order: deterministic. One thread down all
+// S rows was a chain of S / 8 round trips (the head step's 256 rows: 20 us of the flush).
 __device__ void wide_sum(const PendingSum &e, int blk) {
-    __shared__ float4 acc[WIDE_SLICES][32];
-    const int lane = threadIdx.x % 32, slice = threadIdx.x / 32, i0 = blk * WIDE_ELEMS + 4 * lane;
+    __shared__ float4 acc[WIDE_WARPS][32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sl = e.slices;
+    const int slice = warp % sl, group = warp / sl;
+    const int i0 = (blk * (WIDE_WARPS / sl) + group) * WIDE_ELEMS + 4 * lane;
     const bool vec = e.C % 4 == 0 && (uintptr_t)e.out % 16 == 0; // parts: 16-byte aligned
-    const int s0 = (int)((long)e.S * slice / WIDE_SLICES), s1 = (int)((long)e.S * (slice + 1) / WIDE_SLICES);
+    const int s0 = (int)((long)e.S * slice / sl), s1 = (int)((long)e.S * (slice + 1) / sl);
     float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (i0 < e.C) {
-        int s = s0;
-        for (; s + 8 <= s1; s += 8) {
+    if (i0 < e.C)
+        for (int s = s0; s < s1; s += 8) {
             float4 x[8];
 #pragma unroll
-            for (int k = 0; k < 8; k++) x[k] = wide_load(e, s + k, i0, vec);
+            for (int k = 0; k < 8; k++)
+                x[k] = s + k < s1 ? wide_load(e, s + k, i0, vec) : make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
             for (int k = 0; k < 8; k++) v.x += x[k].x, v.y += x[k].y, v.z += x[k].z, v.w += x[k].w;
         }
-        for (; s < s1; s++) {
-            const float4 x = wide_load(e, s, i0, vec);
+    if (sl > 1) {
+        acc[warp][lane] = v;
+        __syncthreads();
+        if (slice != 0) return;
+        for (int k = 1; k < sl; k++) {
+            const float4 x = acc[warp + k][lane];
             v.x += x.x, v.y += x.y, v.z += x.z, v.w += x.w;
         }
     }
-    acc[slice][lane] = v;
-    __syncthreads();
-    if (slice != 0 || i0 >= e.C) return;
-    for (int k = 1; k < WIDE_SLICES; k++) {
-        const float4 x = acc[k][lane];
-        v.x += x.x, v.y += x.y, v.z += x.z, v.w += x.w;
-    }
+    if (i0 >= e.C) return;
     if (vec) {
         float4 *o = reinterpret_cast<float4 *>(e.out + i0);
         const float4 y = *o;
@@ -253,7 +296,8 @@ static void sum_parts(PendingSums &p) {
     for (int i = 0; i < p.n; i++) {
         const PendingSum &e = p.e[i];
         p.e[i].first = blocks;
-        blocks += (e.C + (e.wide ? WIDE_ELEMS : COLS_PER_BLOCK) - 1) / (e.wide ? WIDE_ELEMS : COLS_PER_BLOCK);
+        const int per = e.wide ? wide_elems_per_block(e) : COLS_PER_BLOCK;
+        blocks += (e.C + per - 1) / per;
     }
     colsum_final_kernel<<<blocks, 256, 0, cu.stream>>>(p);
     CKL();
@@ -274,7 +318,7 @@ static void add_parts(float *out, const float *part, int S, int W, int C, bool d
                       bool wide = false) {
     if (!defer) {
         PendingSums one;
-        one.e[0] = {out, part, S, W, C, 0, false}, one.n = 1;
+        one.e[0] = {out, part, S, W, C, 0, false, 0}, one.n = 1;
         sum_parts(one);
         return;
     }
@@ -286,7 +330,8 @@ static void add_parts(float *out, const float *part, int S, int W, int C, bool d
             break;
         }
     if (pending.n == MAX_PENDING) run_pending();
-    pending.e[pending.n++] = {out, part, S, W, C, 0, wide};
+    wide = wide || (W == C && !flush_old());
+    pending.e[pending.n++] = {out, part, S, W, C, 0, wide, wide ? wide_slices(S) : 0};
 }
 
 static void colsum(float *out, const float *a, const float *b, const float *r, int N, int C,

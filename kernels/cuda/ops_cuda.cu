@@ -113,6 +113,7 @@ static void cu_to_device(void *dst, const void *src, size_t bytes) {
     CK(cudaStreamIsCapturing(cu.stream, &st));
     if (bytes > STAGE_HALF || st != cudaStreamCaptureStatusNone) {
         CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu.stream));
+        cu_params_bf16_sync(dst, bytes);
         return;
     }
     if (!stage.buf) {
@@ -127,6 +128,7 @@ static void cu_to_device(void *dst, const void *src, size_t bytes) {
     char *p = stage.buf + stage.half * STAGE_HALF + stage.off;
     memcpy(p, src, bytes);
     CK(cudaMemcpyAsync(dst, p, bytes, cudaMemcpyHostToDevice, cu.stream));
+    cu_params_bf16_sync(dst, bytes);
     stage.off += (bytes + 255) & ~(size_t)255;
 }
 static void cu_to_host(void *dst, const void *src, size_t bytes) {
@@ -137,10 +139,12 @@ static void cu_to_host(void *dst, const void *src, size_t bytes) {
 static void cu_copy(void *dst, const void *src, size_t bytes) {
     cu_sums_flush();
     CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cu.stream));
+    cu_params_bf16_sync(dst, bytes);
 }
 static void cu_zero(void *p, size_t bytes) {
     cu_sums_flush();
     CK(cudaMemsetAsync(p, 0, bytes, cu.stream));
+    cu_params_bf16_sync(p, bytes);
 }
 static void cu_sync(void) {
     cu_sums_flush();
