@@ -187,8 +187,8 @@ __global__ void colsum_part_kernel(float *part, const float *a, const float *b, 
 // A sum into anything else (the bias_backward op, whose output may be an activation's
 // gradient) runs the same kernel at once.
 // out[c] += sum over s < S and k < W / C of part[s, c + kC], the parts in cu_parts memory.
-// wide (the split weight gradients, cu_grad_gemm_bf16; the head step's; any entry with W = C
-// unless PLAB_FLUSH_OLD=1): out[i] += sum_s part[s, i] for i < C, coalesced (wide_sum),
+// wide (the split weight gradients, cu_grad_gemm_bf16; the head step's; most with W = C,
+// promote_wide): out[i] += sum_s part[s, i] for i < C, coalesced (wide_sum),
 // instead of a warp per column reading down it
 struct PendingSum {
     float *out;
@@ -213,9 +213,17 @@ static bool flush_old() {
 // block: 3,378 blocks a softmax step, most of them four rows deep (20-26 us under ncu).
 static int wide_slices(int S) {
     if (flush_old()) return WIDE_WARPS;
+    static const int rows = getenv("PLAB_FLUSH_ROWS") ? atoi(getenv("PLAB_FLUSH_ROWS")) : 8; // A/B
     int sl = 1;
-    while (sl < WIDE_WARPS && 8 * sl < S) sl *= 2;
+    while (sl < WIDE_WARPS && rows * sl < S) sl *= 2;
     return sl;
+}
+// a sum of whole rows (W = C) as a wide one where its lanes are full and its chain no longer
+// than the head step's (4 rounds of loads a warp); a narrow one (Parallax's probe norm, C = 8
+// and 1,024 rows) stays a warp per column. PLAB_FLUSH_WIDE=0 keeps them all a warp per column.
+static bool promote_wide(int S, int W, int C) {
+    static const bool off = cu_env_off("PLAB_FLUSH_WIDE");
+    return W == C && C >= WIDE_ELEMS && S <= 32 * WIDE_WARPS && !off && !flush_old();
 }
 static int wide_elems_per_block(const PendingSum &e) { return WIDE_ELEMS * (WIDE_WARPS / e.slices); }
 
@@ -330,7 +338,7 @@ static void add_parts(float *out, const float *part, int S, int W, int C, bool d
             break;
         }
     if (pending.n == MAX_PENDING) run_pending();
-    wide = wide || (W == C && !flush_old());
+    wide = wide || promote_wide(S, W, C);
     pending.e[pending.n++] = {out, part, S, W, C, 0, wide, wide ? wide_slices(S) : 0};
 }
 
