@@ -608,8 +608,9 @@ static void test_crossentropy_predict(void **s) {
 /* The training step's tail in one op (Ops.head_loss_step) against the CPU's ops one by one:
  * residual add and final norm, head, cross-entropy, the head's and the norm's backward.
  * Shapes: MAD's (C 128, V 16) over a ragged last block; C 32 (idle lanes); V 5 (idle logits);
- * no sublayer output (y NULL). */
-static void head_loss_case(int N, int C, int V, int with_y, gsl_rng *r) {
+ * no sublayer output (y NULL). On the bf16 backend its products run on the tensor cores in
+ * TF32 (10-bit mantissas): bound 4e-3 there. */
+static void head_loss_case(const Ops *G, double bound, int N, int C, int V, int with_y, gsl_rng *r) {
     size_t nc = (size_t)N * C;
     real *x = randv(r, nc, 1), *y = with_y ? randv(r, nc, 1) : NULL, *wn = randv(r, C, 1);
     real *W = randv(r, (size_t)V * C, 0.5), *b = randv(r, V, 0.5);
@@ -620,12 +621,12 @@ static void head_loss_case(int N, int C, int V, int with_y, gsl_rng *r) {
         valid += t[i] >= 0;
     }
     real inv = (real)(1.0 / valid), loss = (real)0.25;
-    HeadLoss g = {.x = up(GPU, x, sizeof(real) * nc), .y = y ? up(GPU, y, sizeof(real) * nc) : NULL,
-                  .norm_w = up(GPU, wn, sizeof(real) * C), .W = up(GPU, W, sizeof(real) * V * C),
-                  .b = up(GPU, b, sizeof(real) * V), .inv_count = up(GPU, &inv, sizeof inv),
-                  .targets = up(GPU, t, sizeof(int) * N), .loss = up(GPU, &loss, sizeof loss),
-                  .dx = GPU->alloc(sizeof(real) * nc), .dnorm_w = up(GPU, dwn, sizeof(real) * C),
-                  .dW = up(GPU, dW, sizeof(real) * V * C), .db = up(GPU, db, sizeof(real) * V),
+    HeadLoss g = {.x = up(G, x, sizeof(real) * nc), .y = y ? up(G, y, sizeof(real) * nc) : NULL,
+                  .norm_w = up(G, wn, sizeof(real) * C), .W = up(G, W, sizeof(real) * V * C),
+                  .b = up(G, b, sizeof(real) * V), .inv_count = up(G, &inv, sizeof inv),
+                  .targets = up(G, t, sizeof(int) * N), .loss = up(G, &loss, sizeof loss),
+                  .dx = G->alloc(sizeof(real) * nc), .dnorm_w = up(G, dwn, sizeof(real) * C),
+                  .dW = up(G, dW, sizeof(real) * V * C), .db = up(G, db, sizeof(real) * V),
                   .N = N, .C = C, .V = V, .eps = (real)1e-5};
     /* the CPU: each op of the unfused path (model.c) */
     real *res = xmalloc(sizeof(real) * nc), *f = xmalloc(sizeof(real) * nc), *rstd = xmalloc(sizeof(real) * N);
@@ -640,16 +641,16 @@ static void head_loss_case(int N, int C, int V, int with_y, gsl_rng *r) {
     CPU->matmul(dW, dl, f, V, C, N, 1, 0, 1, 1);
     CPU->bias_backward(db, dl, N, V);
     rmsnorm_backward_write(CPU, dx, dwn, df, res, wn, rstd, N, C);
-    printf("  head_loss_step N=%d C=%d V=%d%s\n", N, C, V, y ? "" : " (no y)");
-    assert_true(GPU->head_loss_step(&g));
-    cmp("    loss", &loss, g.loss, 1, 1e-5);
-    cmp("    dx", dx, g.dx, nc, 1e-5);
-    cmp("    dW", dW, g.dW, (size_t)V * C, 1e-5);
-    cmp("    db", db, g.db, V, 1e-5);
-    cmp("    dnorm_w", dwn, g.dnorm_w, C, 1e-5);
+    printf("  head_loss_step [%s] N=%d C=%d V=%d%s\n", G->name, N, C, V, y ? "" : " (no y)");
+    assert_true(G->head_loss_step(&g));
+    cmp("    loss", &loss, g.loss, 1, bound);
+    cmp("    dx", dx, g.dx, nc, bound);
+    cmp("    dW", dW, g.dW, (size_t)V * C, bound);
+    cmp("    db", db, g.db, V, bound);
+    cmp("    dnorm_w", dwn, g.dnorm_w, C, bound);
     const void *bufs[] = {g.x, g.y, g.norm_w, g.W, g.b, g.inv_count, g.targets, g.loss, g.dx, g.dnorm_w, g.dW, g.db};
     for (size_t i = 0; i < NCASES(bufs); i++)
-        if (bufs[i]) GPU->release((void *)bufs[i]);
+        if (bufs[i]) G->release((void *)bufs[i]);
     free(x), free(y), free(wn), free(W), free(b), free(dwn), free(dW), free(db), free(t);
     free(res), free(f), free(rstd), free(logits), free(dl), free(df), free(dx), free(zero);
 }
@@ -660,12 +661,17 @@ static void test_head_loss(void **s) {
         printf("  head_loss_step switched off (PLAB_HEAD_STEP=0): nothing to compare\n");
         return;
     }
-    gsl_rng *r = test_rng(16);
-    head_loss_case(1000, 128, 16, 1, r);
-    head_loss_case(130, 32, 16, 1, r);
-    head_loss_case(77, 128, 5, 1, r);
-    head_loss_case(64, 128, 16, 0, r);
-    gsl_rng_free(r);
+    const Ops *backends[2] = {GPU, GPU16};
+    const double bounds[2] = {1e-5, 4e-3};
+    for (int k = 0; k < 2; k++) {
+        gsl_rng *r = test_rng(16);
+        head_loss_case(backends[k], bounds[k], 1000, 128, 16, 1, r);
+        head_loss_case(backends[k], bounds[k], 130, 32, 16, 1, r);
+        head_loss_case(backends[k], bounds[k], 77, 128, 5, 1, r);
+        head_loss_case(backends[k], bounds[k], 64, 128, 16, 0, r);
+        head_loss_case(backends[k], bounds[k], 50, 36, 16, 1, r); /* C % 8 != 0: bf16's fallback */
+        gsl_rng_free(r);
+    }
 }
 
 static void test_optimizer_ops(void **s) {

@@ -162,7 +162,7 @@ void cu_fill_dense(Ops *o, int precision); // 0 fp32, 1 tf32, 2 bf16
 void cu_fill_linear(Ops *o, int precision);
 void cu_fill_mlp(Ops *o, int precision);
 void cu_fill_layers(Ops *o, int precision);
-void cu_fill_loss(Ops *o);
+void cu_fill_loss(Ops *o, int precision);
 void cu_fill_attention(Ops *o, int precision);
 void cu_fill_optim(Ops *o);
 void cu_fill_family(Ops *o); // family_cuda.cu: o->family (LLA, solved/learned probes, linear attention)

@@ -208,12 +208,12 @@ static bool flush_old() {
     static const int old = getenv("PLAB_FLUSH_OLD") && !strcmp(getenv("PLAB_FLUSH_OLD"), "1");
     return old;
 }
-// a wide entry's slices: about 8 part rows a warp (one round of loads in flight), so the
-// launch has few blocks of real work. 95f14fe split every entry 8 ways, 128 elements a
+// a wide entry's slices: about 16 part rows a warp (two rounds of eight loads), so the
+// launch has few blocks of real work (8 and 4 rows timed 0.5 and 1 us slower, H100 16:45Z). 95f14fe split every entry 8 ways, 128 elements a
 // block: 3,378 blocks a softmax step, most of them four rows deep (20-26 us under ncu).
 static int wide_slices(int S) {
     if (flush_old()) return WIDE_WARPS;
-    static const int rows = getenv("PLAB_FLUSH_ROWS") ? atoi(getenv("PLAB_FLUSH_ROWS")) : 8; // A/B
+    static const int rows = getenv("PLAB_FLUSH_ROWS") ? atoi(getenv("PLAB_FLUSH_ROWS")) : 16; // A/B
     int sl = 1;
     while (sl < WIDE_WARPS && rows * sl < S) sl *= 2;
     return sl;

@@ -188,37 +188,29 @@ __device__ __forceinline__ void hl_load(float4 &x, float4 &y, const HeadLoss &h,
 // the norm's rstd, the exponentials and the log by the fast single-precision instructions
 // instead of the double rstd of residual_rmsnorm4_kernel and libm's expf and logf (2 us a
 // step on the H100; PLAB_HL_FAST=0 for the exact ones).
-// SMW (A/B: PLAB_HL_SMEM=1, not yet timed on a GPU): the head's weights in shared memory
-// instead of registers (165 registers), so that three blocks fit an SM where the registers
-// allowed two: 12 warps an SM to hide the row's chain of shuffles.
-constexpr int HL_ROWS_SMW = 44;
-template <bool FAST, int R = 2, bool SMW = false, int ROWS = HL_ROWS>
-__global__ void __launch_bounds__(32 * HL_WARPS, SMW ? 3 : 0)
+// (The head's weights in shared memory, three blocks an SM instead of two, lost 3 us on the
+// H100, 16:30Z.)
+template <bool FAST, int R = 2>
+__global__ void __launch_bounds__(32 * HL_WARPS)
     head_loss_kernel(const HeadLoss h, double *nll_part, float *pW, float *pb, float *pn,
                      __nv_bfloat16 *dxb) {
     __shared__ float red[HL_WARPS][HL_V * 128 + HL_V + 128];
     __shared__ double red_d[HL_WARPS];
-    __shared__ float4 Ws[SMW ? HL_V : 1][32];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, C = h.C, V = h.V, c = 4 * lane;
     const int my_v = lane / 2; // the logit this lane holds after warp_sum16
     const bool on = c < C, valid = my_v < V;
     float4 W[HL_V], dW[HL_V];
 #pragma unroll
     for (int v = 0; v < HL_V; v++) {
-        if (!SMW) W[v] = on && v < V ? ld4(h.W + (size_t)v * C + c) : f4(0.f);
+        W[v] = on && v < V ? ld4(h.W + (size_t)v * C + c) : f4(0.f);
         dW[v] = f4(0.f);
-    }
-    if (SMW) {
-        for (int v = warp; v < HL_V; v += HL_WARPS)
-            Ws[v][lane] = on && v < V ? ld4(h.W + (size_t)v * C + c) : f4(0.f);
-        __syncthreads();
     }
     const float4 wn = on ? ld4(h.norm_w + c) : f4(0.f);
     const float bias = valid ? h.b[my_v] : 0.f, ic = h.inv_count[0];
     float db = 0.f;
     float4 dwn = f4(0.f);
     double nll = 0;
-    const int n0 = blockIdx.x * ROWS, n1 = min(h.N, n0 + ROWS), step = HL_WARPS * R;
+    const int n0 = blockIdx.x * HL_ROWS, n1 = min(h.N, n0 + HL_ROWS), step = HL_WARPS * R;
     // rows n + k (k < R) an iteration; one past n1 is computed on row n with no target
     // (its gradient zero) and not stored
     int n = n0 + warp * R;
@@ -245,7 +237,7 @@ __global__ void __launch_bounds__(32 * HL_WARPS, SMW ? 3 : 0)
             r[k] = x[k] + y[k], u[k] = r[k] * wn;
             float p[HL_V];
 #pragma unroll
-            for (int v = 0; v < HL_V; v++) p[v] = dot4(u[k], SMW ? Ws[v][lane] : W[v]);
+            for (int v = 0; v < HL_V; v++) p[v] = dot4(u[k], W[v]);
             ss[k] = warp_sum(dot4(r[k], r[k])), sum[k] = warp_sum16(p, lane); // every lane
         }
         float rs[R], g[R];
@@ -277,7 +269,7 @@ __global__ void __launch_bounds__(32 * HL_WARPS, SMW ? 3 : 0)
 #pragma unroll
             for (int v = 0; v < HL_V; v++) {
                 const float gv = __shfl_sync(0xffffffffu, g[k], 2 * v);
-                df[k] = fma4(gv, SMW ? Ws[v][lane] : W[v], df[k]);
+                df[k] = fma4(gv, W[v], df[k]);
                 dW[v] = fma4(gv, f, dW[v]);
             }
             dot[k] = warp_sum(dot4(wn * df[k], r[k]));
@@ -317,24 +309,33 @@ __global__ void __launch_bounds__(32 * HL_WARPS, SMW ? 3 : 0)
     }
     xent_finish(h.loss, nll_part, nll, h.inv_count, red_d);
 }
-static int head_loss_step(const HeadLoss *h) {
+#include "head_loss_tc.cuh"
+
+// tc: the bf16 backend's tensor-core kernel where the shape allows (PLAB_HL_TC=0: off, A/B)
+template <bool TC> static int head_loss_step(const HeadLoss *h) {
     if (!(h->V <= HL_V && h->C <= 128 && h->C % 4 == 0 && cu_aligned16(h->x, h->y, h->dx, h->W) &&
           cu_aligned16(h->norm_w)))
         return 0;
     if (h->N == 0) return 1;
-    // A/B switches: PLAB_HL_FAST=0; PLAB_HL_SMEM=1 (the weights in shared memory, a row at a
-    // time, HL_ROWS_SMW rows a block: 373 blocks at MAD's N, up to three an SM on 132 SMs)
-    static const bool fast = !cu_env_off("PLAB_HL_FAST");
-    static const bool smw = getenv("PLAB_HL_SMEM") && !strcmp(getenv("PLAB_HL_SMEM"), "1");
-    const int rows = smw ? HL_ROWS_SMW : HL_ROWS;
-    const int S = cu_blocks(h->N, rows), V = h->V, C = h->C;
+    static const bool fast = !cu_env_off("PLAB_HL_FAST"); // A/B switch
+    static const bool tc_on = !cu_env_off("PLAB_HL_TC");
+    const bool tc = TC && tc_on && h->C % 8 == 0;
+    const int S = cu_blocks(h->N, tc ? HT_ROWS : HL_ROWS), V = h->V, C = h->C;
     float *pW = cu_parts((size_t)S * V * C), *pb = cu_parts((size_t)S * V), *pn = cu_parts((size_t)S * C);
     double *nll_part = (double *)cu_scratch(2 * (size_t)S);
     __nv_bfloat16 *dxb = h->mlp_save ? cu_state_slot(h->mlp_save, h->N, C, 1) : nullptr;
-    auto kern = smw ? (fast ? head_loss_kernel<true, 1, true, HL_ROWS_SMW>
-                            : head_loss_kernel<false, 1, true, HL_ROWS_SMW>)
-                    : (fast ? head_loss_kernel<true> : head_loss_kernel<false>);
-    kern<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
+    if (tc) {
+        static bool attr = false;
+        if (!attr) {
+            CK(cudaFuncSetAttribute(head_loss_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)sizeof(HeadTcSmem)));
+            attr = true;
+        }
+        head_loss_tc_kernel<<<S, 32 * HT_WARPS, sizeof(HeadTcSmem), cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
+    } else {
+        auto kern = fast ? head_loss_kernel<true> : head_loss_kernel<false>;
+        kern<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
+    }
     CKL();
     cu_grad_colsum_parts(h->dW, pW, S, V * C, true);
     cu_grad_colsum_parts(h->db, pb, S, V);
@@ -370,8 +371,10 @@ static void predict(int *pred, float *nll, const float *logits, const int *targe
     CKL();
 }
 
-void cu_fill_loss(Ops *o) {
+void cu_fill_loss(Ops *o, int p) {
     o->crossentropy = crossentropy;
     o->predict = predict;
-    o->head_loss_step = cu_env_off("PLAB_HEAD_STEP") ? nullptr : head_loss_step; // A/B switch
+    o->head_loss_step = cu_env_off("PLAB_HEAD_STEP") ? nullptr // A/B switch
+                        : p == 2                      ? head_loss_step<true>
+                                                      : head_loss_step<false>;
 }

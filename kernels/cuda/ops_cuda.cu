@@ -298,7 +298,7 @@ extern "C" const Ops *ops_cuda(int device, const char *precision, char *why, siz
         cu_fill_mlp(o, prec);
         cu_fill_attn_block(o, prec);
         cu_fill_layers(o, prec);
-        cu_fill_loss(o);
+        cu_fill_loss(o, prec);
         cu_fill_attention(o, prec);
         cu_fill_optim(o);
         cu_fill_family(o);

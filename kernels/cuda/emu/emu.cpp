@@ -740,6 +740,31 @@ void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_
     mma_result(d, s);
 }
 
+void emu_mma_m16n8k8_tf32(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, const char *file,
+                          int line) {
+    uint32_t mine[10] = {a[0], a[1], a[2], a[3], b0, b1};
+    memcpy(mine + 6, d, 16);
+    bool last;
+    const unsigned char *s = emu::collective(0xffffffffu, mine, sizeof mine, "mma.m16n8k8.tf32", file, line, &last);
+    if (last) {
+        // A(r, k): lane (r % 8) * 4 + k % 4, register a0 (row g, k < 4), a1 (row g+8), a2 (row g,
+        // k >= 4), a3 (row g+8, k >= 4); B(k, n): lane n * 4 + k % 4, b0 (k < 4) or b1
+        auto tf = [](uint32_t u) {
+            u &= 0xffffe000u;
+            float f;
+            memcpy(&f, &u, 4);
+            return f;
+        };
+        float A[16 * 8], B[8 * 16];
+        for (unsigned r = 0; r < 16; r++)
+            for (int k = 0; k < 8; k++) A[r * 8 + k] = tf(reg_of(s, (r & 7) * 4 + k % 4, (r >= 8) + 2 * (k >= 4)));
+        for (unsigned n = 0; n < 8; n++)
+            for (int k = 0; k < 8; k++) B[16 * n + k] = tf(reg_of(s, n * 4 + k % 4, 4 + (k >= 4)));
+        mma_tile(const_cast<unsigned char *>(s), 8, 6, A, B);
+    }
+    mma_result(d, s);
+}
+
 // ---- runtime API ----------------------------------------------------------------------------------
 using namespace emu;
 

@@ -180,6 +180,9 @@ void emu_mma_m16n8k8_bf16(float d[4], uint32_t a0, uint32_t a1, uint32_t b,
                           const char *file = __builtin_FILE(), int line = __builtin_LINE());
 void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1,
                            const char *file = __builtin_FILE(), int line = __builtin_LINE());
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (the operands' low 13 bits ignored)
+void emu_mma_m16n8k8_tf32(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1,
+                          const char *file = __builtin_FILE(), int line = __builtin_LINE());
 
 // ---- device math --------------------------------------------------------------------------
 // CUDA's min / max overloads, with the usual arithmetic conversions (fminf / fmaxf for floats)
