@@ -40,8 +40,10 @@ __device__ __forceinline__ float quad_max(float x) {
     return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
 }
 
-// pW [V C], pb [V], pn [C]: the block's part rows (as head_loss_kernel). C % 8 == 0, C <= 128,
-// V <= 16.
+// pW [V C], pb [V], pn [C]: the block's part rows (as head_loss_kernel). C = 8 J (a compile-time
+// J: with a loop bound known at run time nvcc issued each group's loads after the previous
+// group's sums, 16 round trips a warp), V <= 16.
+template <int J>
 __global__ void __launch_bounds__(32 * HT_WARPS)
     head_loss_tc_kernel(const HeadLoss h, double *nll_part, float *pW, float *pb, float *pn,
                         __nv_bfloat16 *dxb) {
@@ -52,44 +54,49 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
     HeadTcSmem &sm = *reinterpret_cast<HeadTcSmem *>(ht_raw);
 #endif
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int C = h.C, V = h.V, J = C / 8;
-    // the B fragments, from Wt = W diag(w) (zero past V)
-    for (int e = threadIdx.x; e < J * 2 * 32; e += blockDim.x) {
-        const int j = e / 64, s = (e / 32) % 2, l = e % 32, lg = l / 4, lt = l % 4;
+    constexpr int C = 8 * J;
+    const int V = h.V;
+    const int n0 = blockIdx.x * HT_ROWS + 16 * warp, ra = n0 + g, rb = n0 + g + 8;
+    const bool ona = ra < h.N, onb = rb < h.N;
+    // r = x + y for rows ra (r[j][0..1]) and rb (r[j][2..3])
+    float r[J][4];
+    float ssa = 0.f, ssb = 0.f;
+#pragma unroll
+    for (int j = 0; j < J; j++) {
+        const int c = 8 * j + 2 * t;
+        const float2 a = ona ? *reinterpret_cast<const float2 *>(h.x + (size_t)ra * C + c) : make_float2(0.f, 0.f);
+        const float2 b = onb ? *reinterpret_cast<const float2 *>(h.x + (size_t)rb * C + c) : make_float2(0.f, 0.f);
+        r[j][0] = a.x, r[j][1] = a.y, r[j][2] = b.x, r[j][3] = b.y;
+    }
+    if (h.y)
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            const int c = 8 * j + 2 * t;
+            const float2 a = ona ? *reinterpret_cast<const float2 *>(h.y + (size_t)ra * C + c) : make_float2(0.f, 0.f);
+            const float2 b = onb ? *reinterpret_cast<const float2 *>(h.y + (size_t)rb * C + c) : make_float2(0.f, 0.f);
+            r[j][0] += a.x, r[j][1] += a.y, r[j][2] += b.x, r[j][3] += b.y;
+        }
+    // the B fragments, from Wt = W diag(w) (zero past V), while the rows load
+    static_assert(J % 2 == 0, "whole rounds of the block's threads");
+#pragma unroll
+    for (int i = 0; i < J / 2; i++) {
+        const int e = threadIdx.x + 32 * HT_WARPS * i, j = e / 64, s = (e / 32) % 2, l = e % 32, lg = l / 4, lt = l % 4;
         auto wt = [&](int v, int c) { return v < V ? tf32(h.W[(size_t)v * C + c] * h.norm_w[c]) : 0u; };
         const int c0 = 8 * j + 2 * lt; // L: B(k, n) = Wt[8s + n][column of k]
         sm.wl[j][s][l] = make_uint2(wt(8 * s + lg, c0), wt(8 * s + lg, c0 + 1));
         const int v0 = 8 * s + 2 * lt; // dU: B(k, n) = Wt[vocabulary of k][8j + n]
         sm.wu[j][s][l] = make_uint2(wt(v0, 8 * j + lg), wt(v0 + 1, 8 * j + lg));
     }
-    __syncthreads();
-
-    const int n0 = blockIdx.x * HT_ROWS + 16 * warp, ra = n0 + g, rb = n0 + g + 8;
-    const bool ona = ra < h.N, onb = rb < h.N;
-    // r = x + y for rows ra (r[j][0..1]) and rb (r[j][2..3])
-    float r[16][4];
-    float ssa = 0.f, ssb = 0.f;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (j >= J) break;
-        const int c = 8 * j + 2 * t;
-        float2 a = ona ? *reinterpret_cast<const float2 *>(h.x + (size_t)ra * C + c) : make_float2(0.f, 0.f);
-        float2 b = onb ? *reinterpret_cast<const float2 *>(h.x + (size_t)rb * C + c) : make_float2(0.f, 0.f);
-        if (h.y) {
-            const float2 ya = ona ? *reinterpret_cast<const float2 *>(h.y + (size_t)ra * C + c) : make_float2(0.f, 0.f);
-            const float2 yb = onb ? *reinterpret_cast<const float2 *>(h.y + (size_t)rb * C + c) : make_float2(0.f, 0.f);
-            a.x += ya.x, a.y += ya.y, b.x += yb.x, b.y += yb.y;
-        }
-        r[j][0] = a.x, r[j][1] = a.y, r[j][2] = b.x, r[j][3] = b.y;
-        ssa += a.x * a.x + a.y * a.y, ssb += b.x * b.x + b.y * b.y;
-    }
+    for (int j = 0; j < J; j++)
+        ssa += r[j][0] * r[j][0] + r[j][1] * r[j][1], ssb += r[j][2] * r[j][2] + r[j][3] * r[j][3];
+    __syncthreads();
     const float qa = rsqrtf(quad_sum(ssa) / C + h.eps), qb = rsqrtf(quad_sum(ssb) / C + h.eps);
 
     // logits: acc[s] holds rows ra / rb, vocabulary 8s + 2t, 8s + 2t + 1
     float L[2][4] = {};
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (j >= J) break;
+    for (int j = 0; j < J; j++) {
         const uint32_t a[4] = {tf32(r[j][0]), tf32(r[j][2]), tf32(r[j][1]), tf32(r[j][3])};
 #pragma unroll
         for (int s = 0; s < 2; s++) mma_tf32(L[s], a, sm.wl[j][s][lane].x, sm.wl[j][s][lane].y);
@@ -125,13 +132,12 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
         }
     }
     // dU = dL Wt (A: dL's C fragments as they are), dU . r per row
-    float dU[16][4];
+    float dU[J][4];
     float da = 0.f, dbt = 0.f;
     const uint32_t a0[4] = {tf32(dl[0][0]), tf32(dl[0][2]), tf32(dl[0][1]), tf32(dl[0][3])};
     const uint32_t a1[4] = {tf32(dl[1][0]), tf32(dl[1][2]), tf32(dl[1][1]), tf32(dl[1][3])};
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (j >= J) break;
+    for (int j = 0; j < J; j++) {
         dU[j][0] = dU[j][1] = dU[j][2] = dU[j][3] = 0.f;
         mma_tf32(dU[j], a0, sm.wu[j][0][lane].x, sm.wu[j][0][lane].y);
         mma_tf32(dU[j], a1, sm.wu[j][1][lane].x, sm.wu[j][1][lane].y);
@@ -142,8 +148,7 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
     float *rs = sm.rs[warp], *dls = sm.dl[warp];
     const float sa = qa * qa * qa / C * da, sb = qb * qb * qb / C * dbt;
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (j >= J) break;
+    for (int j = 0; j < J; j++) {
         const int c = 8 * j + 2 * t;
         const float2 xa = make_float2(qa * dU[j][0] - sa * r[j][0], qa * dU[j][1] - sa * r[j][1]);
         const float2 xb = make_float2(qb * dU[j][2] - sb * r[j][2], qb * dU[j][3] - sb * r[j][3]);
@@ -166,7 +171,7 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
     }
     __syncwarp();
     // G = dL^T (rstd r): A(m = v, k = row) = dL[row][v], B(k = row, n = column) = rstd r
-    float G[16][4];
+    float G[J][4];
     uint32_t ga[2][4];
 #pragma unroll
     for (int kk = 0; kk < 2; kk++) {
@@ -175,8 +180,7 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
         ga[kk][2] = tf32(dls[(r0 + 4) * HT_DS + g]), ga[kk][3] = tf32(dls[(r0 + 4) * HT_DS + g + 8]);
     }
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (j >= J) break;
+    for (int j = 0; j < J; j++) {
         G[j][0] = G[j][1] = G[j][2] = G[j][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < 2; kk++) {
@@ -193,8 +197,7 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
     __syncwarp();
     // the warp's G over its staged rows, [v][c]
 #pragma unroll
-    for (int j = 0; j < 16; j++) {
-        if (j >= J) break;
+    for (int j = 0; j < J; j++) {
         const int c = 8 * j + 2 * t;
         *reinterpret_cast<float2 *>(rs + g * HT_RS + c) = make_float2(G[j][0], G[j][1]);
         *reinterpret_cast<float2 *>(rs + (g + 8) * HT_RS + c) = make_float2(G[j][2], G[j][3]);

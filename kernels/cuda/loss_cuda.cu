@@ -311,7 +311,8 @@ __global__ void __launch_bounds__(32 * HL_WARPS)
 }
 #include "head_loss_tc.cuh"
 
-// tc: the bf16 backend's tensor-core kernel where the shape allows (PLAB_HL_TC=0: off, A/B)
+// TC: the bf16 backend's tensor-core kernel where the shape allows (C = 32, 64, 128; PLAB_HL_TC=0:
+// off, A/B)
 template <bool TC> static int head_loss_step(const HeadLoss *h) {
     if (!(h->V <= HL_V && h->C <= 128 && h->C % 4 == 0 && cu_aligned16(h->x, h->y, h->dx, h->W) &&
           cu_aligned16(h->norm_w)))
@@ -319,19 +320,16 @@ template <bool TC> static int head_loss_step(const HeadLoss *h) {
     if (h->N == 0) return 1;
     static const bool fast = !cu_env_off("PLAB_HL_FAST"); // A/B switch
     static const bool tc_on = !cu_env_off("PLAB_HL_TC");
-    const bool tc = TC && tc_on && h->C % 8 == 0;
+    void (*tck)(const HeadLoss, double *, float *, float *, float *, __nv_bfloat16 *) =
+        h->C == 128 ? head_loss_tc_kernel<16> : h->C == 64 ? head_loss_tc_kernel<8> : h->C == 32 ? head_loss_tc_kernel<4> : nullptr;
+    const bool tc = TC && tc_on && tck;
     const int S = cu_blocks(h->N, tc ? HT_ROWS : HL_ROWS), V = h->V, C = h->C;
     float *pW = cu_parts((size_t)S * V * C), *pb = cu_parts((size_t)S * V), *pn = cu_parts((size_t)S * C);
     double *nll_part = (double *)cu_scratch(2 * (size_t)S);
     __nv_bfloat16 *dxb = h->mlp_save ? cu_state_slot(h->mlp_save, h->N, C, 1) : nullptr;
     if (tc) {
-        static bool attr = false;
-        if (!attr) {
-            CK(cudaFuncSetAttribute(head_loss_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)sizeof(HeadTcSmem)));
-            attr = true;
-        }
-        head_loss_tc_kernel<<<S, 32 * HT_WARPS, sizeof(HeadTcSmem), cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
+        CK(cudaFuncSetAttribute(tck, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(HeadTcSmem)));
+        tck<<<S, 32 * HT_WARPS, sizeof(HeadTcSmem), cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
     } else {
         auto kern = fast ? head_loss_kernel<true> : head_loss_kernel<false>;
         kern<<<S, 32 * HL_WARPS, 0, cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
