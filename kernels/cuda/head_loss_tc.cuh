@@ -58,6 +58,15 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
     const int V = h.V;
     const int n0 = blockIdx.x * HT_ROWS + 16 * warp, ra = n0 + g, rb = n0 + g + 8;
     const bool ona = ra < h.N, onb = rb < h.N;
+    // everything a tile reads is loaded first, in flight together
+    const int ta = ona ? h.targets[ra] : -1, tb = onb ? h.targets[rb] : -1;
+    const float ic = h.inv_count[0];
+    float bias[4]; // vocabulary 8 (k / 2) + 2t + k % 2
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int v = 8 * (k / 2) + 2 * t + k % 2;
+        bias[k] = v < V ? h.b[v] : 0.f;
+    }
     // r = x + y for rows ra (r[j][0..1]) and rb (r[j][2..3])
     float r[J][4];
     float ssa = 0.f, ssb = 0.f;
@@ -77,7 +86,7 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
             r[j][0] += a.x, r[j][1] += a.y, r[j][2] += b.x, r[j][3] += b.y;
         }
     // the B fragments, from Wt = W diag(w) (zero past V), while the rows load
-    static_assert(J % 2 == 0, "whole rounds of the block's threads");
+    static_assert(J % 2 == 0 && J <= 16, "whole rounds of the block's threads; a thread a column at the end");
 #pragma unroll
     for (int i = 0; i < J / 2; i++) {
         const int e = threadIdx.x + 32 * HT_WARPS * i, j = e / 64, s = (e / 32) % 2, l = e % 32, lg = l / 4, lt = l % 4;
@@ -102,8 +111,6 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
         for (int s = 0; s < 2; s++) mma_tf32(L[s], a, sm.wl[j][s][lane].x, sm.wl[j][s][lane].y);
     }
     // the cross-entropy of rows ra (e = 0, 1) and rb (e = 2, 3), over the quad
-    const int ta = ona ? h.targets[ra] : -1, tb = onb ? h.targets[rb] : -1;
-    const float ic = h.inv_count[0];
     double nll = 0;
     float dl[2][4];
 #pragma unroll
@@ -115,7 +122,7 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
 #pragma unroll
         for (int k = 0; k < 4; k++) { // k: (s, column) = (k / 2, k % 2)
             const int v = 8 * (k / 2) + 2 * t + k % 2;
-            l[k] = v < V ? q * L[k / 2][2 * half + k % 2] + h.b[v] : -INFINITY;
+            l[k] = v < V ? q * L[k / 2][2 * half + k % 2] + bias[k] : -INFINITY;
             mx = fmaxf(mx, l[k]);
         }
         mx = quad_max(mx);
@@ -170,6 +177,12 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
         *reinterpret_cast<float2 *>(dls + (g + 8) * HT_DS + v) = make_float2(dl[s][2], dl[s][3]);
     }
     __syncwarp();
+    // the epilogue's column of W (a thread a column), in flight during G
+    const int ce = threadIdx.x; // < C: 32 HT_WARPS = 128 >= C
+    float wcol[16];
+#pragma unroll
+    for (int v = 0; v < 16; v++) wcol[v] = ce < C && v < V ? h.W[(size_t)v * C + ce] : 0.f;
+    const float wce = ce < C ? h.norm_w[ce] : 0.f;
     // G = dL^T (rstd r): A(m = v, k = row) = dL[row][v], B(k = row, n = column) = rstd r
     float G[J][4];
     uint32_t ga[2][4];
@@ -204,16 +217,17 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
     }
     __syncthreads();
     // the block's part rows: the warps' G in warp order, then dW = G diag(w), dw_norm
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const float wc = h.norm_w[c];
+    if (ce < C) {
         float dn = 0.f;
-        for (int v = 0; v < V; v++) {
+#pragma unroll
+        for (int v = 0; v < 16; v++) {
+            if (v >= V) break;
             float gs = 0.f;
-            for (int k = 0; k < HT_WARPS; k++) gs += sm.rs[k][v * HT_RS + c];
-            pW[(size_t)blockIdx.x * V * C + v * C + c] = wc * gs;
-            dn += h.W[(size_t)v * C + c] * gs;
+            for (int k = 0; k < HT_WARPS; k++) gs += sm.rs[k][v * HT_RS + ce];
+            pW[(size_t)blockIdx.x * V * C + v * C + ce] = wce * gs;
+            dn += wcol[v] * gs;
         }
-        pn[(size_t)blockIdx.x * C + c] = dn;
+        pn[(size_t)blockIdx.x * C + ce] = dn;
     }
     if ((int)threadIdx.x < V) {
         float s = 0.f;
