@@ -85,12 +85,23 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
             const float2 b = onb ? *reinterpret_cast<const float2 *>(h.y + (size_t)rb * C + c) : make_float2(0.f, 0.f);
             r[j][0] += a.x, r[j][1] += a.y, r[j][2] += b.x, r[j][3] += b.y;
         }
-    // the B fragments, from Wt = W diag(w) (zero past V), while the rows load
+    // the B fragments, from Wt = W diag(w) (zero past V), while the rows load: W and w staged in
+    // shared memory first (rs's space, free until the tables are built; 16-byte loads)
+    float *wst = &sm.rs[0][0]; // [17][C]: W's rows (zero past V), then w
+    static_assert(17 * 128 <= HT_WARPS * 16 * HT_RS, "W and w fit the staging space");
+    constexpr int C4 = C / 4;
+#pragma unroll
+    for (int i0 = 0; i0 < 17 * C4; i0 += 32 * HT_WARPS) {
+        const int i = i0 + threadIdx.x, v = i / C4, c = 4 * (i % C4);
+        if (i < 17 * C4)
+            st4(wst + v * C + c, v < V ? ld4(h.W + (size_t)v * C + c) : v == 16 ? ld4(h.norm_w + c) : f4(0.f));
+    }
+    __syncthreads();
     static_assert(J % 2 == 0 && J <= 16, "whole rounds of the block's threads; a thread a column at the end");
 #pragma unroll
     for (int i = 0; i < J / 2; i++) {
         const int e = threadIdx.x + 32 * HT_WARPS * i, j = e / 64, s = (e / 32) % 2, l = e % 32, lg = l / 4, lt = l % 4;
-        auto wt = [&](int v, int c) { return v < V ? tf32(h.W[(size_t)v * C + c] * h.norm_w[c]) : 0u; };
+        auto wt = [&](int v, int c) { return tf32(wst[v * C + c] * wst[16 * C + c]); };
         const int c0 = 8 * j + 2 * lt; // L: B(k, n) = Wt[8s + n][column of k]
         sm.wl[j][s][l] = make_uint2(wt(8 * s + lg, c0), wt(8 * s + lg, c0 + 1));
         const int v0 = 8 * s + 2 * lt; // dU: B(k, n) = Wt[vocabulary of k][8j + n]
