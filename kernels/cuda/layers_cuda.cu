@@ -442,12 +442,12 @@ __global__ void onehot_kernel(float *oh, const int *tok, int N, int V) {
 // the one-hot matmul below took two launches (10 us under ncu at MAD) at the table's precision.
 constexpr int EMB_WARPS = 4, EMB_ROWS = 128, EMB_SMALL = 2048, EMB_INFLIGHT = 8;
 __global__ void __launch_bounds__(32 * EMB_WARPS)
-    embed_bwd_small_kernel(float *part, const float *dout, const int *tok, int N, int C, int V) {
+    embed_bwd_small_kernel(float *part, const float *dout, const int *tok, int N, int C, int V, int rows) {
     extern __shared__ float4 emb_tab[]; // [EMB_WARPS][V C / 4]
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, c4 = V * C / 4;
     float4 *tab = emb_tab + warp * c4;
-    const int r0 = blockIdx.x * EMB_ROWS + warp * (EMB_ROWS / EMB_WARPS);
-    const int r1 = min(N, r0 + EMB_ROWS / EMB_WARPS);
+    const int r0 = blockIdx.x * rows + warp * (rows / EMB_WARPS);
+    const int r1 = min(N, r0 + rows / EMB_WARPS);
     if (4 * lane < C) {
         for (int v = 0; v < V; v++) tab[v * C / 4 + lane] = make_float4(0.f, 0.f, 0.f, 0.f); // its own
         for (int n = r0; n < r1; n += EMB_INFLIGHT) { // EMB_INFLIGHT rows' loads, then their sums
@@ -483,10 +483,12 @@ static void embedding_backward(float *dtable, const float *dout, const int *toke
                                int V) {
     static const bool small_off = cu_env_off("PLAB_EMB_SMALL"); // A/B switch
     if (V * C <= EMB_SMALL && C <= 128 && C % 4 == 0 && cu_aligned16(dout, dtable) && N > 0 && !small_off) {
-        const int S = cu_blocks(N, EMB_ROWS);
+        // rows a block: PLAB_EMB_ROWS (A/B; a multiple of EMB_WARPS)
+        static const int rows = getenv("PLAB_EMB_ROWS") ? atoi(getenv("PLAB_EMB_ROWS")) / EMB_WARPS * EMB_WARPS : EMB_ROWS;
+        const int S = cu_blocks(N, rows);
         float *part = cu_parts((size_t)S * V * C);
         embed_bwd_small_kernel<<<S, 32 * EMB_WARPS, sizeof(float) * EMB_WARPS * V * C, cu.stream>>>(
-            part, dout, tokens, N, C, V);
+            part, dout, tokens, N, C, V, rows);
         CKL();
         cu_grad_colsum_parts(dtable, part, S, V * C, true);
         return;
