@@ -19,7 +19,7 @@
 // order (deterministic) into part rows, added at the flush like head_loss_kernel's.
 #include "mma_tf32.cuh"
 
-constexpr int HT_WARPS = 4, HT_ROWS = 16 * HT_WARPS; // a 16-row tile a warp
+constexpr int HT_WARPS = 8, HT_ROWS = 16 * HT_WARPS; // a 16-row tile a warp
 constexpr int HT_RS = 136;                            // staged rows' stride (bank-conflict free)
 constexpr int HT_DS = 24;                             // staged dL's stride
 struct HeadTcSmem {
@@ -97,9 +97,10 @@ __global__ void __launch_bounds__(32 * HT_WARPS)
             st4(wst + v * C + c, v < V ? ld4(h.W + (size_t)v * C + c) : v == 16 ? ld4(h.norm_w + c) : f4(0.f));
     }
     __syncthreads();
-    static_assert(J % 2 == 0 && J <= 16, "whole rounds of the block's threads; a thread a column at the end");
+    constexpr int ROUNDS = J * 64 / (32 * HT_WARPS); // table entries a thread
+    static_assert(ROUNDS * 32 * HT_WARPS == J * 64 && J <= 16, "whole rounds; a thread a column at the end");
 #pragma unroll
-    for (int i = 0; i < J / 2; i++) {
+    for (int i = 0; i < ROUNDS; i++) {
         const int e = threadIdx.x + 32 * HT_WARPS * i, j = e / 64, s = (e / 32) % 2, l = e % 32, lg = l / 4, lt = l % 4;
         auto wt = [&](int v, int c) { return tf32(wst[v * C + c] * wst[16 * C + c]); };
         const int c0 = 8 * j + 2 * lt; // L: B(k, n) = Wt[8s + n][column of k]
