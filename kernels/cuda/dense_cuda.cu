@@ -195,7 +195,7 @@ struct PendingSum {
     const float *part;
     int S, W, C, first; // first: the index of its first block in the launch
     bool wide;
-    int slices; // wide: warps that split S (1, 2, 4 or 8); a block spans 8 / slices columns of lanes
+    int slices; // wide: warps that split S (1, 2, 4 or 8); a block spans 8 / slices x 128 elements
 };
 constexpr int WIDE_WARPS = 8, WIDE_ELEMS = 128; // 256 threads; a warp's lanes span 32 x 4 elements
 constexpr int MAX_PENDING = 40; // the launch's argument stays under 4 KB
@@ -204,26 +204,21 @@ struct PendingSums {
     int n;
 };
 static PendingSums pending;
-static bool flush_old() {
-    static const int old = getenv("PLAB_FLUSH_OLD") && !strcmp(getenv("PLAB_FLUSH_OLD"), "1");
-    return old;
-}
-// a wide entry's slices: about 16 part rows a warp (two rounds of eight loads), so the
-// launch has few blocks of real work (8 and 4 rows timed 0.5 and 1 us slower, H100 16:45Z). 95f14fe split every entry 8 ways, 128 elements a
-// block: 3,378 blocks a softmax step, most of them four rows deep (20-26 us under ncu).
+// a wide entry's slices: about 16 part rows a warp (two rounds of eight loads), so the launch
+// has few blocks of real work. 95f14fe split every entry 8 ways, 128 elements a block: 3,378
+// blocks a softmax step, most of them four rows deep (26 us under ncu; now 439 blocks, 12.6 us;
+// 8 and 4 rows a warp timed 0.5 and 1 us slower on the H100, 16:45Z). PLAB_FLUSH_ROWS: A/B.
 static int wide_slices(int S) {
-    if (flush_old()) return WIDE_WARPS;
-    static const int rows = getenv("PLAB_FLUSH_ROWS") ? atoi(getenv("PLAB_FLUSH_ROWS")) : 16; // A/B
+    static const int rows = getenv("PLAB_FLUSH_ROWS") ? atoi(getenv("PLAB_FLUSH_ROWS")) : 16;
     int sl = 1;
     while (sl < WIDE_WARPS && rows * sl < S) sl *= 2;
     return sl;
 }
 // a sum of whole rows (W = C) as a wide one where its lanes are full and its chain no longer
-// than the head step's (4 rounds of loads a warp); a narrow one (Parallax's probe norm, C = 8
-// and 1,024 rows) stays a warp per column. PLAB_FLUSH_WIDE=0 keeps them all a warp per column.
+// than the head step's (4 rounds of loads a warp): 0.5 us on the H100 (16:45Z); a narrow one
+// (Parallax's probe norm, C = 8 over 1,024 rows) stays a warp per column
 static bool promote_wide(int S, int W, int C) {
-    static const bool off = cu_env_off("PLAB_FLUSH_WIDE");
-    return W == C && C >= WIDE_ELEMS && S <= 32 * WIDE_WARPS && !off && !flush_old();
+    return W == C && C >= WIDE_ELEMS && S <= 32 * WIDE_WARPS;
 }
 static int wide_elems_per_block(const PendingSum &e) { return WIDE_ELEMS * (WIDE_WARPS / e.slices); }
 

@@ -51,8 +51,7 @@ static void adamw(float *p, const float *g, float *m, float *v, long n, const Op
                   int wd_on) {
     cu_sums_flush(); // the gradients' pending column sums (cuda_common.cuh)
     __nv_bfloat16 *pb = cu_params_bf16_out(p, n);
-    static const bool v4 = !cu_env_off("PLAB_ADAMW_V4"); // A/B switch
-    if (v4 && cu_aligned16(p, g, m, v) && (uintptr_t)pb % 8 == 0)
+    if (cu_aligned16(p, g, m, v) && (uintptr_t)pb % 8 == 0)
         adamw4_kernel<<<cu_blocks(n / 4 + n % 4, 256), 256, 0, cu.stream>>>(p, pb, g, m, v, n, h, wd_on);
     else
         adamw_kernel<<<cu_blocks(n, 256), 256, 0, cu.stream>>>(p, pb, g, m, v, n, h, wd_on);
