@@ -719,50 +719,56 @@ void emu_mma_m16n8k8_bf16(float d[4], uint32_t a0, uint32_t a1, uint32_t b, cons
     mma_result(d, s);
 }
 
-void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, const char *file,
-                           int line) {
+namespace {
+// the collective of an mma with four A registers and two B registers (m16n8k16 .bf16, m16n8k8
+// .tf32): element(s, A, B) unpacks the tile's A (16 x K) and B (K x 8) from the slots
+template <int K, class Unpack>
+void mma_4x2(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, const char *what, const char *file,
+             int line, Unpack unpack) {
     uint32_t mine[10] = {a[0], a[1], a[2], a[3], b0, b1};
     memcpy(mine + 6, d, 16);
     bool last;
-    const unsigned char *s = emu::collective(0xffffffffu, mine, sizeof mine, "mma.m16n8k16", file, line, &last);
+    const unsigned char *s = emu::collective(0xffffffffu, mine, sizeof mine, what, file, line, &last);
     if (last) {
-        // A(r, k): lane (r % 8) * 4 + (k % 8) / 2, register a0 (row g, k < 8), a1 (row g+8, k < 8),
-        // a2 (row g, k >= 8), a3 (row g+8, k >= 8); B(k, n): lane n * 4 + (k % 8) / 2, b0 (k < 8)
-        // or b1 (k >= 8); half k % 2
-        float A[16 * 16], B[8 * 16];
+        float A[16 * K], B[8 * 16];
+        unpack(s, A, B);
+        mma_tile(const_cast<unsigned char *>(s), K, 6, A, B);
+    }
+    mma_result(d, s);
+}
+} // namespace
+
+void emu_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, const char *file,
+                           int line) {
+    // A(r, k): lane (r % 8) * 4 + (k % 8) / 2, register a0 (row g, k < 8), a1 (row g+8, k < 8),
+    // a2 (row g, k >= 8), a3 (row g+8, k >= 8); B(k, n): lane n * 4 + (k % 8) / 2, b0 (k < 8)
+    // or b1 (k >= 8); half k % 2
+    mma_4x2<16>(d, a, b0, b1, "mma.m16n8k16", file, line, [](const unsigned char *s, float *A, float *B) {
         for (unsigned r = 0; r < 16; r++)
             for (int k = 0; k < 16; k++)
                 A[r * 16 + k] = bf_half(reg_of(s, (r & 7) * 4 + (k & 7) / 2, (r >= 8) + 2 * (k >= 8)), k & 1);
         for (unsigned n = 0; n < 8; n++)
             for (int k = 0; k < 16; k++) B[16 * n + k] = bf_half(reg_of(s, n * 4 + (k & 7) / 2, 4 + (k >= 8)), k & 1);
-        mma_tile(const_cast<unsigned char *>(s), 16, 6, A, B);
-    }
-    mma_result(d, s);
+    });
 }
 
 void emu_mma_m16n8k8_tf32(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1, const char *file,
                           int line) {
-    uint32_t mine[10] = {a[0], a[1], a[2], a[3], b0, b1};
-    memcpy(mine + 6, d, 16);
-    bool last;
-    const unsigned char *s = emu::collective(0xffffffffu, mine, sizeof mine, "mma.m16n8k8.tf32", file, line, &last);
-    if (last) {
-        // A(r, k): lane (r % 8) * 4 + k % 4, register a0 (row g, k < 4), a1 (row g+8), a2 (row g,
-        // k >= 4), a3 (row g+8, k >= 4); B(k, n): lane n * 4 + k % 4, b0 (k < 4) or b1
-        auto tf = [](uint32_t u) {
-            u &= 0xffffe000u;
-            float f;
-            memcpy(&f, &u, 4);
-            return f;
-        };
-        float A[16 * 8], B[8 * 16];
+    // A(r, k): lane (r % 8) * 4 + k % 4, register a0 (row g, k < 4), a1 (row g+8), a2 (row g,
+    // k >= 4), a3 (row g+8, k >= 4); B(k, n): lane n * 4 + k % 4, b0 (k < 4) or b1; the low 13
+    // bits of each operand ignored
+    auto tf = [](uint32_t u) {
+        u &= 0xffffe000u;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    };
+    mma_4x2<8>(d, a, b0, b1, "mma.m16n8k8.tf32", file, line, [&](const unsigned char *s, float *A, float *B) {
         for (unsigned r = 0; r < 16; r++)
             for (int k = 0; k < 8; k++) A[r * 8 + k] = tf(reg_of(s, (r & 7) * 4 + k % 4, (r >= 8) + 2 * (k >= 4)));
         for (unsigned n = 0; n < 8; n++)
             for (int k = 0; k < 8; k++) B[16 * n + k] = tf(reg_of(s, n * 4 + k % 4, 4 + (k >= 4)));
-        mma_tile(const_cast<unsigned char *>(s), 8, 6, A, B);
-    }
-    mma_result(d, s);
+    });
 }
 
 // ---- runtime API ----------------------------------------------------------------------------------
