@@ -320,16 +320,15 @@ template <bool TC> static int head_loss_step(const HeadLoss *h) {
     if (h->N == 0) return 1;
     static const bool fast = !cu_env_off("PLAB_HL_FAST"); // A/B switch
     static const bool tc_on = !cu_env_off("PLAB_HL_TC");
-    const auto tck = h->C == 128 ? head_loss_tc_kernel<16>
-                     : h->C == 64 ? head_loss_tc_kernel<8>
-                     : h->C == 32 ? head_loss_tc_kernel<4>
-                                  : nullptr;
+    void (*tck)(const HeadLoss, double *, float *, float *, float *, __nv_bfloat16 *) =
+        h->C == 128 ? head_loss_tc_kernel<16> : h->C == 64 ? head_loss_tc_kernel<8> : h->C == 32 ? head_loss_tc_kernel<4> : nullptr;
     const bool tc = TC && tc_on && tck;
     const int S = cu_blocks(h->N, tc ? HT_ROWS : HL_ROWS), V = h->V, C = h->C;
     float *pW = cu_parts((size_t)S * V * C), *pb = cu_parts((size_t)S * V), *pn = cu_parts((size_t)S * C);
     double *nll_part = (double *)cu_scratch(2 * (size_t)S);
     __nv_bfloat16 *dxb = h->mlp_save ? cu_state_slot(h->mlp_save, h->N, C, 1) : nullptr;
     if (tc) {
+        CK(cudaFuncSetAttribute(tck, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(HeadTcSmem)));
         tck<<<S, 32 * HT_WARPS, sizeof(HeadTcSmem), cu.stream>>>(*h, nll_part, pW, pb, pn, dxb);
     } else {
         auto kern = fast ? head_loss_kernel<true> : head_loss_kernel<false>;
@@ -371,9 +370,6 @@ static void predict(int *pred, float *nll, const float *logits, const int *targe
 }
 
 void cu_fill_loss(Ops *o, int p) {
-    if (p == 2) // the tensor-core tail's shared memory (over the default 48 KB)
-        for (auto k : {head_loss_tc_kernel<4>, head_loss_tc_kernel<8>, head_loss_tc_kernel<16>})
-            CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sizeof(HeadTcSmem)));
     o->crossentropy = crossentropy;
     o->predict = predict;
     o->head_loss_step = cu_env_off("PLAB_HEAD_STEP") ? nullptr // A/B switch

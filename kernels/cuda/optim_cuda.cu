@@ -12,20 +12,16 @@ __device__ __forceinline__ float adamw_one(float p, float g, float &m, float &v,
     const float mhat = m / h.bc1, vhat = v / h.bc2;
     return p * decay - h.lr * mhat / (sqrtf(vhat) + h.eps);
 }
-// element i in memory; pb: the parameters' bf16 copy, written as they change (or nullptr)
-__device__ __forceinline__ void adamw_at(long i, float *p, __nv_bfloat16 *pb, const float *g, float *m, float *v,
-                                         const OptHyper &h, float decay) {
-    float mi = m[i], vi = v[i];
-    const float y = adamw_one(p[i], g[i], mi, vi, h, decay);
-    m[i] = mi, v[i] = vi, p[i] = y;
-    if (pb) pb[i] = __float2bfloat16_rn(y);
-}
-// a thread per element (rows not 16-byte aligned)
+// a thread per element; pb: the parameters' bf16 copy, written as they change (or nullptr)
 __global__ void adamw_kernel(float *p, __nv_bfloat16 *pb, const float *g, float *m, float *v, long n,
                              const OptHyper *hp, int wd_on) {
     const long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
     const OptHyper h = *hp;
-    if (i < n) adamw_at(i, p, pb, g, m, v, h, wd_on ? 1.f - h.lr * h.wd : 1.f);
+    float mi = m[i], vi = v[i];
+    const float y = adamw_one(p[i], g[i], mi, vi, h, wd_on ? 1.f - h.lr * h.wd : 1.f);
+    m[i] = mi, v[i] = vi, p[i] = y;
+    if (pb) pb[i] = __float2bfloat16_rn(y);
 }
 // 4 elements a thread (float4 loads and stores), the last n % 4 one a thread
 __global__ void adamw4_kernel(float *p, __nv_bfloat16 *pb, const float *g, float *m, float *v, long n,
@@ -33,18 +29,23 @@ __global__ void adamw4_kernel(float *p, __nv_bfloat16 *pb, const float *g, float
     const long t = blockIdx.x * (long)blockDim.x + threadIdx.x, n4 = n / 4;
     const OptHyper h = *hp;
     const float decay = wd_on ? 1.f - h.lr * h.wd : 1.f;
-    if (t >= n4) {
-        if (4 * n4 + (t - n4) < n) adamw_at(4 * n4 + (t - n4), p, pb, g, m, v, h, decay);
+    if (t < n4) {
+        const float4 gi = ld4(g + 4 * t);
+        float4 pi = ld4(p + 4 * t), mi = ld4(m + 4 * t), vi = ld4(v + 4 * t);
+        pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, h, decay);
+        pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, h, decay);
+        pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, h, decay);
+        pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, h, decay);
+        st4(p + 4 * t, pi), st4(m + 4 * t, mi), st4(v + 4 * t, vi);
+        if (pb) st4(pb + 4 * t, pi);
         return;
     }
-    const float4 gi = ld4(g + 4 * t);
-    float4 pi = ld4(p + 4 * t), mi = ld4(m + 4 * t), vi = ld4(v + 4 * t);
-    pi.x = adamw_one(pi.x, gi.x, mi.x, vi.x, h, decay);
-    pi.y = adamw_one(pi.y, gi.y, mi.y, vi.y, h, decay);
-    pi.z = adamw_one(pi.z, gi.z, mi.z, vi.z, h, decay);
-    pi.w = adamw_one(pi.w, gi.w, mi.w, vi.w, h, decay);
-    st4(p + 4 * t, pi), st4(m + 4 * t, mi), st4(v + 4 * t, vi);
-    if (pb) st4(pb + 4 * t, pi);
+    const long i = 4 * n4 + (t - n4);
+    if (i >= n) return;
+    float mi = m[i], vi = v[i];
+    const float y = adamw_one(p[i], g[i], mi, vi, h, decay);
+    m[i] = mi, v[i] = vi, p[i] = y;
+    if (pb) pb[i] = __float2bfloat16_rn(y);
 }
 static void adamw(float *p, const float *g, float *m, float *v, long n, const OptHyper *h,
                   int wd_on) {
